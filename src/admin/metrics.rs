@@ -1,0 +1,232 @@
+//! Metric names (the DESIGN §4 contract), their descriptions and buckets, the instance-owned
+//! Prometheus recorder, and the per-route handle structs resolved once per generation.
+//!
+//! Position: handles live in the services of the request path; rendering is served by
+//! [`crate::admin`]. Labels come from config names and closed sets only, never request data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// `weir_requests_total{route,upstream,status,reason}`: requests answered.
+pub const REQUESTS_TOTAL: &str = "weir_requests_total";
+/// `weir_request_duration_seconds{route,upstream}`: time from request head to response head.
+pub const REQUEST_DURATION_SECONDS: &str = "weir_request_duration_seconds";
+/// `weir_upstream_attempts_total{upstream,outcome}`: tries sent to an upstream.
+pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "weir_upstream_attempts_total";
+/// `weir_in_flight{upstream}`: requests being forwarded to an upstream now.
+pub const IN_FLIGHT: &str = "weir_in_flight";
+/// `weir_downstream_connections{listener}`: open downstream connections.
+pub const DOWNSTREAM_CONNECTIONS: &str = "weir_downstream_connections";
+/// `weir_build_info{version}`: always 1.
+pub const BUILD_INFO: &str = "weir_build_info";
+
+/// Buckets of `weir_request_duration_seconds`, in seconds.
+pub const DURATION_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// `reason` label of a response that came from the upstream.
+pub const REASON_UPSTREAM: &str = "upstream";
+/// `reason` label of a response a direct-response route produced.
+pub const REASON_DIRECT: &str = "direct";
+
+static METADATA: Metadata<'static> = Metadata::new("weir", Level::INFO, Some("weir"));
+
+/// The metrics of one weir instance: its own recorder, so that several weirs in one process
+/// (tests) do not mix their series. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A new recorder with weir's buckets and descriptions, and `weir_build_info` set.
+    pub fn new() -> Result<Self, BuildError> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(REQUEST_DURATION_SECONDS.to_owned()),
+                DURATION_BUCKETS,
+            )?
+            .build_recorder();
+        let handle = recorder.handle();
+        let metrics = Self { inner: Arc::new(Inner { recorder, handle }) };
+        metrics.describe();
+        metrics
+            .gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION").into())])
+            .set(1.0);
+        Ok(metrics)
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        self.inner.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; run on a timer (the admin task does).
+    pub fn run_upkeep(&self) {
+        self.inner.handle.run_upkeep();
+    }
+
+    /// A counter handle; resolve once, increment per request.
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Counter {
+        self.inner.recorder.register_counter(&key(name, labels), &METADATA)
+    }
+
+    /// A gauge handle.
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Gauge {
+        self.inner.recorder.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    /// A histogram handle.
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Histogram {
+        self.inner.recorder.register_histogram(&key(name, labels), &METADATA)
+    }
+
+    fn describe(&self) {
+        let r = &self.inner.recorder;
+        let d = |name: &'static str| KeyName::from_const_str(name);
+        r.describe_counter(d(REQUESTS_TOTAL), None, "Requests answered, by outcome.".into());
+        r.describe_histogram(
+            d(REQUEST_DURATION_SECONDS),
+            Some(Unit::Seconds),
+            "Time from the request head to the response head.".into(),
+        );
+        r.describe_counter(
+            d(UPSTREAM_ATTEMPTS_TOTAL),
+            None,
+            "Tries sent to an upstream, by outcome.".into(),
+        );
+        r.describe_gauge(d(IN_FLIGHT), None, "Requests being forwarded to an upstream.".into());
+        r.describe_gauge(
+            d(DOWNSTREAM_CONNECTIONS),
+            None,
+            "Open downstream connections per listener.".into(),
+        );
+        r.describe_gauge(d(BUILD_INFO), None, "Build information; always 1.".into());
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Key {
+    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+    Key::from_parts(name, labels)
+}
+
+/// The request counter and latency histogram of one (route, upstream) pair.
+///
+/// `weir_requests_total` also carries `status` and `reason`; their handles are resolved on
+/// first use and kept in a copy-on-write map, so the request path takes no lock.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    inner: Arc<RouteInner>,
+}
+
+#[derive(Debug)]
+struct RouteInner {
+    metrics: Metrics,
+    route: Arc<str>,
+    upstream: Arc<str>,
+    duration: Histogram,
+    requests: ArcSwap<HashMap<(u16, &'static str), Counter>>,
+}
+
+impl RouteMetrics {
+    /// Handles for `route` and `upstream` (empty when the request reached none).
+    pub fn new(metrics: &Metrics, route: Arc<str>, upstream: Arc<str>) -> Self {
+        let duration = metrics.histogram(
+            REQUEST_DURATION_SECONDS,
+            &[("route", route.clone()), ("upstream", upstream.clone())],
+        );
+        Self {
+            inner: Arc::new(RouteInner {
+                metrics: metrics.clone(),
+                route,
+                upstream,
+                duration,
+                requests: ArcSwap::default(),
+            }),
+        }
+    }
+
+    /// The upstream label of these handles.
+    pub fn upstream(&self) -> &Arc<str> {
+        &self.inner.upstream
+    }
+
+    /// Counts one answered request and records its duration.
+    pub fn record(&self, status: http::StatusCode, reason: &'static str, seconds: f64) {
+        self.inner.duration.record(seconds);
+        let key = (status.as_u16(), reason);
+        if let Some(counter) = self.inner.requests.load().get(&key) {
+            counter.increment(1);
+            return;
+        }
+        let counter = self.inner.metrics.counter(
+            REQUESTS_TOTAL,
+            &[
+                ("route", self.inner.route.clone()),
+                ("upstream", self.inner.upstream.clone()),
+                ("status", Arc::from(status.as_str())),
+                ("reason", Arc::from(reason)),
+            ],
+        );
+        counter.increment(1);
+        self.inner.requests.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(key, counter.clone());
+            map
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requests_and_a_real_histogram() {
+        let m = Metrics::new().unwrap();
+        let rm = RouteMetrics::new(&m, "api".into(), "backend".into());
+        rm.record(http::StatusCode::OK, REASON_UPSTREAM, 0.003);
+        rm.record(http::StatusCode::OK, REASON_UPSTREAM, 0.004);
+        rm.record(http::StatusCode::BAD_GATEWAY, "upstream-connect", 0.001);
+        m.run_upkeep();
+        let text = m.render();
+        assert!(
+            text.contains(
+                "weir_requests_total{route=\"api\",upstream=\"backend\",status=\"200\",reason=\"upstream\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("reason=\"upstream-connect\"} 1"), "{text}");
+        assert!(
+            text.contains("weir_request_duration_seconds_bucket{route=\"api\",upstream=\"backend\",le=\"0.005\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("weir_build_info{version=\""), "{text}");
+    }
+
+    #[test]
+    fn instances_do_not_share_series() {
+        let a = Metrics::new().unwrap();
+        let b = Metrics::new().unwrap();
+        a.counter(UPSTREAM_ATTEMPTS_TOTAL, &[("upstream", "x".into())]).increment(5);
+        assert!(a.render().contains("weir_upstream_attempts_total{upstream=\"x\"} 5"));
+        assert!(!b.render().contains("weir_upstream_attempts_total"));
+    }
+}

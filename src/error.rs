@@ -1,0 +1,204 @@
+//! `ProxyError`: every way weir itself can fail a request, each with its `x-weir-error` reason.
+//!
+//! Position: the `Error` type of every service on the request path; turned into a response only
+//! by [`crate::http::respond`]. Reasons are the closed set of DESIGN §2 and label `reason`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A boxed error from a body, a connector or hyper.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A request weir answers itself instead of with an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// The upstream's circuit breaker is open; it stays open for `retry_after`.
+    #[error("circuit breaker is open")]
+    CircuitOpen {
+        /// How long the breaker stays open.
+        retry_after: Duration,
+    },
+    /// Load shedding refused the request.
+    #[error("upstream is overloaded")]
+    Overloaded,
+    /// The route's rate limit refused the request.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// When a token is available again.
+        retry_after: Duration,
+    },
+    /// A deadline or a per-try timeout expired before the upstream answered.
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    /// No connection to the upstream could be made: the request never left.
+    #[error("could not connect to the upstream")]
+    UpstreamConnect(#[source] BoxError),
+    /// The upstream connection failed after the request may have been sent.
+    #[error("upstream connection failed")]
+    UpstreamReset(#[source] BoxError),
+    /// Every endpoint of the upstream is unavailable.
+    #[error("no healthy endpoint")]
+    NoHealthyEndpoint,
+    /// Fault injection aborted the request with this status.
+    #[error("fault injected")]
+    FaultInjected {
+        /// The status to answer with.
+        status: StatusCode,
+    },
+    /// The TLS handshake with the upstream failed.
+    #[error("upstream TLS handshake failed")]
+    UpstreamTls(#[source] BoxError),
+    /// The request is malformed (ambiguous framing, bad header value, ...).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request head exceeds the listener's header size or count limit.
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// The request body exceeds the listener's `max_body_bytes`.
+    #[error("request body too large")]
+    PayloadTooLarge,
+}
+
+impl ProxyError {
+    /// The `x-weir-error` token, also the `reason` label and access-log field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no-route",
+            Self::CircuitOpen { .. } => "circuit-open",
+            Self::Overloaded => "overloaded",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::UpstreamTimeout => "upstream-timeout",
+            Self::UpstreamConnect(_) => "upstream-connect",
+            Self::UpstreamReset(_) => "upstream-reset",
+            Self::NoHealthyEndpoint => "no-healthy-endpoint",
+            Self::FaultInjected { .. } => "fault-injected",
+            Self::UpstreamTls(_) => "upstream-tls",
+            Self::BadRequest(_) => "bad-request",
+            Self::HeadersTooLarge => "headers-too-large",
+            Self::PayloadTooLarge => "payload-too-large",
+        }
+    }
+
+    /// The status weir answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::CircuitOpen { .. } | Self::Overloaded | Self::NoHealthyEndpoint => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamTls(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::FaultInjected { status } => *status,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The `Retry-After` to send, where the error has one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::CircuitOpen { retry_after } | Self::RateLimited { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::Overloaded => Some(Duration::from_secs(1)),
+            Self::NoRoute
+            | Self::UpstreamTimeout
+            | Self::UpstreamConnect(_)
+            | Self::UpstreamReset(_)
+            | Self::NoHealthyEndpoint
+            | Self::FaultInjected { .. }
+            | Self::UpstreamTls(_)
+            | Self::BadRequest(_)
+            | Self::HeadersTooLarge
+            | Self::PayloadTooLarge => None,
+        }
+    }
+
+    /// True when the request provably never reached the upstream, so any method may be re-sent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::UpstreamConnect(_) | Self::UpstreamTls(_) => true,
+            Self::NoRoute
+            | Self::CircuitOpen { .. }
+            | Self::Overloaded
+            | Self::RateLimited { .. }
+            | Self::UpstreamTimeout
+            | Self::UpstreamReset(_)
+            | Self::NoHealthyEndpoint
+            | Self::FaultInjected { .. }
+            | Self::BadRequest(_)
+            | Self::HeadersTooLarge
+            | Self::PayloadTooLarge => false,
+        }
+    }
+
+    /// True when the failure was found in the connection to the upstream (not a policy decision).
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamConnect(_)
+                | Self::UpstreamReset(_)
+                | Self::UpstreamTls(_)
+                | Self::UpstreamTimeout
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_statuses_follow_the_design() {
+        let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
+        let cases: Vec<(ProxyError, &str, u16)> = vec![
+            (ProxyError::NoRoute, "no-route", 404),
+            (
+                ProxyError::CircuitOpen { retry_after: Duration::from_secs(3) },
+                "circuit-open",
+                503,
+            ),
+            (ProxyError::Overloaded, "overloaded", 503),
+            (
+                ProxyError::RateLimited { retry_after: Duration::from_secs(1) },
+                "rate-limited",
+                429,
+            ),
+            (ProxyError::UpstreamTimeout, "upstream-timeout", 504),
+            (ProxyError::UpstreamConnect(io()), "upstream-connect", 502),
+            (ProxyError::UpstreamReset(io()), "upstream-reset", 502),
+            (ProxyError::NoHealthyEndpoint, "no-healthy-endpoint", 503),
+            (
+                ProxyError::FaultInjected { status: StatusCode::IM_A_TEAPOT },
+                "fault-injected",
+                418,
+            ),
+            (ProxyError::UpstreamTls(io()), "upstream-tls", 502),
+            (ProxyError::BadRequest("x"), "bad-request", 400),
+            (ProxyError::HeadersTooLarge, "headers-too-large", 431),
+            (ProxyError::PayloadTooLarge, "payload-too-large", 413),
+        ];
+        for (err, reason, status) in cases {
+            assert_eq!(err.reason(), reason);
+            assert_eq!(err.status().as_u16(), status, "{reason}");
+        }
+    }
+
+    #[test]
+    fn only_errors_before_the_request_left_are_retryable() {
+        let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
+        assert!(ProxyError::UpstreamConnect(io()).is_retryable());
+        assert!(!ProxyError::UpstreamReset(io()).is_retryable());
+        assert!(!ProxyError::UpstreamTimeout.is_retryable());
+        assert_eq!(ProxyError::Overloaded.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(ProxyError::UpstreamTimeout.retry_after(), None);
+    }
+}

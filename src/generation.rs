@@ -1,0 +1,50 @@
+//! `Generation`: the router, route stacks and upstream stacks built from one config.
+//!
+//! Position: loaded once per request by [`crate::server::service`]; a new config builds a new
+//! generation that is swapped in atomically, so requests finish on the one they started on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::admin::metrics::{Metrics, RouteMetrics};
+use crate::config::Config;
+use crate::route::{self, UnknownUpstream};
+use crate::router::Router;
+use crate::router::matcher::Matcher;
+use crate::upstream;
+
+/// The handle every listener reads the live generation through.
+pub type Current = Arc<ArcSwap<Generation>>;
+
+/// One config, compiled.
+#[derive(Debug)]
+pub struct Generation {
+    /// The config this generation was built from (served on the admin `/config`).
+    pub config: Arc<Config>,
+    /// Routes in match order.
+    pub router: Router,
+    /// Handles for requests that match no route.
+    pub unrouted: RouteMetrics,
+}
+
+impl Generation {
+    /// Builds every upstream stack once, then every route over them.
+    pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Self, UnknownUpstream> {
+        let upstreams: HashMap<_, _> = config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), upstream::build(u, metrics)))
+            .collect();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            routes.push((Matcher::new(&r.matcher), route::build(r, &upstreams, metrics)?));
+        }
+        Ok(Self {
+            router: Router::new(routes),
+            unrouted: RouteMetrics::new(metrics, Arc::from(""), Arc::from("")),
+            config,
+        })
+    }
+}

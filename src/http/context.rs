@@ -1,0 +1,146 @@
+//! `RequestContext`: the facts about one request that every stage may read (request id, client
+//! address, start time), plus the request-id and W3C `traceparent` rules.
+//!
+//! Position: filled by [`crate::server::service`] before routing and stored in the request's
+//! extensions. Headers: `x-request-id`, `traceparent`.
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+use rand::RngCore;
+use tokio::time::Instant;
+
+/// What weir knows about a request beyond its head. Stored in the request extensions.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The `x-request-id` sent upstream and returned downstream.
+    pub request_id: HeaderValue,
+    /// The downstream peer.
+    pub client: SocketAddr,
+    /// When weir received the request head.
+    pub started: Instant,
+}
+
+/// The request id to use: the inbound `x-request-id` when it is present and sane (1..=200
+/// visible ASCII bytes), else a new random UUID (version 4).
+pub fn request_id(inbound: Option<&HeaderValue>) -> HeaderValue {
+    match inbound {
+        Some(v) if (1..=200).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic) => {
+            v.clone()
+        }
+        _ => new_request_id(),
+    }
+}
+
+/// The `traceparent` to send upstream: the inbound trace id and flags with a new parent (span)
+/// id for this hop; a new trace (flags `00`, not sampled) when the inbound one is absent or
+/// malformed.
+pub fn traceparent(inbound: Option<&HeaderValue>) -> HeaderValue {
+    let mut rng = rand::rng();
+    let mut span = [0u8; 8];
+    rng.fill_bytes(&mut span);
+    let mut out = [0u8; 55];
+    match inbound.and_then(|v| parse_traceparent(v.as_bytes())) {
+        Some((trace_id, flags)) => {
+            out[..3].copy_from_slice(b"00-");
+            out[3..35].copy_from_slice(trace_id);
+            out[35] = b'-';
+            hex_into(&span, &mut out[36..52]);
+            out[52] = b'-';
+            out[53..55].copy_from_slice(flags);
+        }
+        None => {
+            let mut trace = [0u8; 16];
+            rng.fill_bytes(&mut trace);
+            out[..3].copy_from_slice(b"00-");
+            hex_into(&trace, &mut out[3..35]);
+            out[35] = b'-';
+            hex_into(&span, &mut out[36..52]);
+            out[52..55].copy_from_slice(b"-00");
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let mut out = [0u8; 36];
+    let mut at = 0;
+    for (i, group) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]].iter().enumerate() {
+        if i > 0 {
+            out[at] = b'-';
+            at += 1;
+        }
+        hex_into(group, &mut out[at..at + group.len() * 2]);
+        at += group.len() * 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`; all-zero ids are invalid.
+fn parse_traceparent(v: &[u8]) -> Option<(&[u8], &[u8])> {
+    if v.len() != 55 || v.get(..3)? != b"00-" || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let (trace, parent, flags) = (&v[3..35], &v[36..52], &v[53..55]);
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |s: &[u8]| s.iter().all(|&c| c == b'0');
+    (hex(trace) && hex(parent) && hex(flags) && !zero(trace) && !zero(parent))
+        .then_some((trace, flags))
+}
+
+fn hex_into(src: &[u8], dst: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in dst.chunks_exact_mut(2).zip(src) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_kept_or_generated_as_uuid_v4() {
+        let given = HeaderValue::from_static("abc-123");
+        assert_eq!(request_id(Some(&given)), given);
+        let new = request_id(None);
+        let s = new.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert_ne!(request_id(None), new);
+        let bad = HeaderValue::from_static("has space");
+        assert_ne!(request_id(Some(&bad)), bad);
+    }
+
+    #[test]
+    fn traceparent_keeps_trace_and_flags_with_new_span() {
+        let inbound = HeaderValue::from_static(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let out = traceparent(Some(&inbound));
+        let s = out.to_str().unwrap();
+        assert_eq!(&s[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
+        assert_ne!(&s[36..52], "00f067aa0ba902b7");
+        assert!(s.ends_with("-01"));
+        assert!(parse_traceparent(s.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn traceparent_starts_a_trace_when_missing_or_bad() {
+        for inbound in [None, Some(HeaderValue::from_static("garbage"))] {
+            let out = traceparent(inbound.as_ref());
+            let s = out.to_str().unwrap();
+            assert!(parse_traceparent(s.as_bytes()).is_some(), "{s}");
+            assert!(s.ends_with("-00"));
+        }
+        let zero = HeaderValue::from_static(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        );
+        assert!(!traceparent(Some(&zero)).to_str().unwrap().contains("0000000000000000000"));
+    }
+}

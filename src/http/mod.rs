@@ -1,0 +1,178 @@
+//! HTTP vocabulary shared by every stage: the `Body` type, request/response aliases, header names.
+//!
+//! Position: used by every stage of the walk; holds no policy of its own.
+//! Config: none. Metrics: none.
+
+pub mod context;
+pub mod hygiene;
+pub mod respond;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderName;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+use crate::error::BoxError;
+
+/// A request on weir's request path.
+pub type Request = http::Request<Body>;
+/// A response on weir's request path.
+pub type Response = http::Response<Body>;
+
+/// `x-weir-error`: the reason on every response weir produces itself.
+pub static X_WEIR_ERROR: HeaderName = HeaderName::from_static("x-weir-error");
+/// `x-request-id`: generated when absent, passed upstream and returned downstream.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-weir-deadline-ms`: the remaining deadline, shared along a chain of proxies.
+pub static X_WEIR_DEADLINE_MS: HeaderName = HeaderName::from_static("x-weir-deadline-ms");
+/// W3C trace context.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-forwarded-host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `keep-alive` (hop-by-hop).
+pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `proxy-connection` (hop-by-hop, non-standard but common).
+pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The body of every request and response weir handles.
+///
+/// An enum rather than a boxed trait object, so the common cases (a streamed hyper body, a
+/// local reply) cost no allocation. `Default` is the empty body.
+#[derive(Debug, Default)]
+pub struct Body {
+    kind: Kind,
+}
+
+#[derive(Debug, Default)]
+enum Kind {
+    #[default]
+    Empty,
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+    Limited {
+        inner: Incoming,
+        remaining: u64,
+    },
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+/// The request body grew beyond the listener's `max_body_bytes` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the configured limit")]
+pub struct BodyTooLarge;
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// A body of one chunk.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Self::empty();
+        }
+        Self { kind: Kind::Full(Some(bytes)) }
+    }
+
+    /// A streamed hyper body, passed through as it arrives.
+    pub fn incoming(body: Incoming) -> Self {
+        Self { kind: Kind::Incoming(body) }
+    }
+
+    /// A streamed hyper body that fails with [`BodyTooLarge`] once more than `limit` bytes
+    /// have passed; `limit = 0` means unlimited.
+    pub fn limited(body: Incoming, limit: u64) -> Self {
+        if limit == 0 {
+            return Self::incoming(body);
+        }
+        Self { kind: Kind::Limited { inner: body, remaining: limit } }
+    }
+
+    /// Any other body, boxed.
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self { kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()) }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Kind::Limited { inner, remaining } => {
+                let frame = match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => frame,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                };
+                if let Some(data) = frame.data_ref() {
+                    let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    if len > *remaining {
+                        *remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Kind::Boxed(inner) => Pin::new(inner).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Incoming(inner) | Kind::Limited { inner, .. } => inner.is_end_stream(),
+            Kind::Boxed(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::Incoming(inner) | Kind::Limited { inner, .. } => inner.size_hint(),
+            Kind::Boxed(inner) => inner.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_and_empty_bodies_collect() {
+        let b = Body::full("hello").collect().await.unwrap().to_bytes();
+        assert_eq!(b, "hello");
+        let e = Body::empty();
+        assert!(http_body::Body::is_end_stream(&e));
+        assert!(http_body::Body::is_end_stream(&Body::full("")));
+    }
+}

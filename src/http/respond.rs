@@ -1,0 +1,87 @@
+//! The only place a [`ProxyError`] becomes a response: status, `x-weir-error`, JSON body,
+//! `Retry-After`.
+//!
+//! Position: called once per failed request by [`crate::server::service`]. Config: none.
+
+use std::fmt::Write as _;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, StatusCode};
+
+use crate::error::ProxyError;
+use crate::http::{Body, Response, X_WEIR_ERROR};
+
+/// Builds weir's own answer to a request that failed with `err` on `route` / `upstream`
+/// (empty strings when not known).
+///
+/// The body is `{"error":"<reason>","route":"<route>","upstream":"<upstream>"}`; `Retry-After`
+/// is whole seconds, rounded up, at least 1.
+pub fn error_response(err: &ProxyError, route: &str, upstream: &str) -> Response {
+    let reason = err.reason();
+    let mut body = String::with_capacity(48 + route.len() + upstream.len());
+    body.push_str("{\"error\":\"");
+    push_json_str(&mut body, reason);
+    body.push_str("\",\"route\":\"");
+    push_json_str(&mut body, route);
+    body.push_str("\",\"upstream\":\"");
+    push_json_str(&mut body, upstream);
+    body.push_str("\"}\n");
+
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = err.status();
+    let headers = resp.headers_mut();
+    headers.insert(X_WEIR_ERROR.clone(), HeaderValue::from_static(reason));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(after) = err.retry_after() {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    resp
+}
+
+/// The status weir answers with when `err` happens; for access logs before a response exists.
+pub fn status_of(err: &ProxyError) -> StatusCode {
+    err.status()
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn error_becomes_status_header_and_json_body() {
+        let err = ProxyError::CircuitOpen { retry_after: Duration::from_millis(2500) };
+        let resp = error_response(&err, "api", "backend");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[&X_WEIR_ERROR], "circuit-open");
+        assert_eq!(resp.headers()[RETRY_AFTER], "3");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "{\"error\":\"circuit-open\",\"route\":\"api\",\"upstream\":\"backend\"}\n");
+    }
+
+    #[tokio::test]
+    async fn names_are_escaped_and_no_retry_after_without_one() {
+        let resp = error_response(&ProxyError::NoRoute, "a\"b", "");
+        assert!(resp.headers().get(RETRY_AFTER).is_none());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "{\"error\":\"no-route\",\"route\":\"a\\\"b\",\"upstream\":\"\"}\n");
+    }
+}

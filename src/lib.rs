@@ -1,0 +1,45 @@
+//! Weir: a resilience proxy for HTTP.
+//!
+//! Weir runs next to a service (sidecar), in front of many (edge), or by itself as a fake
+//! backend for load tests. Every call through it is bounded in time, retried only when that is
+//! safe, cut off when an upstream is sick, shed early under overload, and visible on an admin
+//! port.
+//!
+//! # One request, one way
+//!
+//! 1. **[`server::Listener`]** accepts a connection under the listener's connection limit and
+//!    serves it with hyper-util's `auto::Builder` (HTTP/1.1 and h2c on one port) through one
+//!    [`server::service::ProxyService`] per connection; [`server::conn`] times idle
+//!    connections and slow request heads.
+//! 2. **`ProxyService`** loads the live [`generation::Generation`] once, so the whole request
+//!    runs on one generation, and runs [`http::hygiene`]: ambiguous framing → 400, header limits
+//!    → 431, declared body size → 413, hop-by-hop headers stripped, `X-Forwarded-*` and `Via`
+//!    set, `x-request-id` and `traceparent` filled ([`http::context`]).
+//! 3. **[`router::Router`]** picks the first route whose match holds, or fails with `no-route`.
+//! 4. **The route** ([`route::build`]) picks its target — its upstream, a weighted pick of a
+//!    split, or a direct response — and runs that target's stack: the total deadline
+//!    ([`route::deadline`]), then the upstream stack.
+//! 5. **The upstream stack** ([`upstream::build`]) ends in **[`upstream::forward`]**, which picks
+//!    an endpoint, sends through the upstream's pooled client ([`upstream::client`]) and maps
+//!    transport failures to `upstream-connect` / `upstream-reset`.
+//! 6. **On the way back** `ProxyService` turns any [`error::ProxyError`] into a response with
+//!    [`http::respond`] (status, `x-weir-error`, JSON body, `Retry-After`), strips hop-by-hop
+//!    headers from the response, records `weir_requests_total` and the duration histogram, and
+//!    writes one access-log event (target `weir::access`) with the same `reason`.
+//!
+//! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz` and `/config`, and
+//! only reads. [`config`] turns a TOML file into a validated [`config::Config`].
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod generation;
+pub mod http;
+pub mod route;
+pub mod router;
+pub mod server;
+pub mod upstream;
+
+pub use app::{App, Running, StartError};
+pub use config::Config;

@@ -1,0 +1,115 @@
+//! The `weir` command: run a config (or the embedded default), or check one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use weir::{App, Config};
+
+/// A resilience proxy for HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// Config file to run; without it weir runs its embedded default (127.0.0.1:8080, admin on
+    /// 127.0.0.1:9901).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file: print every error as FILE:LINE: key.path: message; exit 1 if any.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { file }) = &cli.command {
+        return check(file);
+    }
+    init_tracing();
+    let config = match &cli.config {
+        None => Config::embedded_default(),
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(file = %e.file, line = e.line, key = %e.path, "{}", e.message);
+                }
+                report(&errors);
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "weir stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let running = App::start(config).await?;
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "stopping");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(_) => {
+            #[allow(clippy::print_stdout)] // `weir check` reports on the terminal
+            {
+                println!("{}: ok", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            report(&errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stderr)] // config errors are for the person at the terminal
+fn report(errors: &weir::config::ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}

@@ -1,0 +1,78 @@
+//! Direct responses: a route that answers by itself (status, headers, body), with no upstream.
+//!
+//! Position: the leaf of a `respond` route's stack. Config: `routes[].respond`.
+//! Metrics: counted by the server with `reason="direct"`.
+
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use tower::Service;
+
+use crate::config::RespondConfig;
+use crate::error::ProxyError;
+use crate::http::{Body, Request, Response};
+
+/// Answers every request with the configured response. Always ready; the future is ready.
+#[derive(Clone, Debug)]
+pub struct Direct {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Direct {
+    /// A service answering with `cfg`.
+    pub fn new(cfg: &RespondConfig) -> Self {
+        let mut headers = HeaderMap::with_capacity(cfg.headers.len());
+        for (k, v) in &cfg.headers {
+            headers.append(k.clone(), v.clone());
+        }
+        Self { shared: Arc::new(Shared { status: cfg.status, headers, body: cfg.body.clone() }) }
+    }
+}
+
+impl Service<Request> for Direct {
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = Ready<Result<Response, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request) -> Self::Future {
+        let mut resp = Response::new(Body::full(self.shared.body.clone()));
+        *resp.status_mut() = self.shared.status;
+        *resp.headers_mut() = self.shared.headers.clone();
+        ready(Ok(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_with_the_configured_response() {
+        let cfg = RespondConfig {
+            status: StatusCode::CREATED,
+            body: Bytes::from_static(b"made"),
+            headers: vec![(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"))],
+        };
+        let resp = Direct::new(&cfg).oneshot(Request::new(Body::empty())).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(resp.headers()["content-type"], "text/plain");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "made");
+    }
+}

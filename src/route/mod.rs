@@ -1,0 +1,113 @@
+//! Per-route policy: the route's targets (one upstream, a weighted split, or a direct
+//! response) and the stack in front of each, listed outermost first.
+//!
+//! Position: step 4 of the walk, between the router and the upstream stacks.
+//! Config: `routes[]` (`upstream`, `split`, `respond`, `timeout`). Metrics: per-target handles.
+
+pub mod deadline;
+pub mod direct;
+pub mod split;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tower::util::BoxCloneSyncService;
+
+use crate::admin::metrics::{Metrics, RouteMetrics};
+use crate::config::{RouteAction, RouteConfig};
+use crate::error::ProxyError;
+use crate::http::{Request, Response};
+use crate::upstream::UpstreamService;
+use deadline::DeadlineLayer;
+use direct::Direct;
+use tower::Layer;
+
+/// The erased stack of one route target. Cloned per request (one allocation).
+#[derive(Clone)]
+pub struct RouteService(pub BoxCloneSyncService<Request, Response, ProxyError>);
+
+impl std::fmt::Debug for RouteService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteService")
+    }
+}
+
+/// One way a route can answer: an upstream (with its weight in a split) or a direct response.
+#[derive(Debug)]
+pub struct Target {
+    /// The upstream name; empty for a direct response.
+    pub upstream: Arc<str>,
+    /// The stack a request for this target runs through.
+    pub service: RouteService,
+    /// `weir_requests_total` / duration handles for (route, upstream).
+    pub metrics: RouteMetrics,
+    /// Whether responses are the route's own (`reason="direct"`) rather than an upstream's.
+    pub direct: bool,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name (a label and the `route` of error bodies).
+    pub name: Arc<str>,
+    targets: split::Weighted<Target>,
+    /// Handles for requests that fail before a target is known.
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    /// The target this request goes to: the only one, or a weighted random pick of a split.
+    pub fn pick(&self) -> &Target {
+        self.targets.pick()
+    }
+}
+
+/// A route names an upstream the generation does not have (validation prevents it).
+#[derive(Debug, thiserror::Error)]
+#[error("route {route}: unknown upstream {upstream}")]
+pub struct UnknownUpstream {
+    route: Arc<str>,
+    upstream: Arc<str>,
+}
+
+/// Builds a route: for each target, deadline → upstream stack (or the direct response).
+pub fn build(
+    cfg: &RouteConfig,
+    upstreams: &HashMap<Arc<str>, UpstreamService>,
+    metrics: &Metrics,
+) -> Result<Route, UnknownUpstream> {
+    let upstream_target = |name: &Arc<str>| -> Result<Target, UnknownUpstream> {
+        let up = upstreams.get(name).ok_or_else(|| UnknownUpstream {
+            route: cfg.name.clone(),
+            upstream: name.clone(),
+        })?;
+        let stack = DeadlineLayer::new(cfg.timeout).layer(up.clone());
+        Ok(Target {
+            upstream: name.clone(),
+            service: RouteService(BoxCloneSyncService::new(stack)),
+            metrics: RouteMetrics::new(metrics, cfg.name.clone(), name.clone()),
+            direct: false,
+        })
+    };
+    let targets = match &cfg.action {
+        RouteAction::Upstream(name) => split::Weighted::one(upstream_target(name)?),
+        RouteAction::Split(split) => {
+            let mut items = Vec::with_capacity(split.len());
+            for t in split {
+                items.push((upstream_target(&t.upstream)?, t.weight));
+            }
+            split::Weighted::new(items)
+        }
+        RouteAction::Respond(respond) => split::Weighted::one(Target {
+            upstream: Arc::from(""),
+            service: RouteService(BoxCloneSyncService::new(Direct::new(respond))),
+            metrics: RouteMetrics::new(metrics, cfg.name.clone(), Arc::from("")),
+            direct: true,
+        }),
+    };
+    Ok(Route {
+        name: cfg.name.clone(),
+        targets,
+        metrics: RouteMetrics::new(metrics, cfg.name.clone(), Arc::from("")),
+    })
+}

@@ -1,0 +1,83 @@
+//! Weighted choice between a route's targets (traffic split: canary, blue-green).
+//!
+//! Position: [`crate::route::Route::pick`], right after the router.
+//! Config: `routes[].split` (`upstream`, `weight`).
+
+use rand::Rng;
+
+/// Items with integer weights; `pick` returns one with probability weight / total.
+#[derive(Debug)]
+pub struct Weighted<T> {
+    items: Vec<(T, u64)>, // (item, cumulative weight end)
+    total: u64,
+}
+
+impl<T> Weighted<T> {
+    /// A single item, always picked (no random draw).
+    pub fn one(item: T) -> Self {
+        Self { items: vec![(item, 1)], total: 1 }
+    }
+
+    /// Items with their weights; zero-weight items are never picked. At least one item
+    /// must be given (validation guarantees a non-empty split with a positive total).
+    pub fn new(items: Vec<(T, u32)>) -> Self {
+        let mut total = 0u64;
+        let items = items
+            .into_iter()
+            .map(|(item, w)| {
+                total += u64::from(w);
+                (item, total)
+            })
+            .collect();
+        Self { items, total }
+    }
+
+    /// The picked item.
+    ///
+    /// # Panics
+    /// Never: `items` is non-empty by construction (see [`Weighted::new`]).
+    pub fn pick(&self) -> &T {
+        let idx = if self.items.len() == 1 || self.total == 0 {
+            0
+        } else {
+            let draw = rand::rng().random_range(0..self.total);
+            self.items.partition_point(|(_, end)| *end <= draw)
+        };
+        let last = self.items.len().saturating_sub(1);
+        #[allow(clippy::indexing_slicing)] // idx <= last, and items is never empty
+        &self.items[idx.min(last)].0
+    }
+
+    /// Every item, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|(t, _)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_follow_weights() {
+        let w = Weighted::new(vec![("a", 90), ("b", 10), ("c", 0)]);
+        let mut counts = [0usize; 3];
+        for _ in 0..20_000 {
+            match *w.pick() {
+                "a" => counts[0] += 1,
+                "b" => counts[1] += 1,
+                _ => counts[2] += 1,
+            }
+        }
+        assert_eq!(counts[2], 0);
+        // 10 % of 20 000 = 2 000; binomial sd ≈ 42, so ±300 is over 7 sd.
+        assert!((1700..2300).contains(&counts[1]), "{counts:?}");
+    }
+
+    #[test]
+    fn one_item_is_always_picked() {
+        let w = Weighted::one(7);
+        assert_eq!(*w.pick(), 7);
+        assert_eq!(w.iter().count(), 1);
+    }
+}

@@ -1,0 +1,233 @@
+//! One downstream connection's state: requests in flight, when it went idle, when a request
+//! head started arriving, and whether its bytes showed an ambiguous (CL + TE) request head.
+//!
+//! Position: shared by the connection task ([`crate::server`]), its IO wrapper and its
+//! `ProxyService`. Config: `listeners[].header_read_timeout`, `idle_timeout`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::http::hygiene::HeadScanner;
+
+const NONE: u64 = u64::MAX;
+const H2_PREFACE_START: &[u8] = b"PRI ";
+
+/// Timing state of one connection; times are milliseconds since `epoch`.
+#[derive(Debug)]
+pub struct ConnState {
+    epoch: Instant,
+    in_flight: AtomicU32,
+    idle_since: AtomicU64,
+    head_since: AtomicU64,
+    ambiguous: AtomicBool,
+    upgraded: AtomicBool,
+}
+
+/// What the connection task should do now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do before this instant.
+    WaitUntil(Instant),
+    /// Idle for `idle_timeout`: close gracefully (h1: close when idle; h2: GOAWAY).
+    Idle,
+    /// A request head has been arriving for longer than `header_read_timeout`: close now.
+    SlowHead,
+}
+
+impl ConnState {
+    /// A new connection, idle since now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(NONE),
+            ambiguous: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+        })
+    }
+
+    /// A request head was parsed: the connection is busy.
+    pub fn begin_request(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NONE, Ordering::Release);
+    }
+
+    /// A request was answered (or dropped).
+    pub fn end_request(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// The connection was handed to a protocol upgrade (WebSocket); timers no longer apply.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    /// True when a request head on this connection carried both Content-Length and
+    /// Transfer-Encoding: the connection is refused with 400.
+    pub fn ambiguous(&self) -> bool {
+        self.ambiguous.load(Ordering::Acquire)
+    }
+
+    /// Decides what the connection task should do, given the listener's timeouts.
+    pub fn verdict(&self, header_read: Duration, idle: Duration) -> Verdict {
+        let now = Instant::now();
+        if self.upgraded.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
+            return Verdict::WaitUntil(now + idle.max(header_read));
+        }
+        let head = self.head_since.load(Ordering::Acquire);
+        if head != NONE && !header_read.is_zero() {
+            let deadline = self.at(head) + header_read;
+            return if now >= deadline { Verdict::SlowHead } else { Verdict::WaitUntil(deadline.min(now + idle)) };
+        }
+        let deadline = self.at(self.idle_since.load(Ordering::Acquire)) + idle;
+        if idle.is_zero() {
+            return Verdict::WaitUntil(now + header_read.max(Duration::from_secs(3600)));
+        }
+        if now >= deadline {
+            Verdict::Idle
+        } else {
+            // Wake within header_read too, so a head that starts meanwhile is timed precisely.
+            let cap = if header_read.is_zero() { deadline } else { now + header_read };
+            Verdict::WaitUntil(deadline.min(cap))
+        }
+    }
+
+    fn on_read(&self, scanner: &mut Option<HeadScanner>, first: &mut bool, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if std::mem::take(first) && bytes.starts_with(H2_PREFACE_START) {
+            *scanner = None; // HTTP/2: no heads to scan, no head timer (frames are not heads)
+        }
+        let Some(scan) = scanner else { return };
+        if self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == NONE {
+            self.head_since.store(self.now_ms(), Ordering::Release);
+        }
+        if !self.upgraded.load(Ordering::Acquire) {
+            scan.feed(bytes);
+            if scan.ambiguous() {
+                self.ambiguous.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+}
+
+/// The connection's socket, reporting what it reads to [`ConnState`].
+#[derive(Debug)]
+pub struct ConnIo<T> {
+    inner: T,
+    state: Arc<ConnState>,
+    scanner: Option<HeadScanner>,
+    first: bool,
+}
+
+impl<T> ConnIo<T> {
+    /// Wraps `inner`; `state` is shared with the connection's service and task.
+    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self { inner, state, scanner: Some(HeadScanner::default()), first: true }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if res.is_ready() {
+            let new = buf.filled().get(before..).unwrap_or_default();
+            this.state.on_read(&mut this.scanner, &mut this.first, new);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_closes_after_idle_timeout_not_header_timeout() {
+        let s = ConnState::new();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(s.verdict(HEAD, IDLE), Verdict::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_closes_after_header_timeout() {
+        let s = ConnState::new();
+        let (mut scan, mut first) = (Some(HeadScanner::default()), true);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        s.on_read(&mut scan, &mut first, b"GET / HTTP/1.1\r\nHo");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(s.verdict(HEAD, IDLE), Verdict::SlowHead);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connection_is_left_alone_and_idle_restarts_after() {
+        let s = ConnState::new();
+        s.begin_request();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        s.end_request();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(s.verdict(HEAD, IDLE), Verdict::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_frames_do_not_start_a_head_timer() {
+        let s = ConnState::new();
+        let (mut scan, mut first) = (Some(HeadScanner::default()), true);
+        s.on_read(&mut scan, &mut first, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+    }
+}

@@ -1,0 +1,174 @@
+//! `ProxyService`: one request's walk, from the parsed head to the response. It loads the
+//! generation once, runs hygiene, asks the router, calls the route target's stack, turns errors
+//! into responses, records metrics and writes the access log (target `weir::access`).
+//!
+//! Position: steps 2 and 8 of the walk (see the crate docs). Infallible by construction.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::header::CONNECTION;
+use http::{HeaderValue, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM};
+use crate::error::ProxyError;
+use crate::http::context::{self, RequestContext};
+use crate::http::{Body, Request, Response, TRACEPARENT, X_REQUEST_ID, hygiene, respond};
+use crate::server::ListenerShared;
+use crate::server::conn::ConnState;
+
+/// Serves the requests of one downstream connection.
+#[derive(Clone, Debug)]
+pub struct ProxyService {
+    listener: Arc<ListenerShared>,
+    conn: Arc<ConnState>,
+    peer: SocketAddr,
+}
+
+impl ProxyService {
+    /// The service of a connection from `peer`.
+    pub fn new(listener: Arc<ListenerShared>, conn: Arc<ConnState>, peer: SocketAddr) -> Self {
+        Self { listener, conn, peer }
+    }
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        self.conn.begin_request();
+        let guard = RequestGuard(self.conn.clone());
+        let listener = self.listener.clone();
+        let peer = self.peer;
+        let span = tracing::debug_span!("request", method = %req.method(), path = req.uri().path());
+        Box::pin(
+            async move {
+                let resp = handle(&listener, &guard.0, peer, req).await;
+                drop(guard);
+                Ok(resp)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Marks the request finished on its connection, also when the future is dropped.
+struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}
+
+async fn handle(
+    l: &ListenerShared,
+    conn: &ConnState,
+    peer: SocketAddr,
+    req: http::Request<Incoming>,
+) -> Response {
+    let started = Instant::now();
+    let generation = l.current.load_full();
+    let (mut parts, body) = req.into_parts();
+    let request_id = context::request_id(parts.headers.get(&X_REQUEST_ID));
+    let method = parts.method.clone();
+    let version = parts.version;
+    let upgrade = hygiene::is_upgrade(version, &parts.headers);
+
+    let checked = if conn.ambiguous() {
+        Err(ProxyError::BadRequest("Content-Length together with Transfer-Encoding"))
+    } else {
+        hygiene::check_request(&parts.method, &parts.uri, &parts.headers, &l.limits)
+    };
+    let route = checked.and_then(|()| generation.router.route(&parts).ok_or(ProxyError::NoRoute));
+
+    let (route_name, metrics, direct, result, downstream_upgrade) = match route {
+        Err(e) => ("", &generation.unrouted, false, Err(e), None),
+        Ok(route) => {
+            let target = route.pick();
+            let on_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
+            hygiene::strip_hop_by_hop(&mut parts.headers, upgrade);
+            let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+            hygiene::add_forwarded(&mut parts.headers, peer.ip(), l.proto, authority.as_deref(), version);
+            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            let traceparent = context::traceparent(parts.headers.get(&TRACEPARENT));
+            parts.headers.insert(TRACEPARENT.clone(), traceparent);
+            parts.extensions.insert(RequestContext {
+                request_id: request_id.clone(),
+                client: peer,
+                started,
+            });
+            let req = Request::from_parts(parts, Body::limited(body, l.limits.max_body_bytes));
+            let result = target.service.0.clone().oneshot(req).await;
+            (&*route.name, &target.metrics, target.direct, result, on_upgrade)
+        }
+    };
+    let upstream: &str = metrics.upstream();
+
+    let (mut resp, reason) = match result {
+        Ok(mut resp) => {
+            let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if switching && let Some(down) = downstream_upgrade {
+                let up = hyper::upgrade::on(&mut resp);
+                conn.mark_upgraded();
+                l.tasks.spawn(tunnel(down, up));
+            }
+            hygiene::strip_hop_by_hop(resp.headers_mut(), switching);
+            if !direct {
+                let upstream_version = resp.version();
+                hygiene::append_via(resp.headers_mut(), upstream_version);
+            }
+            *resp.version_mut() = version;
+            (resp, if direct { REASON_DIRECT } else { REASON_UPSTREAM })
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "request failed");
+            (respond::error_response(&e, route_name, upstream), e.reason())
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    if conn.ambiguous() {
+        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+
+    let elapsed = started.elapsed();
+    metrics.record(resp.status(), reason, elapsed.as_secs_f64());
+    tracing::info!(
+        target: "weir::access",
+        method = %method,
+        route = route_name,
+        upstream,
+        status = resp.status().as_u16(),
+        reason,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id = request_id.to_str().unwrap_or(""),
+        client = %peer.ip(),
+    );
+    resp
+}
+
+/// Copies bytes both ways between the upgraded downstream and upstream connections.
+async fn tunnel(down: OnUpgrade, up: OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
