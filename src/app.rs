@@ -62,23 +62,38 @@ impl App {
     pub async fn start(config: Config) -> Result<Running, StartError> {
         let metrics = Metrics::new()?;
         let config = Arc::new(config);
-        let current: Current =
-            Arc::new(ArcSwap::from_pointee(Generation::build(config.clone(), &metrics)?));
+        let current: Current = Arc::new(ArcSwap::from_pointee(Generation::build(
+            config.clone(),
+            &metrics,
+        )?));
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
 
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let listener = Listener::bind(l, current.clone(), &metrics, tasks.clone())
-                .map_err(|source| StartError::Bind { addr: l.listen, source })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: l.listen, source })?;
+            let listener =
+                Listener::bind(l, current.clone(), &metrics, tasks.clone()).map_err(|source| {
+                    StartError::Bind {
+                        addr: l.listen,
+                        source,
+                    }
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: l.listen,
+                source,
+            })?;
             bound.push((l.name.clone(), addr, listener));
         }
         let admin_tcp = TcpListener::bind(config.admin.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: config.admin.listen, source })?;
-        let admin_addr =
-            admin_tcp.local_addr().map_err(|source| StartError::Bind { addr: config.admin.listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: config.admin.listen,
+                source,
+            })?;
+        let admin_addr = admin_tcp.local_addr().map_err(|source| StartError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
 
         let ready = Arc::new(AtomicBool::new(true));
         let mut listeners = Vec::with_capacity(bound.len());
@@ -87,7 +102,11 @@ impl App {
             tracing::info!(listener = %name, %addr, "listening");
             listeners.push((name, addr));
         }
-        let state = Arc::new(AdminState { metrics: metrics.clone(), current: current.clone(), ready: ready.clone() });
+        let state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            current: current.clone(),
+            ready: ready.clone(),
+        });
         tasks.spawn(admin::serve(admin_tcp, state, stop.clone(), tasks.clone()));
         tracing::info!(addr = %admin_addr, "admin listening");
         let upkeep = (metrics.clone(), stop.clone());
@@ -121,7 +140,10 @@ impl Running {
 
     /// The bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| &**n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The bound admin address.
@@ -146,7 +168,9 @@ impl Running {
         self.ready.store(false, Ordering::Release);
         self.stop.cancel();
         self.tasks.close();
-        let done = tokio::time::timeout(self.drain_timeout, self.tasks.wait()).await.is_ok();
+        let done = tokio::time::timeout(self.drain_timeout, self.tasks.wait())
+            .await
+            .is_ok();
         if !done {
             tracing::warn!("drain timeout reached; connections still open were cut");
         }

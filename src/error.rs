@@ -162,13 +162,17 @@ mod tests {
         let cases: Vec<(ProxyError, &str, u16)> = vec![
             (ProxyError::NoRoute, "no-route", 404),
             (
-                ProxyError::CircuitOpen { retry_after: Duration::from_secs(3) },
+                ProxyError::CircuitOpen {
+                    retry_after: Duration::from_secs(3),
+                },
                 "circuit-open",
                 503,
             ),
             (ProxyError::Overloaded, "overloaded", 503),
             (
-                ProxyError::RateLimited { retry_after: Duration::from_secs(1) },
+                ProxyError::RateLimited {
+                    retry_after: Duration::from_secs(1),
+                },
                 "rate-limited",
                 429,
             ),
@@ -177,7 +181,9 @@ mod tests {
             (ProxyError::UpstreamReset(io()), "upstream-reset", 502),
             (ProxyError::NoHealthyEndpoint, "no-healthy-endpoint", 503),
             (
-                ProxyError::FaultInjected { status: StatusCode::IM_A_TEAPOT },
+                ProxyError::FaultInjected {
+                    status: StatusCode::IM_A_TEAPOT,
+                },
                 "fault-injected",
                 418,
             ),
@@ -198,7 +204,10 @@ mod tests {
         assert!(ProxyError::UpstreamConnect(io()).is_retryable());
         assert!(!ProxyError::UpstreamReset(io()).is_retryable());
         assert!(!ProxyError::UpstreamTimeout.is_retryable());
-        assert_eq!(ProxyError::Overloaded.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            ProxyError::Overloaded.retry_after(),
+            Some(Duration::from_secs(1))
+        );
         assert_eq!(ProxyError::UpstreamTimeout.retry_after(), None);
     }
 }

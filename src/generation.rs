@@ -39,7 +39,10 @@ impl Generation {
             .collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            routes.push((Matcher::new(&r.matcher), route::build(r, &upstreams, metrics)?));
+            routes.push((
+                Matcher::new(&r.matcher),
+                route::build(r, &upstreams, metrics)?,
+            ));
         }
         Ok(Self {
             router: Router::new(routes),

@@ -27,8 +27,9 @@ pub const DOWNSTREAM_CONNECTIONS: &str = "weir_downstream_connections";
 pub const BUILD_INFO: &str = "weir_build_info";
 
 /// Buckets of `weir_request_duration_seconds`, in seconds.
-pub const DURATION_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// `reason` label of a response that came from the upstream.
 pub const REASON_UPSTREAM: &str = "upstream";
@@ -65,7 +66,9 @@ impl Metrics {
             )?
             .build_recorder();
         let handle = recorder.handle();
-        let metrics = Self { inner: Arc::new(Inner { recorder, handle }) };
+        let metrics = Self {
+            inner: Arc::new(Inner { recorder, handle }),
+        };
         metrics.describe();
         metrics
             .gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION").into())])
@@ -85,23 +88,33 @@ impl Metrics {
 
     /// A counter handle; resolve once, increment per request.
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Counter {
-        self.inner.recorder.register_counter(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_counter(&key(name, labels), &METADATA)
     }
 
     /// A gauge handle.
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Gauge {
-        self.inner.recorder.register_gauge(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_gauge(&key(name, labels), &METADATA)
     }
 
     /// A histogram handle.
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Histogram {
-        self.inner.recorder.register_histogram(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_histogram(&key(name, labels), &METADATA)
     }
 
     fn describe(&self) {
         let r = &self.inner.recorder;
         let d = |name: &'static str| KeyName::from_const_str(name);
-        r.describe_counter(d(REQUESTS_TOTAL), None, "Requests answered, by outcome.".into());
+        r.describe_counter(
+            d(REQUESTS_TOTAL),
+            None,
+            "Requests answered, by outcome.".into(),
+        );
         r.describe_histogram(
             d(REQUEST_DURATION_SECONDS),
             Some(Unit::Seconds),
@@ -112,7 +125,11 @@ impl Metrics {
             None,
             "Tries sent to an upstream, by outcome.".into(),
         );
-        r.describe_gauge(d(IN_FLIGHT), None, "Requests being forwarded to an upstream.".into());
+        r.describe_gauge(
+            d(IN_FLIGHT),
+            None,
+            "Requests being forwarded to an upstream.".into(),
+        );
         r.describe_gauge(
             d(DOWNSTREAM_CONNECTIONS),
             None,
@@ -123,7 +140,10 @@ impl Metrics {
 }
 
 fn key(name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Key {
-    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.clone()))
+        .collect();
     Key::from_parts(name, labels)
 }
 
@@ -225,8 +245,12 @@ mod tests {
     fn instances_do_not_share_series() {
         let a = Metrics::new().unwrap();
         let b = Metrics::new().unwrap();
-        a.counter(UPSTREAM_ATTEMPTS_TOTAL, &[("upstream", "x".into())]).increment(5);
-        assert!(a.render().contains("weir_upstream_attempts_total{upstream=\"x\"} 5"));
+        a.counter(UPSTREAM_ATTEMPTS_TOTAL, &[("upstream", "x".into())])
+            .increment(5);
+        assert!(
+            a.render()
+                .contains("weir_upstream_attempts_total{upstream=\"x\"} 5")
+        );
         assert!(!b.render().contains("weir_upstream_attempts_total"));
     }
 }

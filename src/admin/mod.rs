@@ -34,7 +34,12 @@ pub struct AdminState {
 }
 
 /// Serves the admin port until `stop` fires.
-pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, stop: CancellationToken, tasks: TaskTracker) {
+pub async fn serve(
+    tcp: TcpListener,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
@@ -72,16 +77,28 @@ pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, stop: CancellationT
 
 fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n", "text/plain");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD\n",
+            "text/plain",
+        );
     }
     match req.uri().path() {
-        "/metrics" => {
-            text(StatusCode::OK, state.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-        }
+        "/metrics" => text(
+            StatusCode::OK,
+            state.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
-        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n", "text/plain"),
+        "/readyz" if state.ready.load(Ordering::Acquire) => {
+            text(StatusCode::OK, "ready\n", "text/plain")
+        }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain"),
-        "/config" => text(StatusCode::OK, state.current.load().config.to_toml(), "application/toml"),
+        "/config" => text(
+            StatusCode::OK,
+            state.current.load().config.to_toml(),
+            "application/toml",
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz, /readyz or /config\n",
@@ -93,6 +110,7 @@ fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response {
     let mut resp = Response::new(Body::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

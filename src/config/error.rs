@@ -85,12 +85,19 @@ impl Collector {
     pub(crate) fn new(file: &str, src: &str) -> Collector {
         let mut line_starts = vec![0];
         line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
-        Collector { file: file.to_owned(), line_starts, errors: Vec::new(), locs: HashMap::new() }
+        Collector {
+            file: file.to_owned(),
+            line_starts,
+            errors: Vec::new(),
+            locs: HashMap::new(),
+        }
     }
 
     /// 1-based line of a byte offset.
     pub(crate) fn line_of(&self, offset: usize) -> usize {
-        self.line_starts.partition_point(|&start| start <= offset).max(1)
+        self.line_starts
+            .partition_point(|&start| start <= offset)
+            .max(1)
     }
 
     /// Records an error at a byte span.
@@ -171,7 +178,10 @@ mod tests {
 
     #[test]
     fn display_names_file_line_and_path() {
-        assert_eq!(error(42, "routes[2].timeout").to_string(), "weir.toml:42: routes[2].timeout: bad");
+        assert_eq!(
+            error(42, "routes[2].timeout").to_string(),
+            "weir.toml:42: routes[2].timeout: bad"
+        );
         assert_eq!(error(3, "").to_string(), "weir.toml:3: bad");
         assert_eq!(error(0, "").to_string(), "weir.toml: bad");
         let all = ConfigErrors(vec![error(1, "a"), error(2, "b")]);

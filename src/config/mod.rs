@@ -467,7 +467,9 @@ impl Default for Config {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::new(LOCALHOST, 9901) }
+        AdminConfig {
+            listen: SocketAddr::new(LOCALHOST, 9901),
+        }
     }
 }
 
@@ -489,7 +491,10 @@ impl Default for ListenerConfig {
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig { delay: Duration::ZERO, timeout: Duration::from_secs(30) }
+        DrainConfig {
+            delay: Duration::ZERO,
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -511,7 +516,11 @@ impl Default for RouteConfig {
 
 impl Default for RespondConfig {
     fn default() -> Self {
-        RespondConfig { status: StatusCode::OK, body: Bytes::new(), headers: Vec::new() }
+        RespondConfig {
+            status: StatusCode::OK,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -634,7 +643,12 @@ impl RateLimitConfig {
         } else {
             1
         };
-        RateLimitConfig { rps, burst, key: RateLimitKey::None, max_keys: 10_000 }
+        RateLimitConfig {
+            rps,
+            burst,
+            key: RateLimitKey::None,
+            max_keys: 10_000,
+        }
     }
 }
 
@@ -695,7 +709,10 @@ pub(crate) mod tests {
 
     /// `(line, path)` of every error in `src`, in line order.
     pub(crate) fn errors(src: &str) -> Vec<(usize, String)> {
-        error_list(src).into_iter().map(|e| (e.line, e.path)).collect()
+        error_list(src)
+            .into_iter()
+            .map(|e| (e.line, e.path))
+            .collect()
     }
 
     /// Every error of `src`, read as `weir.toml`.
@@ -742,8 +759,14 @@ pub(crate) mod tests {
         assert_eq!(c.routes.len(), 1);
         let welcome = &c.routes[0];
         assert_eq!(&*welcome.name, "welcome");
-        assert_eq!(welcome.matcher, RouteMatch::default(), "matches every request");
-        let RouteAction::Respond(resp) = &welcome.action else { panic!("{welcome:?}") };
+        assert_eq!(
+            welcome.matcher,
+            RouteMatch::default(),
+            "matches every request"
+        );
+        let RouteAction::Respond(resp) = &welcome.action else {
+            panic!("{welcome:?}")
+        };
         assert_eq!(resp.status, StatusCode::OK);
         assert_eq!(
             resp.headers,
@@ -753,7 +776,12 @@ pub(crate) mod tests {
             )]
         );
         let body = std::str::from_utf8(&resp.body).unwrap();
-        for hint in ["weir is running", "--config", "weir check", "http://127.0.0.1:9901/metrics"] {
+        for hint in [
+            "weir is running",
+            "--config",
+            "weir check",
+            "http://127.0.0.1:9901/metrics",
+        ] {
             assert!(body.contains(hint), "{hint}");
         }
     }
@@ -821,7 +849,11 @@ pub(crate) mod tests {
             match v {
                 toml::Value::Table(t) => {
                     for (k, v) in t {
-                        let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        let p = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
                         out.push(p.clone());
                         keys(&p, v, out);
                     }
@@ -838,7 +870,11 @@ pub(crate) mod tests {
         let mut written = Vec::new();
         keys("", &toml::from_str(src).unwrap(), &mut written);
         let mut rendered = Vec::new();
-        keys("", &toml::from_str(&full().to_toml()).unwrap(), &mut rendered);
+        keys(
+            "",
+            &toml::from_str(&full().to_toml()).unwrap(),
+            &mut rendered,
+        );
         written.sort();
         rendered.sort();
         assert_eq!(written, rendered);
@@ -852,16 +888,30 @@ pub(crate) mod tests {
         assert_eq!(l.header_read_timeout, Duration::from_secs(10));
         assert_eq!(l.idle_timeout, Duration::from_secs(60));
         assert_eq!(
-            (l.max_connections, l.max_header_bytes, l.max_headers, l.max_body_bytes),
+            (
+                l.max_connections,
+                l.max_header_bytes,
+                l.max_headers,
+                l.max_body_bytes
+            ),
             (10_000, 65_536, 100, 10_485_760)
         );
         assert_eq!(l.tls, None);
-        assert_eq!(AdminConfig::default().listen, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(
+            AdminConfig::default().listen,
+            "127.0.0.1:9901".parse().unwrap()
+        );
         let d = DrainConfig::default();
-        assert_eq!((d.delay, d.timeout), (Duration::ZERO, Duration::from_secs(30)));
+        assert_eq!(
+            (d.delay, d.timeout),
+            (Duration::ZERO, Duration::from_secs(30))
+        );
 
         let f = FaultConfig::default();
-        assert_eq!((f.abort_percent, f.abort_status, f.delay_percent), (0.0, StatusCode::SERVICE_UNAVAILABLE, 0.0));
+        assert_eq!(
+            (f.abort_percent, f.abort_status, f.delay_percent),
+            (0.0, StatusCode::SERVICE_UNAVAILABLE, 0.0)
+        );
         assert_eq!((f.delay, f.allow_header), (Duration::ZERO, false));
 
         let u = UpstreamConfig::default();
@@ -875,33 +925,69 @@ pub(crate) mod tests {
         assert_eq!((u.tls, u.health, u.dns), (None, None, None));
 
         let r = RetrySettings::default();
-        assert_eq!((r.max_retries, r.statuses.as_slice()), (2, &[502, 503, 504][..]));
+        assert_eq!(
+            (r.max_retries, r.statuses.as_slice()),
+            (2, &[502, 503, 504][..])
+        );
         assert_eq!((r.idempotency_key, r.max_body), (false, 65_536));
-        assert_eq!((r.backoff_base, r.backoff_cap), (Duration::from_millis(25), Duration::from_secs(1)));
+        assert_eq!(
+            (r.backoff_base, r.backoff_cap),
+            (Duration::from_millis(25), Duration::from_secs(1))
+        );
         assert_eq!((r.budget_ratio, r.budget_min_per_sec), (0.2, 10));
         assert_eq!(r.budget_window, Duration::from_secs(10));
 
         let b = BreakerSettings::default();
-        assert_eq!((b.mode, b.window, b.min_calls), (Mode::Enforce, Duration::from_secs(10), 20));
-        assert_eq!((b.failure_rate, b.slow_call_duration, b.slow_call_rate), (0.5, Duration::ZERO, 1.0));
+        assert_eq!(
+            (b.mode, b.window, b.min_calls),
+            (Mode::Enforce, Duration::from_secs(10), 20)
+        );
+        assert_eq!(
+            (b.failure_rate, b.slow_call_duration, b.slow_call_rate),
+            (0.5, Duration::ZERO, 1.0)
+        );
         assert_eq!(b.consecutive_failures, 5);
-        assert_eq!((b.open_for, b.open_for_max), (Duration::from_secs(10), Duration::from_secs(300)));
-        assert_eq!((b.half_open_probes, b.failure_statuses.as_slice()), (3, &[500, 501, 502, 503, 504, 505][..]));
+        assert_eq!(
+            (b.open_for, b.open_for_max),
+            (Duration::from_secs(10), Duration::from_secs(300))
+        );
+        assert_eq!(
+            (b.half_open_probes, b.failure_statuses.as_slice()),
+            (3, &[500, 501, 502, 503, 504, 505][..])
+        );
 
         let s = ShedSettings::default();
-        assert_eq!((s.mode, s.max_in_flight, s.queue), (Mode::Enforce, 1024, 256));
-        assert_eq!((s.queue_timeout, s.adaptive, s.min_limit), (Duration::from_millis(50), false, 8));
+        assert_eq!(
+            (s.mode, s.max_in_flight, s.queue),
+            (Mode::Enforce, 1024, 256)
+        );
+        assert_eq!(
+            (s.queue_timeout, s.adaptive, s.min_limit),
+            (Duration::from_millis(50), false, 8)
+        );
 
         let h = HealthSettings::default();
-        assert_eq!((h.path.as_str(), h.interval, h.timeout), ("/healthz", Duration::from_secs(5), Duration::from_secs(1)));
+        assert_eq!(
+            (h.path.as_str(), h.interval, h.timeout),
+            ("/healthz", Duration::from_secs(5), Duration::from_secs(1))
+        );
         assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
 
         let o = OutlierSettings::default();
-        assert_eq!((o.consecutive_failures, o.base_ejection), (5, Duration::from_secs(30)));
-        assert_eq!((o.max_ejection_percent, o.mode, o.ramp), (50, Mode::Enforce, Duration::from_secs(10)));
+        assert_eq!(
+            (o.consecutive_failures, o.base_ejection),
+            (5, Duration::from_secs(30))
+        );
+        assert_eq!(
+            (o.max_ejection_percent, o.mode, o.ramp),
+            (50, Mode::Enforce, Duration::from_secs(10))
+        );
 
         let rl = RateLimitConfig::new(2.5);
-        assert_eq!((rl.burst, rl.key, rl.max_keys), (3, RateLimitKey::None, 10_000));
+        assert_eq!(
+            (rl.burst, rl.key, rl.max_keys),
+            (3, RateLimitKey::None, 10_000)
+        );
         assert_eq!(RateLimitConfig::new(0.1).burst, 1);
         assert_eq!(RateLimitConfig::new(100.0).burst, 100);
     }
@@ -933,8 +1019,15 @@ pub(crate) mod tests {
         assert_eq!(&*c.listeners[1].name, "listener-1");
         assert_eq!(&*c.routes[0].name, "route-0");
         assert_eq!(&*c.routes[1].name, "route-1");
-        assert_eq!(c.routes[1].action, RouteAction::Respond(RespondConfig::default()));
-        let expected = RouteConfig { name: "route-0".into(), action: RouteAction::Upstream("b".into()), ..RouteConfig::default() };
+        assert_eq!(
+            c.routes[1].action,
+            RouteAction::Respond(RespondConfig::default())
+        );
+        let expected = RouteConfig {
+            name: "route-0".into(),
+            action: RouteAction::Upstream("b".into()),
+            ..RouteConfig::default()
+        };
         assert_eq!(c.routes[0], expected);
         let u = c.upstream("b").unwrap();
         let expected = UpstreamConfig {
@@ -956,7 +1049,10 @@ pub(crate) mod tests {
         assert_eq!(rl("{ rps = 250 }").burst, 250);
         assert_eq!(rl("{ rps = 2.2 }").burst, 3);
         assert_eq!(rl("{ rps = 10, burst = 50 }").burst, 50);
-        assert_eq!(rl("{ rps = 1, key = \"client_ip\" }").key, RateLimitKey::ClientIp);
+        assert_eq!(
+            rl("{ rps = 1, key = \"client_ip\" }").key,
+            RateLimitKey::ClientIp
+        );
         assert_eq!(
             rl("{ rps = 1, key = \"header:X-Api-Key\" }").key,
             RateLimitKey::Header(HeaderName::from_static("x-api-key"))
@@ -974,7 +1070,11 @@ pub(crate) mod tests {
         assert_eq!(err.0[0].line, 2);
         let missing = Config::load(&dir.join("missing.toml")).unwrap_err();
         assert_eq!(missing.0[0].line, 0);
-        assert!(missing.to_string().starts_with(&dir.join("missing.toml").display().to_string()));
+        assert!(
+            missing
+                .to_string()
+                .starts_with(&dir.join("missing.toml").display().to_string())
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

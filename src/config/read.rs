@@ -68,18 +68,30 @@ impl<'s> Reader<'s> {
         let mut f = Fields::new(String::new(), root);
         let d = Config::default();
         let admin = self.get(&mut f, "admin", Self::admin).unwrap_or(d.admin);
-        let listeners = self.get(&mut f, "listeners", Self::listeners).unwrap_or(d.listeners);
+        let listeners = self
+            .get(&mut f, "listeners", Self::listeners)
+            .unwrap_or(d.listeners);
         let drain = self.get(&mut f, "drain", Self::drain).unwrap_or(d.drain);
         let routes = self.get(&mut f, "routes", Self::routes).unwrap_or_default();
-        let upstreams = self.get(&mut f, "upstreams", Self::upstreams).unwrap_or_default();
+        let upstreams = self
+            .get(&mut f, "upstreams", Self::upstreams)
+            .unwrap_or_default();
         self.finish(f);
-        Config { admin, listeners, drain, routes, upstreams }
+        Config {
+            admin,
+            listeners,
+            drain,
+            routes,
+            upstreams,
+        }
     }
 
     fn admin(&mut self, v: &Val<'_>, path: &str) -> Option<AdminConfig> {
         let mut f = self.fields(v, path)?;
         let d = AdminConfig::default();
-        let listen = self.get(&mut f, "listen", Self::socket_addr).unwrap_or(d.listen);
+        let listen = self
+            .get(&mut f, "listen", Self::socket_addr)
+            .unwrap_or(d.listen);
         self.finish(f);
         Some(AdminConfig { listen })
     }
@@ -109,22 +121,34 @@ impl<'s> Reader<'s> {
     fn listener(&mut self, v: &Val<'_>, path: &str, index: usize) -> Option<ListenerConfig> {
         let mut f = self.fields(v, path)?;
         let d = ListenerConfig::default();
-        let default_name = if index == 0 { d.name.clone() } else { format!("listener-{index}").into() };
+        let default_name = if index == 0 {
+            d.name.clone()
+        } else {
+            format!("listener-{index}").into()
+        };
         let l = ListenerConfig {
             name: self.get(&mut f, "name", Self::name).unwrap_or(default_name),
-            listen: self.get(&mut f, "listen", Self::socket_addr).unwrap_or(d.listen),
+            listen: self
+                .get(&mut f, "listen", Self::socket_addr)
+                .unwrap_or(d.listen),
             header_read_timeout: self
                 .get(&mut f, "header_read_timeout", Self::duration_positive)
                 .unwrap_or(d.header_read_timeout),
-            idle_timeout: self.get(&mut f, "idle_timeout", Self::duration).unwrap_or(d.idle_timeout),
+            idle_timeout: self
+                .get(&mut f, "idle_timeout", Self::duration)
+                .unwrap_or(d.idle_timeout),
             max_connections: self
                 .get(&mut f, "max_connections", Self::usize_positive)
                 .unwrap_or(d.max_connections),
             max_header_bytes: self
                 .get(&mut f, "max_header_bytes", Self::usize_positive)
                 .unwrap_or(d.max_header_bytes),
-            max_headers: self.get(&mut f, "max_headers", Self::usize_positive).unwrap_or(d.max_headers),
-            max_body_bytes: self.get(&mut f, "max_body_bytes", Self::u64).unwrap_or(d.max_body_bytes),
+            max_headers: self
+                .get(&mut f, "max_headers", Self::usize_positive)
+                .unwrap_or(d.max_headers),
+            max_body_bytes: self
+                .get(&mut f, "max_body_bytes", Self::u64)
+                .unwrap_or(d.max_body_bytes),
             tls: self.get(&mut f, "tls", Self::listener_tls),
         };
         self.finish(f);
@@ -136,21 +160,31 @@ impl<'s> Reader<'s> {
         let cert = self.get(&mut f, "cert", Self::file_path);
         let key = self.get(&mut f, "key", Self::file_path);
         let client_ca = self.get(&mut f, "client_ca", Self::file_path);
-        let missing = [("cert", "the PEM certificate chain"), ("key", "the PEM private key")];
+        let missing = [
+            ("cert", "the PEM certificate chain"),
+            ("key", "the PEM private key"),
+        ];
         for (name, what) in missing {
             if !f.has(name) {
-                self.c.at_span(&v.span(), path, format!("missing key `{name}` ({what})"));
+                self.c
+                    .at_span(&v.span(), path, format!("missing key `{name}` ({what})"));
             }
         }
         self.finish(f);
-        Some(ListenerTls { cert: cert?, key: key?, client_ca })
+        Some(ListenerTls {
+            cert: cert?,
+            key: key?,
+            client_ca,
+        })
     }
 
     fn drain(&mut self, v: &Val<'_>, path: &str) -> Option<DrainConfig> {
         let mut f = self.fields(v, path)?;
         let d = DrainConfig::default();
         let delay = self.get(&mut f, "delay", Self::duration).unwrap_or(d.delay);
-        let timeout = self.get(&mut f, "timeout", Self::duration).unwrap_or(d.timeout);
+        let timeout = self
+            .get(&mut f, "timeout", Self::duration)
+            .unwrap_or(d.timeout);
         self.finish(f);
         Some(DrainConfig { delay, timeout })
     }
@@ -170,13 +204,22 @@ impl<'s> Reader<'s> {
     fn route(&mut self, v: &Val<'_>, path: &str, index: usize) -> Option<RouteConfig> {
         let mut f = self.fields(v, path)?;
         let d = RouteConfig::default();
-        let name = self.get(&mut f, "name", Self::name).unwrap_or_else(|| format!("route-{index}").into());
-        let matcher = self.get(&mut f, "match", Self::route_match).unwrap_or_default();
-        let upstream = self.get(&mut f, "upstream", Self::name).map(RouteAction::Upstream);
-        let split = self.get(&mut f, "split", Self::split).map(RouteAction::Split);
-        let respond = self.get(&mut f, "respond", Self::respond).map(RouteAction::Respond);
-        let present: Vec<&str> =
-            ACTIONS.iter().copied().filter(|k| f.has(k)).collect();
+        let name = self
+            .get(&mut f, "name", Self::name)
+            .unwrap_or_else(|| format!("route-{index}").into());
+        let matcher = self
+            .get(&mut f, "match", Self::route_match)
+            .unwrap_or_default();
+        let upstream = self
+            .get(&mut f, "upstream", Self::name)
+            .map(RouteAction::Upstream);
+        let split = self
+            .get(&mut f, "split", Self::split)
+            .map(RouteAction::Split);
+        let respond = self
+            .get(&mut f, "respond", Self::respond)
+            .map(RouteAction::Respond);
+        let present: Vec<&str> = ACTIONS.iter().copied().filter(|k| f.has(k)).collect();
         match present.as_slice() {
             [] => self.c.at_span(
                 &v.span(),
@@ -201,8 +244,12 @@ impl<'s> Reader<'s> {
             name,
             matcher,
             action: upstream.or(split).or(respond).unwrap_or(d.action),
-            timeout: self.get(&mut f, "timeout", Self::duration_positive).unwrap_or(d.timeout),
-            priority: self.get(&mut f, "priority", Self::priority).unwrap_or(d.priority),
+            timeout: self
+                .get(&mut f, "timeout", Self::duration_positive)
+                .unwrap_or(d.timeout),
+            priority: self
+                .get(&mut f, "priority", Self::priority)
+                .unwrap_or(d.priority),
             rate_limit: self.get(&mut f, "rate_limit", Self::rate_limit),
             fault: self.get(&mut f, "fault", Self::fault).unwrap_or(d.fault),
         };
@@ -215,8 +262,12 @@ impl<'s> Reader<'s> {
         let m = RouteMatch {
             path_prefix: self.get(&mut f, "path_prefix", Self::path_prefix),
             host: self.get(&mut f, "host", Self::host),
-            methods: self.get(&mut f, "methods", Self::methods).unwrap_or_default(),
-            headers: self.get(&mut f, "headers", Self::headers).unwrap_or_default(),
+            methods: self
+                .get(&mut f, "methods", Self::methods)
+                .unwrap_or_default(),
+            headers: self
+                .get(&mut f, "headers", Self::headers)
+                .unwrap_or_default(),
         };
         self.finish(f);
         Some(m)
@@ -235,11 +286,17 @@ impl<'s> Reader<'s> {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let p = self.item(path, i, item);
-            let Some(mut f) = self.fields(item, &p) else { continue };
+            let Some(mut f) = self.fields(item, &p) else {
+                continue;
+            };
             let upstream = self.get(&mut f, "upstream", Self::name);
             let weight = self.get(&mut f, "weight", Self::u32).unwrap_or(1);
             if !f.has("upstream") {
-                self.c.at_span(&item.span(), &p, "missing key `upstream` (an upstream name)".into());
+                self.c.at_span(
+                    &item.span(),
+                    &p,
+                    "missing key `upstream` (an upstream name)".into(),
+                );
             }
             self.finish(f);
             if let Some(upstream) = upstream {
@@ -265,7 +322,9 @@ impl<'s> Reader<'s> {
                 .get(&mut f, "body", Self::string)
                 .map(|s| Bytes::from(s.into_bytes()))
                 .unwrap_or(d.body),
-            headers: self.get(&mut f, "headers", Self::headers).unwrap_or(d.headers),
+            headers: self
+                .get(&mut f, "headers", Self::headers)
+                .unwrap_or(d.headers),
         };
         self.finish(f);
         Some(r)
@@ -274,13 +333,24 @@ impl<'s> Reader<'s> {
     fn rate_limit(&mut self, v: &Val<'_>, path: &str) -> Option<RateLimitConfig> {
         let mut f = self.fields(v, path)?;
         let rps = self.get(&mut f, "rps", |r, v, p| {
-            r.float(v, p, |x| x > 0.0, "a number of requests per second greater than 0")
+            r.float(
+                v,
+                p,
+                |x| x > 0.0,
+                "a number of requests per second greater than 0",
+            )
         });
         let burst = self.get(&mut f, "burst", Self::u32_positive);
-        let key = self.get(&mut f, "key", Self::rate_limit_key).unwrap_or_default();
+        let key = self
+            .get(&mut f, "key", Self::rate_limit_key)
+            .unwrap_or_default();
         let max_keys = self.get(&mut f, "max_keys", Self::usize_positive);
         if !f.has("rps") {
-            self.c.at_span(&v.span(), path, "missing key `rps` (requests per second)".into());
+            self.c.at_span(
+                &v.span(),
+                path,
+                "missing key `rps` (requests per second)".into(),
+            );
         }
         self.finish(f);
         let d = RateLimitConfig::new(rps?);
@@ -296,11 +366,19 @@ impl<'s> Reader<'s> {
         let mut f = self.fields(v, path)?;
         let d = FaultConfig::default();
         let fault = FaultConfig {
-            abort_percent: self.get(&mut f, "abort_percent", Self::percent).unwrap_or(d.abort_percent),
-            abort_status: self.get(&mut f, "abort_status", Self::status).unwrap_or(d.abort_status),
-            delay_percent: self.get(&mut f, "delay_percent", Self::percent).unwrap_or(d.delay_percent),
+            abort_percent: self
+                .get(&mut f, "abort_percent", Self::percent)
+                .unwrap_or(d.abort_percent),
+            abort_status: self
+                .get(&mut f, "abort_status", Self::status)
+                .unwrap_or(d.abort_status),
+            delay_percent: self
+                .get(&mut f, "delay_percent", Self::percent)
+                .unwrap_or(d.delay_percent),
             delay: self.get(&mut f, "delay", Self::duration).unwrap_or(d.delay),
-            allow_header: self.get(&mut f, "allow_header", Self::bool).unwrap_or(d.allow_header),
+            allow_header: self
+                .get(&mut f, "allow_header", Self::bool)
+                .unwrap_or(d.allow_header),
         };
         self.finish(f);
         Some(fault)
@@ -314,7 +392,11 @@ impl<'s> Reader<'s> {
             self.remember(&p, key, value);
             if !valid_name(key.get_ref()) {
                 let got = quote(key.get_ref());
-                self.c.at_span(&key.span(), &p, format!("expected {NAME_EXPECTED} (got {got})"));
+                self.c.at_span(
+                    &key.span(),
+                    &p,
+                    format!("expected {NAME_EXPECTED} (got {got})"),
+                );
             }
             if let Some(u) = self.upstream(value, &p, key.get_ref()) {
                 out.push(u);
@@ -345,23 +427,37 @@ impl<'s> Reader<'s> {
             name: Arc::from(name),
             endpoints: endpoints.unwrap_or_default(),
             dns,
-            dns_refresh: self.get(&mut f, "dns_refresh", Self::duration_positive).unwrap_or(d.dns_refresh),
-            protocol: self.get(&mut f, "protocol", Self::protocol).unwrap_or(d.protocol),
+            dns_refresh: self
+                .get(&mut f, "dns_refresh", Self::duration_positive)
+                .unwrap_or(d.dns_refresh),
+            protocol: self
+                .get(&mut f, "protocol", Self::protocol)
+                .unwrap_or(d.protocol),
             connect_timeout: self
                 .get(&mut f, "connect_timeout", Self::duration_positive)
                 .unwrap_or(d.connect_timeout),
-            try_timeout: self.get(&mut f, "try_timeout", Self::duration).unwrap_or(d.try_timeout),
+            try_timeout: self
+                .get(&mut f, "try_timeout", Self::duration)
+                .unwrap_or(d.try_timeout),
             pool_idle_timeout: self
                 .get(&mut f, "pool_idle_timeout", Self::duration)
                 .unwrap_or(d.pool_idle_timeout),
-            balance: self.get(&mut f, "balance", Self::balance).unwrap_or(d.balance),
-            hash_on: self.get(&mut f, "hash_on", Self::hash_on).unwrap_or(d.hash_on),
+            balance: self
+                .get(&mut f, "balance", Self::balance)
+                .unwrap_or(d.balance),
+            hash_on: self
+                .get(&mut f, "hash_on", Self::hash_on)
+                .unwrap_or(d.hash_on),
             tls: self.get(&mut f, "tls", Self::upstream_tls),
             retry: self.get(&mut f, "retry", Self::retry).unwrap_or(d.retry),
-            breaker: self.get(&mut f, "breaker", Self::breaker).unwrap_or(d.breaker),
+            breaker: self
+                .get(&mut f, "breaker", Self::breaker)
+                .unwrap_or(d.breaker),
             shed: self.get(&mut f, "shed", Self::shed).unwrap_or(d.shed),
             health: self.get(&mut f, "health", Self::health),
-            outlier: self.get(&mut f, "outlier", Self::outlier).unwrap_or(d.outlier),
+            outlier: self
+                .get(&mut f, "outlier", Self::outlier)
+                .unwrap_or(d.outlier),
         };
         self.finish(f);
         Some(u)
@@ -394,13 +490,27 @@ impl<'s> Reader<'s> {
         let mut f = self.fields(v, path)?;
         let d = RetrySettings::default();
         let s = RetrySettings {
-            max_retries: self.get(&mut f, "max_retries", Self::u32).unwrap_or(d.max_retries),
-            statuses: self.get(&mut f, "statuses", Self::statuses).unwrap_or(d.statuses),
-            idempotency_key: self.get(&mut f, "idempotency_key", Self::bool).unwrap_or(d.idempotency_key),
-            max_body: self.get(&mut f, "max_body", Self::u64).unwrap_or(d.max_body),
-            backoff_base: self.get(&mut f, "backoff_base", Self::duration).unwrap_or(d.backoff_base),
-            backoff_cap: self.get(&mut f, "backoff_cap", Self::duration).unwrap_or(d.backoff_cap),
-            budget_ratio: self.get(&mut f, "budget_ratio", Self::ratio).unwrap_or(d.budget_ratio),
+            max_retries: self
+                .get(&mut f, "max_retries", Self::u32)
+                .unwrap_or(d.max_retries),
+            statuses: self
+                .get(&mut f, "statuses", Self::statuses)
+                .unwrap_or(d.statuses),
+            idempotency_key: self
+                .get(&mut f, "idempotency_key", Self::bool)
+                .unwrap_or(d.idempotency_key),
+            max_body: self
+                .get(&mut f, "max_body", Self::u64)
+                .unwrap_or(d.max_body),
+            backoff_base: self
+                .get(&mut f, "backoff_base", Self::duration)
+                .unwrap_or(d.backoff_base),
+            backoff_cap: self
+                .get(&mut f, "backoff_cap", Self::duration)
+                .unwrap_or(d.backoff_cap),
+            budget_ratio: self
+                .get(&mut f, "budget_ratio", Self::ratio)
+                .unwrap_or(d.budget_ratio),
             budget_min_per_sec: self
                 .get(&mut f, "budget_min_per_sec", Self::u32)
                 .unwrap_or(d.budget_min_per_sec),
@@ -417,18 +527,30 @@ impl<'s> Reader<'s> {
         let d = BreakerSettings::default();
         let s = BreakerSettings {
             mode: self.get(&mut f, "mode", Self::mode).unwrap_or(d.mode),
-            window: self.get(&mut f, "window", Self::duration_positive).unwrap_or(d.window),
-            min_calls: self.get(&mut f, "min_calls", Self::u32_positive).unwrap_or(d.min_calls),
-            failure_rate: self.get(&mut f, "failure_rate", Self::ratio).unwrap_or(d.failure_rate),
+            window: self
+                .get(&mut f, "window", Self::duration_positive)
+                .unwrap_or(d.window),
+            min_calls: self
+                .get(&mut f, "min_calls", Self::u32_positive)
+                .unwrap_or(d.min_calls),
+            failure_rate: self
+                .get(&mut f, "failure_rate", Self::ratio)
+                .unwrap_or(d.failure_rate),
             slow_call_duration: self
                 .get(&mut f, "slow_call_duration", Self::duration)
                 .unwrap_or(d.slow_call_duration),
-            slow_call_rate: self.get(&mut f, "slow_call_rate", Self::ratio).unwrap_or(d.slow_call_rate),
+            slow_call_rate: self
+                .get(&mut f, "slow_call_rate", Self::ratio)
+                .unwrap_or(d.slow_call_rate),
             consecutive_failures: self
                 .get(&mut f, "consecutive_failures", Self::u32_positive)
                 .unwrap_or(d.consecutive_failures),
-            open_for: self.get(&mut f, "open_for", Self::duration).unwrap_or(d.open_for),
-            open_for_max: self.get(&mut f, "open_for_max", Self::duration).unwrap_or(d.open_for_max),
+            open_for: self
+                .get(&mut f, "open_for", Self::duration)
+                .unwrap_or(d.open_for),
+            open_for_max: self
+                .get(&mut f, "open_for_max", Self::duration)
+                .unwrap_or(d.open_for_max),
             half_open_probes: self
                 .get(&mut f, "half_open_probes", Self::u32_positive)
                 .unwrap_or(d.half_open_probes),
@@ -445,11 +567,19 @@ impl<'s> Reader<'s> {
         let d = ShedSettings::default();
         let s = ShedSettings {
             mode: self.get(&mut f, "mode", Self::mode).unwrap_or(d.mode),
-            max_in_flight: self.get(&mut f, "max_in_flight", Self::u32_positive).unwrap_or(d.max_in_flight),
+            max_in_flight: self
+                .get(&mut f, "max_in_flight", Self::u32_positive)
+                .unwrap_or(d.max_in_flight),
             queue: self.get(&mut f, "queue", Self::u32).unwrap_or(d.queue),
-            queue_timeout: self.get(&mut f, "queue_timeout", Self::duration).unwrap_or(d.queue_timeout),
-            adaptive: self.get(&mut f, "adaptive", Self::bool).unwrap_or(d.adaptive),
-            min_limit: self.get(&mut f, "min_limit", Self::u32_positive).unwrap_or(d.min_limit),
+            queue_timeout: self
+                .get(&mut f, "queue_timeout", Self::duration)
+                .unwrap_or(d.queue_timeout),
+            adaptive: self
+                .get(&mut f, "adaptive", Self::bool)
+                .unwrap_or(d.adaptive),
+            min_limit: self
+                .get(&mut f, "min_limit", Self::u32_positive)
+                .unwrap_or(d.min_limit),
         };
         self.finish(f);
         Some(s)
@@ -459,9 +589,15 @@ impl<'s> Reader<'s> {
         let mut f = self.fields(v, path)?;
         let d = HealthSettings::default();
         let s = HealthSettings {
-            path: self.get(&mut f, "path", Self::path_prefix).unwrap_or(d.path),
-            interval: self.get(&mut f, "interval", Self::duration_positive).unwrap_or(d.interval),
-            timeout: self.get(&mut f, "timeout", Self::duration_positive).unwrap_or(d.timeout),
+            path: self
+                .get(&mut f, "path", Self::path_prefix)
+                .unwrap_or(d.path),
+            interval: self
+                .get(&mut f, "interval", Self::duration_positive)
+                .unwrap_or(d.interval),
+            timeout: self
+                .get(&mut f, "timeout", Self::duration_positive)
+                .unwrap_or(d.timeout),
             healthy_threshold: self
                 .get(&mut f, "healthy_threshold", Self::u32_positive)
                 .unwrap_or(d.healthy_threshold),
@@ -518,7 +654,11 @@ impl<'s> Reader<'s> {
         convert: impl FnOnce(&mut Self, &'t Val<'i>, &str) -> Option<T>,
     ) -> Option<T> {
         f.known.push(key);
-        let (k, v) = f.entries.iter().find(|(k, _)| k.get_ref() == key).copied()?;
+        let (k, v) = f
+            .entries
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .copied()?;
         let path = join(&f.path, key);
         self.remember(&path, k, v);
         convert(self, v, &path)
@@ -563,7 +703,8 @@ impl<'s> Reader<'s> {
 
     fn type_error(&mut self, v: &Val<'_>, path: &str, expected: &str) {
         let got = self.got(v);
-        self.c.at_span(&v.span(), path, format!("expected {expected} (got {got})"));
+        self.c
+            .at_span(&v.span(), path, format!("expected {expected} (got {got})"));
     }
 
     /// The offending value for `(got …)`: its source text, shortened, or its kind.
@@ -584,7 +725,11 @@ impl<'t, 'i> Fields<'t, 'i> {
     fn new(path: String, table: &'t DeTable<'i>) -> Fields<'t, 'i> {
         let mut entries: Vec<_> = table.iter().collect();
         entries.sort_by_key(|(k, _)| k.span().start);
-        Fields { path, entries, known: Vec::new() }
+        Fields {
+            path,
+            entries,
+            known: Vec::new(),
+        }
     }
 
     fn has(&self, key: &str) -> bool {
@@ -624,11 +769,13 @@ impl<'s> Reader<'s> {
 
     /// A route or upstream name: it becomes a metric label.
     fn name(&mut self, v: &Val<'_>, path: &str) -> Option<Arc<str>> {
-        self.string_where(v, path, valid_name, NAME_EXPECTED).map(Arc::from)
+        self.string_where(v, path, valid_name, NAME_EXPECTED)
+            .map(Arc::from)
     }
 
     fn file_path(&mut self, v: &Val<'_>, path: &str) -> Option<PathBuf> {
-        self.string_where(v, path, |s| !s.is_empty(), "a file path").map(PathBuf::from)
+        self.string_where(v, path, |s| !s.is_empty(), "a file path")
+            .map(PathBuf::from)
     }
 
     fn path_prefix(&mut self, v: &Val<'_>, path: &str) -> Option<String> {
@@ -682,7 +829,12 @@ impl<'s> Reader<'s> {
     }
 
     fn duration_positive(&mut self, v: &Val<'_>, path: &str) -> Option<Duration> {
-        self.duration_with(v, path, |d| !d.is_zero(), "a duration greater than 0 such as \"250ms\"")
+        self.duration_with(
+            v,
+            path,
+            |d| !d.is_zero(),
+            "a duration greater than 0 such as \"250ms\"",
+        )
     }
 
     fn budget_window(&mut self, v: &Val<'_>, path: &str) -> Option<Duration> {
@@ -711,11 +863,13 @@ impl<'s> Reader<'s> {
     }
 
     fn u32(&mut self, v: &Val<'_>, path: &str) -> Option<u32> {
-        self.int(v, path, 0, u32::MAX.into()).and_then(|n| u32::try_from(n).ok())
+        self.int(v, path, 0, u32::MAX.into())
+            .and_then(|n| u32::try_from(n).ok())
     }
 
     fn u32_positive(&mut self, v: &Val<'_>, path: &str) -> Option<u32> {
-        self.int(v, path, 1, u32::MAX.into()).and_then(|n| u32::try_from(n).ok())
+        self.int(v, path, 1, u32::MAX.into())
+            .and_then(|n| u32::try_from(n).ok())
     }
 
     fn u64(&mut self, v: &Val<'_>, path: &str) -> Option<u64> {
@@ -724,7 +878,8 @@ impl<'s> Reader<'s> {
 
     fn usize_positive(&mut self, v: &Val<'_>, path: &str) -> Option<usize> {
         let max = u64::try_from(usize::MAX).unwrap_or(INT_MAX).min(INT_MAX);
-        self.int(v, path, 1, max).and_then(|n| usize::try_from(n).ok())
+        self.int(v, path, 1, max)
+            .and_then(|n| usize::try_from(n).ok())
     }
 
     /// A finite number (integer or float) accepted by `valid`.
@@ -737,7 +892,9 @@ impl<'s> Reader<'s> {
     ) -> Option<f64> {
         let x = match v.get_ref() {
             DeValue::Float(x) => x.as_str().parse::<f64>().ok(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok().map(|n| n as f64),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
             _ => None,
         };
         match x {
@@ -750,19 +907,31 @@ impl<'s> Reader<'s> {
     }
 
     fn ratio(&mut self, v: &Val<'_>, path: &str) -> Option<f64> {
-        self.float(v, path, |x| (0.0..=1.0).contains(&x), "a ratio from 0 to 1 such as 0.5")
+        self.float(
+            v,
+            path,
+            |x| (0.0..=1.0).contains(&x),
+            "a ratio from 0 to 1 such as 0.5",
+        )
     }
 
     fn percent(&mut self, v: &Val<'_>, path: &str) -> Option<f64> {
-        self.float(v, path, |x| (0.0..=100.0).contains(&x), "a percentage from 0 to 100")
+        self.float(
+            v,
+            path,
+            |x| (0.0..=100.0).contains(&x),
+            "a percentage from 0 to 100",
+        )
     }
 
     fn status_code(&mut self, v: &Val<'_>, path: &str) -> Option<u16> {
-        self.int(v, path, 100, 599).and_then(|n| u16::try_from(n).ok())
+        self.int(v, path, 100, 599)
+            .and_then(|n| u16::try_from(n).ok())
     }
 
     fn status(&mut self, v: &Val<'_>, path: &str) -> Option<StatusCode> {
-        self.status_code(v, path).and_then(|n| StatusCode::from_u16(n).ok())
+        self.status_code(v, path)
+            .and_then(|n| StatusCode::from_u16(n).ok())
     }
 
     fn statuses(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<u16>> {
@@ -781,7 +950,10 @@ impl<'s> Reader<'s> {
         {
             return Some(*t);
         }
-        let names: Vec<String> = options.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+        let names: Vec<String> = options
+            .iter()
+            .map(|(name, _)| format!("\"{name}\""))
+            .collect();
         self.type_error(v, path, &one_of(&names));
         None
     }
@@ -797,7 +969,12 @@ impl<'s> Reader<'s> {
     }
 
     fn balance(&mut self, v: &Val<'_>, path: &str) -> Option<Balance> {
-        let all = [Balance::P2c, Balance::RoundRobin, Balance::LeastRequest, Balance::Hash];
+        let all = [
+            Balance::P2c,
+            Balance::RoundRobin,
+            Balance::LeastRequest,
+            Balance::Hash,
+        ];
         self.keyword(v, path, &all.map(|b| (b.as_str(), b)))
     }
 
@@ -862,7 +1039,11 @@ impl<'s> Reader<'s> {
             _ => None,
         };
         if parsed.is_none() {
-            self.type_error(v, path, "host:port such as \"10.0.0.7:8080\" or \"backend.svc:80\"");
+            self.type_error(
+                v,
+                path,
+                "host:port such as \"10.0.0.7:8080\" or \"backend.svc:80\"",
+            );
         }
         parsed
     }
@@ -916,7 +1097,9 @@ impl<'s> Reader<'s> {
                 self.c.at_span(
                     &key.span(),
                     &p,
-                    format!("expected a header name of letters, digits and -_.!#$%&'*+^`|~ (got {got})"),
+                    format!(
+                        "expected a header name of letters, digits and -_.!#$%&'*+^`|~ (got {got})"
+                    ),
                 );
             }
             let value = match value.get_ref() {
@@ -944,13 +1127,23 @@ impl<'s> Reader<'s> {
 
 /// `path.key`, quoting a key that is not plain.
 pub(crate) fn join(path: &str, key: &str) -> String {
-    let key = if valid_name(key) { key.to_owned() } else { quote(key) };
-    if path.is_empty() { key } else { format!("{path}.{key}") }
+    let key = if valid_name(key) {
+        key.to_owned()
+    } else {
+        quote(key)
+    };
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Whether `s` may name a route, upstream or listener: non-empty, `[A-Za-z0-9_.-]`.
 pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// A TOML basic string holding `s`.
@@ -973,7 +1166,9 @@ pub(crate) fn quote(s: &str) -> String {
 }
 
 fn valid_token(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
 fn one_of(names: &[String]) -> String {

@@ -94,14 +94,20 @@ fn route(out: &mut Toml, r: &RouteConfig) {
     if let Some(h) = &m.host {
         t.push(("host", quote(h)));
     }
-    t.push(("methods", array(m.methods.iter().map(|x| quote(x.as_str())))));
+    t.push((
+        "methods",
+        array(m.methods.iter().map(|x| quote(x.as_str()))),
+    ));
     t.push(("headers", headers(&m.headers)));
     out.kv("match", inline(&t));
     match &r.action {
         RouteAction::Upstream(name) => out.kv("upstream", quote(name)),
         RouteAction::Split(targets) => {
             let items = targets.iter().map(|s| {
-                inline(&[("upstream", quote(&s.upstream)), ("weight", s.weight.to_string())])
+                inline(&[
+                    ("upstream", quote(&s.upstream)),
+                    ("weight", s.weight.to_string()),
+                ])
             });
             out.kv("split", array(items));
         }
@@ -153,7 +159,10 @@ fn upstream(out: &mut Toml, u: &UpstreamConfig) {
     out.header(&format!("[{path}]"));
     match &u.dns {
         Some(dns) => out.kv("dns", quote(dns.as_str())),
-        None => out.kv("endpoints", array(u.endpoints.iter().map(|e| quote(e.as_str())))),
+        None => out.kv(
+            "endpoints",
+            array(u.endpoints.iter().map(|e| quote(e.as_str()))),
+        ),
     }
     out.kv("dns_refresh", duration(u.dns_refresh));
     out.kv("protocol", quote(u.protocol.as_str()));
@@ -204,7 +213,10 @@ fn upstream(out: &mut Toml, u: &UpstreamConfig) {
     out.kv("open_for", duration(b.open_for));
     out.kv("open_for_max", duration(b.open_for_max));
     out.kv("half_open_probes", b.half_open_probes.to_string());
-    out.kv("failure_statuses", array(b.failure_statuses.iter().map(u16::to_string)));
+    out.kv(
+        "failure_statuses",
+        array(b.failure_statuses.iter().map(u16::to_string)),
+    );
 
     let s = &u.shed;
     out.header(&format!("[{path}.shed]"));
@@ -269,9 +281,17 @@ fn array(items: impl Iterator<Item = String>) -> String {
 fn headers(h: &[(HeaderName, HeaderValue)]) -> String {
     let entries: Vec<(String, String)> = h
         .iter()
-        .map(|(n, v)| (quote(n.as_str()), quote(&String::from_utf8_lossy(v.as_bytes()))))
+        .map(|(n, v)| {
+            (
+                quote(n.as_str()),
+                quote(&String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
         .collect();
-    let refs: Vec<(&str, String)> = entries.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let refs: Vec<(&str, String)> = entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     inline(&refs)
 }
 
@@ -308,7 +328,11 @@ mod tests {
         for x in [0.0, 0.2, 1.0, 100.0, 1e-7, 12345.678, 1e21] {
             let text = float(x);
             let back: toml::Value = toml::from_str(&format!("x = {text}")).unwrap();
-            assert_eq!(back.get("x").and_then(toml::Value::as_float), Some(x), "{text}");
+            assert_eq!(
+                back.get("x").and_then(toml::Value::as_float),
+                Some(x),
+                "{text}"
+            );
         }
     }
 }

@@ -26,8 +26,18 @@ fn listeners(config: &Config, c: &mut Collector) {
         let path = format!("listeners[{i}]");
         let earlier = &config.listeners[..i];
         if let Some(j) = earlier.iter().position(|o| o.name == l.name) {
-            let p = if c.seen(&format!("{path}.name")) { format!("{path}.name") } else { path.clone() };
-            c.at_path(&p, format!("duplicate listener name (listeners[{j}] is also {})", quote(&l.name)));
+            let p = if c.seen(&format!("{path}.name")) {
+                format!("{path}.name")
+            } else {
+                path.clone()
+            };
+            c.at_path(
+                &p,
+                format!(
+                    "duplicate listener name (listeners[{j}] is also {})",
+                    quote(&l.name)
+                ),
+            );
         }
         let listen = format!("{path}.listen");
         if clash(l.listen, config.admin.listen) {
@@ -57,14 +67,29 @@ fn routes(config: &Config, c: &mut Collector) {
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if let Some(j) = config.routes[..i].iter().position(|o| o.name == r.name) {
-            let p = if c.seen(&format!("{path}.name")) { format!("{path}.name") } else { path.clone() };
-            c.at_path(&p, format!("duplicate route name (routes[{j}] is also {})", quote(&r.name)));
+            let p = if c.seen(&format!("{path}.name")) {
+                format!("{path}.name")
+            } else {
+                path.clone()
+            };
+            c.at_path(
+                &p,
+                format!(
+                    "duplicate route name (routes[{j}] is also {})",
+                    quote(&r.name)
+                ),
+            );
         }
         match &r.action {
             RouteAction::Upstream(name) => reference(config, c, &format!("{path}.upstream"), name),
             RouteAction::Split(targets) => {
                 for (j, t) in targets.iter().enumerate() {
-                    reference(config, c, &format!("{path}.split[{j}].upstream"), &t.upstream);
+                    reference(
+                        config,
+                        c,
+                        &format!("{path}.split[{j}].upstream"),
+                        &t.upstream,
+                    );
                 }
             }
             RouteAction::Respond(_) => {}
@@ -78,10 +103,17 @@ fn reference(config: &Config, c: &mut Collector, path: &str, name: &str) {
         return;
     }
     let message = if config.upstreams.is_empty() {
-        format!("no such upstream: no [upstreams.NAME] table is defined (got {})", quote(name))
+        format!(
+            "no such upstream: no [upstreams.NAME] table is defined (got {})",
+            quote(name)
+        )
     } else {
         let names: Vec<&str> = config.upstreams.iter().map(|u| &*u.name).collect();
-        format!("no such upstream (expected one of: {}) (got {})", names.join(", "), quote(name))
+        format!(
+            "no such upstream (expected one of: {}) (got {})",
+            names.join(", "),
+            quote(name)
+        )
     };
     c.at_path(path, message);
 }
@@ -130,12 +162,19 @@ fn order(c: &mut Collector, table: &str, lo: (Value, &str), hi: (Value, &str)) {
     let lo_path = join(table, lo_key);
     let hi_path = join(table, hi_key);
     if c.seen(&lo_path) {
-        let got = c.text(&lo_path).map_or_else(|| lo_value.text(), str::to_owned);
+        let got = c
+            .text(&lo_path)
+            .map_or_else(|| lo_value.text(), str::to_owned);
         let message = format!("must not exceed {hi_key} = {} (got {got})", hi_value.text());
         c.at_path(&lo_path, message);
     } else {
-        let got = c.text(&hi_path).map_or_else(|| hi_value.text(), str::to_owned);
-        let message = format!("must be at least {lo_key} = {} (got {got})", lo_value.text());
+        let got = c
+            .text(&hi_path)
+            .map_or_else(|| hi_value.text(), str::to_owned);
+        let message = format!(
+            "must be at least {lo_key} = {} (got {got})",
+            lo_value.text()
+        );
         c.at_path(&hi_path, message);
     }
 }

@@ -25,7 +25,9 @@ pub struct RequestContext {
 /// visible ASCII bytes), else a new random UUID (version 4).
 pub fn request_id(inbound: Option<&HeaderValue>) -> HeaderValue {
     match inbound {
-        Some(v) if (1..=200).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic) => {
+        Some(v)
+            if (1..=200).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic) =>
+        {
             v.clone()
         }
         _ => new_request_id(),
@@ -69,7 +71,10 @@ fn new_request_id() -> HeaderValue {
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let mut out = [0u8; 36];
     let mut at = 0;
-    for (i, group) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]].iter().enumerate() {
+    for (i, group) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]]
+        .iter()
+        .enumerate()
+    {
         if i > 0 {
             out[at] = b'-';
             at += 1;
@@ -119,9 +124,8 @@ mod tests {
 
     #[test]
     fn traceparent_keeps_trace_and_flags_with_new_span() {
-        let inbound = HeaderValue::from_static(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        );
+        let inbound =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let out = traceparent(Some(&inbound));
         let s = out.to_str().unwrap();
         assert_eq!(&s[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
@@ -138,9 +142,13 @@ mod tests {
             assert!(parse_traceparent(s.as_bytes()).is_some(), "{s}");
             assert!(s.ends_with("-00"));
         }
-        let zero = HeaderValue::from_static(
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        let zero =
+            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01");
+        assert!(
+            !traceparent(Some(&zero))
+                .to_str()
+                .unwrap()
+                .contains("0000000000000000000")
         );
-        assert!(!traceparent(Some(&zero)).to_str().unwrap().contains("0000000000000000000"));
     }
 }

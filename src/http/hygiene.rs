@@ -14,7 +14,9 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Version};
 
 use crate::error::ProxyError;
-use crate::http::{KEEP_ALIVE, PROXY_CONNECTION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::http::{
+    KEEP_ALIVE, PROXY_CONNECTION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+};
 
 /// Request limits of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +62,9 @@ pub fn check_request(
         }
     };
     if declared.is_some() && headers.contains_key(TRANSFER_ENCODING) {
-        return Err(ProxyError::BadRequest("Content-Length together with Transfer-Encoding"));
+        return Err(ProxyError::BadRequest(
+            "Content-Length together with Transfer-Encoding",
+        ));
     }
     if let Some(len) = declared
         && limits.max_body_bytes > 0
@@ -107,7 +111,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
         headers.remove(name);
     }
-    for name in [PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TRAILER, TRANSFER_ENCODING] {
+    for name in [
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TRAILER,
+        TRANSFER_ENCODING,
+    ] {
         headers.remove(name);
     }
     if !upgrade {
@@ -141,9 +150,10 @@ pub fn add_forwarded(
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST) {
-        let host = headers.get(HOST).cloned().or_else(|| {
-            authority.and_then(|a| HeaderValue::from_str(a).ok())
-        });
+        let host = headers
+            .get(HOST)
+            .cloned()
+            .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
@@ -204,7 +214,9 @@ impl HeadScanner {
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.skip > 0 {
-                let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(bytes.len());
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 bytes = bytes.get(n..).unwrap_or_default();
                 self.skip -= n as u64;
                 continue;
@@ -232,8 +244,7 @@ impl HeadScanner {
     fn push(&mut self, part: &[u8]) {
         let start = self.line_len.min(self.line.len());
         let take = (self.line.len() - start).min(part.len());
-        if let (Some(dst), Some(src)) = (self.line.get_mut(start..start + take), part.get(..take))
-        {
+        if let (Some(dst), Some(src)) = (self.line.get_mut(start..start + take), part.get(..take)) {
             dst.copy_from_slice(src);
         }
         // The full length (saturating) tells an empty line from a long one.
@@ -263,7 +274,10 @@ impl HeadScanner {
         } else if self.in_head {
             if let Some(value) = header_value(line, b"content-length:") {
                 self.length = Some(
-                    std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0),
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0),
                 );
             } else if header_value(line, b"transfer-encoding:").is_some() {
                 self.saw_chunked = true;
@@ -296,7 +310,11 @@ fn uri_len(uri: &http::Uri) -> usize {
 }
 
 fn tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
-    v.to_str().unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty())
+    v.to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -305,7 +323,11 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: Limits = Limits { max_header_bytes: 200, max_headers: 3, max_body_bytes: 10 };
+    const LIMITS: Limits = Limits {
+        max_header_bytes: 200,
+        max_headers: 3,
+        max_body_bytes: 10,
+    };
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -341,7 +363,10 @@ mod tests {
 
     #[test]
     fn unlimited_body_when_zero() {
-        let limits = Limits { max_body_bytes: 0, ..LIMITS };
+        let limits = Limits {
+            max_body_bytes: 0,
+            ..LIMITS
+        };
         let h = headers(&[("content-length", "999999")]);
         assert!(check_request(&Method::PUT, &Uri::from_static("/"), &h, &limits).is_ok());
     }
@@ -362,7 +387,11 @@ mod tests {
         let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         assert_eq!(names, vec!["x-kept"]);
 
-        let mut h = headers(&[("te", "trailers"), ("connection", "Upgrade"), ("upgrade", "ws")]);
+        let mut h = headers(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "ws"),
+        ]);
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["upgrade"], "ws");
@@ -372,13 +401,25 @@ mod tests {
     #[test]
     fn forwarded_headers_append_and_keep_first() {
         let mut h = headers(&[("x-forwarded-for", "10.0.0.1"), ("host", "api.example.com")]);
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", None, Version::HTTP_11);
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            None,
+            Version::HTTP_11,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert_eq!(h["via"], "1.1 weir");
         let mut h = headers(&[("via", "1.1 edge")]);
-        add_forwarded(&mut h, "::1".parse().unwrap(), "http", Some("a.b:8"), Version::HTTP_2);
+        add_forwarded(
+            &mut h,
+            "::1".parse().unwrap(),
+            "http",
+            Some("a.b:8"),
+            Version::HTTP_2,
+        );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-host"], "a.b:8");
         assert_eq!(h["via"], "1.1 edge, 2 weir");
@@ -386,10 +427,16 @@ mod tests {
 
     #[test]
     fn upgrade_needs_connection_token() {
-        let h = headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert!(is_upgrade(Version::HTTP_11, &h));
         assert!(!is_upgrade(Version::HTTP_2, &h));
-        assert!(!is_upgrade(Version::HTTP_11, &headers(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(
+            Version::HTTP_11,
+            &headers(&[("upgrade", "websocket")])
+        ));
     }
 
     #[test]
@@ -406,7 +453,9 @@ mod tests {
     fn scanner_ignores_clean_heads_and_bodies() {
         let mut s = HeadScanner::default();
         s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
-        s.feed(b"PUT / HTTP/1.1\r\nContent-Length: 40\r\n\r\nTransfer-Encoding: chunked\r\nabc\r\n");
+        s.feed(
+            b"PUT / HTTP/1.1\r\nContent-Length: 40\r\n\r\nTransfer-Encoding: chunked\r\nabc\r\n",
+        );
         assert!(!s.ambiguous());
     }
 }

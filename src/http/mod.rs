@@ -82,12 +82,16 @@ impl Body {
         if bytes.is_empty() {
             return Self::empty();
         }
-        Self { kind: Kind::Full(Some(bytes)) }
+        Self {
+            kind: Kind::Full(Some(bytes)),
+        }
     }
 
     /// A streamed hyper body, passed through as it arrives.
     pub fn incoming(body: Incoming) -> Self {
-        Self { kind: Kind::Incoming(body) }
+        Self {
+            kind: Kind::Incoming(body),
+        }
     }
 
     /// A streamed hyper body that fails with [`BodyTooLarge`] once more than `limit` bytes
@@ -96,7 +100,12 @@ impl Body {
         if limit == 0 {
             return Self::incoming(body);
         }
-        Self { kind: Kind::Limited { inner: body, remaining: limit } }
+        Self {
+            kind: Kind::Limited {
+                inner: body,
+                remaining: limit,
+            },
+        }
     }
 
     /// Any other body, boxed.
@@ -105,7 +114,9 @@ impl Body {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Self { kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()) }
+        Self {
+            kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()),
+        }
     }
 }
 
@@ -154,9 +165,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(inner) | Kind::Limited { inner, .. } => inner.size_hint(),
             Kind::Boxed(inner) => inner.size_hint(),
         }

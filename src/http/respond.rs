@@ -68,13 +68,18 @@ mod tests {
 
     #[tokio::test]
     async fn error_becomes_status_header_and_json_body() {
-        let err = ProxyError::CircuitOpen { retry_after: Duration::from_millis(2500) };
+        let err = ProxyError::CircuitOpen {
+            retry_after: Duration::from_millis(2500),
+        };
         let resp = error_response(&err, "api", "backend");
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[&X_WEIR_ERROR], "circuit-open");
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, "{\"error\":\"circuit-open\",\"route\":\"api\",\"upstream\":\"backend\"}\n");
+        assert_eq!(
+            body,
+            "{\"error\":\"circuit-open\",\"route\":\"api\",\"upstream\":\"backend\"}\n"
+        );
     }
 
     #[tokio::test]
@@ -82,6 +87,9 @@ mod tests {
         let resp = error_response(&ProxyError::NoRoute, "a\"b", "");
         assert!(resp.headers().get(RETRY_AFTER).is_none());
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, "{\"error\":\"no-route\",\"route\":\"a\\\"b\",\"upstream\":\"\"}\n");
+        assert_eq!(
+            body,
+            "{\"error\":\"no-route\",\"route\":\"a\\\"b\",\"upstream\":\"\"}\n"
+        );
     }
 }

@@ -32,7 +32,10 @@ impl DeadlineLayer {
 impl<S> Layer<S> for DeadlineLayer {
     type Service = Deadline<S>;
     fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline { inner, timeout: self.timeout }
+        Deadline {
+            inner,
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -58,7 +61,10 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let inner = self.inner.clone().oneshot(req);
         let sleep = (!self.timeout.is_zero()).then(|| tokio::time::sleep(self.timeout));
-        ResponseFuture { inner, sleep: OptionSleep { sleep } }
+        ResponseFuture {
+            inner,
+            sleep: OptionSleep { sleep },
+        }
     }
 }
 

@@ -35,7 +35,13 @@ impl Direct {
         for (k, v) in &cfg.headers {
             headers.append(k.clone(), v.clone());
         }
-        Self { shared: Arc::new(Shared { status: cfg.status, headers, body: cfg.body.clone() }) }
+        Self {
+            shared: Arc::new(Shared {
+                status: cfg.status,
+                headers,
+                body: cfg.body.clone(),
+            }),
+        }
     }
 }
 
@@ -68,9 +74,15 @@ mod tests {
         let cfg = RespondConfig {
             status: StatusCode::CREATED,
             body: Bytes::from_static(b"made"),
-            headers: vec![(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"))],
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            )],
         };
-        let resp = Direct::new(&cfg).oneshot(Request::new(Body::empty())).await.unwrap();
+        let resp = Direct::new(&cfg)
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         assert_eq!(resp.headers()["content-type"], "text/plain");
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "made");

@@ -15,7 +15,10 @@ pub struct Weighted<T> {
 impl<T> Weighted<T> {
     /// A single item, always picked (no random draw).
     pub fn one(item: T) -> Self {
-        Self { items: vec![(item, 1)], total: 1 }
+        Self {
+            items: vec![(item, 1)],
+            total: 1,
+        }
     }
 
     /// Items with their weights; zero-weight items are never picked. At least one item

@@ -43,7 +43,13 @@ impl Matcher {
 
     /// True when the request satisfies every condition. `host` is the request's host without
     /// port (from `Host`, or the URI authority for HTTP/2).
-    pub fn matches(&self, method: &Method, path: &str, host: Option<&str>, headers: &HeaderMap) -> bool {
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        host: Option<&str>,
+        headers: &HeaderMap,
+    ) -> bool {
         if let Some(prefix) = &self.path_prefix
             && !path.starts_with(prefix.as_str())
         {
@@ -77,7 +83,12 @@ impl Matcher {
 mod tests {
     use super::*;
 
-    fn m(host: Option<&str>, prefix: Option<&str>, methods: &[Method], headers: &[(&'static str, &'static str)]) -> Matcher {
+    fn m(
+        host: Option<&str>,
+        prefix: Option<&str>,
+        methods: &[Method],
+        headers: &[(&'static str, &'static str)],
+    ) -> Matcher {
         Matcher::new(&RouteMatch {
             path_prefix: prefix.map(str::to_owned),
             host: host.map(str::to_owned),
@@ -94,7 +105,12 @@ mod tests {
         let none = HeaderMap::new();
         let mut canary = HeaderMap::new();
         canary.insert("x-canary", HeaderValue::from_static("1"));
-        let all = m(Some("api.example.com"), Some("/api"), &[Method::GET], &[("x-canary", "1")]);
+        let all = m(
+            Some("api.example.com"),
+            Some("/api"),
+            &[Method::GET],
+            &[("x-canary", "1")],
+        );
         assert!(all.matches(&Method::GET, "/api/v1", Some("API.example.com"), &canary));
         assert!(!all.matches(&Method::POST, "/api/v1", Some("api.example.com"), &canary));
         assert!(!all.matches(&Method::GET, "/other", Some("api.example.com"), &canary));

@@ -51,7 +51,9 @@ pub fn request_host(parts: &Parts) -> Option<&str> {
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
-        return host.split_once(']').map_or(host, |(h, _)| h.trim_start_matches('['));
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| h.trim_start_matches('['));
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -62,11 +64,22 @@ mod tests {
 
     #[test]
     fn host_comes_from_header_or_authority_without_port() {
-        let (p, ()) = http::Request::get("/").header("host", "a.example:8080").body(()).unwrap().into_parts();
+        let (p, ()) = http::Request::get("/")
+            .header("host", "a.example:8080")
+            .body(())
+            .unwrap()
+            .into_parts();
         assert_eq!(request_host(&p), Some("a.example"));
-        let (p, ()) = http::Request::get("http://b.example/x").body(()).unwrap().into_parts();
+        let (p, ()) = http::Request::get("http://b.example/x")
+            .body(())
+            .unwrap()
+            .into_parts();
         assert_eq!(request_host(&p), Some("b.example"));
-        let (p, ()) = http::Request::get("/").header("host", "[::1]:80").body(()).unwrap().into_parts();
+        let (p, ()) = http::Request::get("/")
+            .header("host", "[::1]:80")
+            .body(())
+            .unwrap()
+            .into_parts();
         assert_eq!(request_host(&p), Some("::1"));
         let (p, ()) = http::Request::get("/").body(()).unwrap().into_parts();
         assert_eq!(request_host(&p), None);

@@ -87,7 +87,11 @@ impl ConnState {
         let head = self.head_since.load(Ordering::Acquire);
         if head != NONE && !header_read.is_zero() {
             let deadline = self.at(head) + header_read;
-            return if now >= deadline { Verdict::SlowHead } else { Verdict::WaitUntil(deadline.min(now + idle)) };
+            return if now >= deadline {
+                Verdict::SlowHead
+            } else {
+                Verdict::WaitUntil(deadline.min(now + idle))
+            };
         }
         let deadline = self.at(self.idle_since.load(Ordering::Acquire)) + idle;
         if idle.is_zero() {
@@ -97,7 +101,11 @@ impl ConnState {
             Verdict::Idle
         } else {
             // Wake within header_read too, so a head that starts meanwhile is timed precisely.
-            let cap = if header_read.is_zero() { deadline } else { now + header_read };
+            let cap = if header_read.is_zero() {
+                deadline
+            } else {
+                now + header_read
+            };
             Verdict::WaitUntil(deadline.min(cap))
         }
     }
@@ -110,7 +118,9 @@ impl ConnState {
             *scanner = None; // HTTP/2: no heads to scan, no head timer (frames are not heads)
         }
         let Some(scan) = scanner else { return };
-        if self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == NONE {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == NONE
+        {
             self.head_since.store(self.now_ms(), Ordering::Release);
         }
         if !self.upgraded.load(Ordering::Acquire) {
@@ -142,12 +152,21 @@ pub struct ConnIo<T> {
 impl<T> ConnIo<T> {
     /// Wraps `inner`; `state` is shared with the connection's service and task.
     pub fn new(inner: T, state: Arc<ConnState>) -> Self {
-        Self { inner, state, scanner: Some(HeadScanner::default()), first: true }
+        Self {
+            inner,
+            state,
+            scanner: Some(HeadScanner::default()),
+            first: true,
+        }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -160,11 +179,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 

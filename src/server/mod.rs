@@ -94,7 +94,11 @@ impl Listener {
             connections: metrics.gauge(DOWNSTREAM_CONNECTIONS, &[("listener", cfg.name.clone())]),
             tasks,
         };
-        Ok(Self { tcp, shared: Arc::new(shared), max_connections: cfg.max_connections })
+        Ok(Self {
+            tcp,
+            shared: Arc::new(shared),
+            max_connections: cfg.max_connections,
+        })
     }
 
     /// The bound address (port 0 resolved).

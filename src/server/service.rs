@@ -37,7 +37,11 @@ pub struct ProxyService {
 impl ProxyService {
     /// The service of a connection from `peer`.
     pub fn new(listener: Arc<ListenerShared>, conn: Arc<ConnState>, peer: SocketAddr) -> Self {
-        Self { listener, conn, peer }
+        Self {
+            listener,
+            conn,
+            peer,
+        }
     }
 }
 
@@ -87,7 +91,9 @@ async fn handle(
     let upgrade = hygiene::is_upgrade(version, &parts.headers);
 
     let checked = if conn.ambiguous() {
-        Err(ProxyError::BadRequest("Content-Length together with Transfer-Encoding"))
+        Err(ProxyError::BadRequest(
+            "Content-Length together with Transfer-Encoding",
+        ))
     } else {
         hygiene::check_request(&parts.method, &parts.uri, &parts.headers, &l.limits)
     };
@@ -97,11 +103,23 @@ async fn handle(
         Err(e) => ("", &generation.unrouted, false, Err(e), None),
         Ok(route) => {
             let target = route.pick();
-            let on_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
+            let on_upgrade = if upgrade {
+                parts.extensions.remove::<OnUpgrade>()
+            } else {
+                None
+            };
             hygiene::strip_hop_by_hop(&mut parts.headers, upgrade);
             let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-            hygiene::add_forwarded(&mut parts.headers, peer.ip(), l.proto, authority.as_deref(), version);
-            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            hygiene::add_forwarded(
+                &mut parts.headers,
+                peer.ip(),
+                l.proto,
+                authority.as_deref(),
+                version,
+            );
+            parts
+                .headers
+                .insert(X_REQUEST_ID.clone(), request_id.clone());
             let traceparent = context::traceparent(parts.headers.get(&TRACEPARENT));
             parts.headers.insert(TRACEPARENT.clone(), traceparent);
             parts.extensions.insert(RequestContext {
@@ -111,7 +129,13 @@ async fn handle(
             });
             let req = Request::from_parts(parts, Body::limited(body, l.limits.max_body_bytes));
             let result = target.service.0.clone().oneshot(req).await;
-            (&*route.name, &target.metrics, target.direct, result, on_upgrade)
+            (
+                &*route.name,
+                &target.metrics,
+                target.direct,
+                result,
+                on_upgrade,
+            )
         }
     };
     let upstream: &str = metrics.upstream();
@@ -130,16 +154,28 @@ async fn handle(
                 hygiene::append_via(resp.headers_mut(), upstream_version);
             }
             *resp.version_mut() = version;
-            (resp, if direct { REASON_DIRECT } else { REASON_UPSTREAM })
+            (
+                resp,
+                if direct {
+                    REASON_DIRECT
+                } else {
+                    REASON_UPSTREAM
+                },
+            )
         }
         Err(e) => {
             tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "request failed");
-            (respond::error_response(&e, route_name, upstream), e.reason())
+            (
+                respond::error_response(&e, route_name, upstream),
+                e.reason(),
+            )
         }
     };
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     if conn.ambiguous() {
-        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
 
     let elapsed = started.elapsed();

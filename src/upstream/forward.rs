@@ -42,7 +42,9 @@ struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forward").field("endpoints", &self.endpoints).finish_non_exhaustive()
+        f.debug_struct("Forward")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +79,9 @@ impl Forward {
                 too_large: outcome("payload-too-large"),
             },
         };
-        Self { shared: Arc::new(shared) }
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// Round robin over the static endpoint list.
@@ -113,20 +117,29 @@ impl Service<Request> for Forward {
             // An HTTP/2 request carries its host in :authority; HTTP/1.1 needs the header.
             parts.headers.insert(HOST, host);
         }
-        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(endpoint);
         uri.path_and_query = Some(pq);
         parts.uri = match Uri::from_parts(uri) {
             Ok(uri) => uri,
-            Err(_) => return ResponseFuture::failed(ProxyError::BadRequest("invalid request target")),
+            Err(_) => {
+                return ResponseFuture::failed(ProxyError::BadRequest("invalid request target"));
+            }
         };
         parts.version = self.shared.version;
         self.shared.in_flight.increment(1.0);
         let fut = self.shared.client.request(Request::from_parts(parts, body));
         ResponseFuture {
-            state: State::Sending { fut, guard: InFlight(self.shared.clone()) },
+            state: State::Sending {
+                fut,
+                guard: InFlight(self.shared.clone()),
+            },
         }
     }
 }
@@ -153,7 +166,9 @@ enum State {
 
 impl ResponseFuture {
     fn failed(err: ProxyError) -> Self {
-        Self { state: State::Failed(Some(err)) }
+        Self {
+            state: State::Failed(Some(err)),
+        }
     }
 }
 

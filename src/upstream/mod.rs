@@ -27,9 +27,13 @@ impl std::fmt::Debug for UpstreamService {
 impl tower::Service<Request> for UpstreamService {
     type Response = Response;
     type Error = ProxyError;
-    type Future = <BoxCloneSyncService<Request, Response, ProxyError> as tower::Service<Request>>::Future;
+    type Future =
+        <BoxCloneSyncService<Request, Response, ProxyError> as tower::Service<Request>>::Future;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ProxyError>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ProxyError>> {
         self.0.poll_ready(cx)
     }
 

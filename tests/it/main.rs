@@ -1,1 +1,6 @@
-fn main() {}
+//! Integration tests: real upstreams and real weir listeners on 127.0.0.1 port 0.
+
+mod admin;
+mod cli;
+mod proxy;
+mod support;

@@ -1,0 +1,134 @@
+//! The admin port: `/metrics` names and labels, `/healthz`, `/readyz`, `/config`.
+
+use std::time::Duration;
+
+use crate::support::weir::{Weir, one_route};
+use crate::support::{Client, Upstream, eventually_async, scrape};
+
+#[tokio::test]
+async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
+    let up = Upstream::http1().fail_first(1, 503).start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = format!(
+        "{}\n{}",
+        one_route("m-api", "m-up", &[up.addr()], ""),
+        one_route("m-down", "m-dead", &[closed], "").replace(
+            "name = \"m-down\"",
+            "name = \"m-down\"\nmatch = { path_prefix = \"/down\" }"
+        ),
+    )
+    .replace(
+        "[[routes]]\nname = \"m-api\"",
+        "[[routes]]\nname = \"m-api\"\nmatch = { path_prefix = \"/api\" }",
+    );
+    let weir = Weir::start(&cfg).await;
+    let c = Client::h1();
+    assert_eq!(c.get(weir.addr(), "/api/a").await.status, 503);
+    assert_eq!(c.get(weir.addr(), "/api/b").await.status, 200);
+    assert_eq!(c.get(weir.addr(), "/api/c?secret=1").await.status, 200);
+    assert_eq!(c.get(weir.addr(), "/down").await.status, 502);
+    assert_eq!(c.get(weir.addr(), "/nowhere").await.status, 404);
+
+    // Histograms reach the exposition after upkeep; poll instead of sleeping.
+    let admin = weir.admin();
+    eventually_async(
+        || async move {
+            scrape(admin)
+                .await
+                .has("weir_request_duration_seconds_bucket")
+        },
+        Duration::from_secs(8),
+    )
+    .await;
+    let m = scrape(admin).await;
+    let req = |route: &str, up: &str, status: &str, reason: &str| {
+        m.get(
+            "weir_requests_total",
+            &[
+                ("route", route),
+                ("upstream", up),
+                ("status", status),
+                ("reason", reason),
+            ],
+        )
+    };
+    assert_eq!(req("m-api", "m-up", "200", "upstream"), Some(2.0));
+    assert_eq!(req("m-api", "m-up", "503", "upstream"), Some(1.0));
+    assert_eq!(
+        req("m-down", "m-dead", "502", "upstream-connect"),
+        Some(1.0)
+    );
+    assert_eq!(req("", "", "404", "no-route"), Some(1.0));
+    assert_eq!(
+        m.get(
+            "weir_upstream_attempts_total",
+            &[("upstream", "m-up"), ("outcome", "response")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        m.get(
+            "weir_upstream_attempts_total",
+            &[("upstream", "m-dead"), ("outcome", "upstream-connect")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.get("weir_in_flight", &[("upstream", "m-up")]), Some(0.0));
+    assert_eq!(
+        m.get("weir_downstream_connections", &[("listener", "main")]),
+        Some(1.0)
+    );
+    assert!(m.get("weir_build_info", &[("version", env!("CARGO_PKG_VERSION"))]) == Some(1.0));
+    assert_eq!(
+        m.get(
+            "weir_request_duration_seconds_count",
+            &[("route", "m-api"), ("upstream", "m-up")]
+        ),
+        Some(3.0)
+    );
+    assert!(
+        m.has("weir_request_duration_seconds_bucket"),
+        "a histogram, not a summary"
+    );
+    assert!(!m.text().contains("quantile="), "no summaries");
+    assert!(!m.text().contains("secret"), "no request data in labels");
+}
+
+#[tokio::test]
+async fn health_readiness_and_effective_config() {
+    let up = Upstream::http1().start().await;
+    let weir = Weir::start(&one_route(
+        "cfg-route",
+        "cfg-up",
+        &[up.addr()],
+        "connect_timeout = \"2s\"",
+    ))
+    .await;
+    let c = Client::h1();
+    let health = c.get(weir.admin(), "/healthz").await;
+    assert_eq!(health.status, 200);
+    let ready = c.get(weir.admin(), "/readyz").await;
+    assert_eq!(ready.status, 200);
+    let cfg = c.get(weir.admin(), "/config").await;
+    assert_eq!(cfg.status, 200);
+    let text = cfg.text();
+    assert!(text.contains("connect_timeout = \"2s\""), "{text}");
+    // Defaults are filled in.
+    for key in [
+        "idle_timeout = \"1m\"",
+        "max_retries = 2",
+        "budget_ratio = 0.2",
+        "header_read_timeout = \"10s\"",
+    ] {
+        assert!(
+            text.replace("60s", "1m").contains(key),
+            "missing {key} in\n{text}"
+        );
+    }
+    weir::Config::from_toml(&text, "effective.toml")
+        .expect("the effective config is valid weir config");
+    assert_eq!(c.get(weir.admin(), "/nope").await.status, 404);
+}

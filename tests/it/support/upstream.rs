@@ -1,0 +1,489 @@
+//! A real, scriptable, misbehaving upstream: a hyper server on `127.0.0.1:0`.
+//!
+//! Build with [`Upstream::http1`] / [`Upstream::http2`] / [`Upstream::auto`] / [`Upstream::hang`],
+//! configure faults, then [`UpstreamBuilder::start`]. Dropping the [`RunningUpstream`] aborts
+//! every task it spawned (accept loop, connections, upgraded streams).
+//!
+//! A request walks these steps, in order (`n` is its 0-based arrival number, over all paths):
+//! 1. counted in `hits()` and recorded (head first, body once read);
+//! 2. `reset()` / `reset_first(k)` with `n < k`: the connection is closed (RST) after the head;
+//! 3. the body is read in full (except with `echo()`, which streams it back);
+//! 4. `close_after_read()`: the connection is closed without a response;
+//! 5. delay: `delay_first(k, d)` with `n < k`, else `route_delay(path)`, else `delay(d)`;
+//! 6. `hang()`: no response, ever;
+//! 7. `fail_first(k, status)` with `n < k`: that status, body `"fail"`;
+//! 8. `upgrade()` and an `Upgrade` header: 101, then raw bytes are echoed;
+//!    `echo()`: 200 with the request body; a `route(path, ..)`: its status and body; else 200 `"ok"`.
+//!
+//! Every response carries the `header(..)`s. A request whose handler is dropped before it
+//! produced its response (the peer went away) is counted in `cancelled()`.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, UPGRADE};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinHandle};
+
+/// Entry point: `Upstream::http1().route(..).delay(..).start().await`.
+pub struct Upstream;
+
+/// Which protocols the upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c) only.
+    Http2,
+    /// Both, told apart by the h2 preface.
+    Auto,
+}
+
+/// Settings of an upstream under construction; see the module docs for their order.
+#[derive(Clone, Debug)]
+pub struct UpstreamBuilder {
+    protocol: Protocol,
+    routes: HashMap<String, (StatusCode, Bytes)>,
+    route_delays: HashMap<String, Duration>,
+    delay: Option<Duration>,
+    delay_first: (usize, Duration),
+    fail_first: (usize, StatusCode),
+    reset_first: usize,
+    close_after_read: bool,
+    hang: bool,
+    echo: bool,
+    upgrade: bool,
+    headers: HeaderMap,
+}
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Request method.
+    pub method: Method,
+    /// Request URI (origin-form for h1, absolute-form for h2).
+    pub uri: Uri,
+    /// Protocol version on the wire.
+    pub version: Version,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body, as much of it as was read.
+    pub body: Bytes,
+}
+
+/// A started upstream; dropping it stops it and every task it spawned.
+pub struct RunningUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// An HTTP/1.1-only upstream.
+    pub fn http1() -> UpstreamBuilder {
+        UpstreamBuilder::new(Protocol::Http1)
+    }
+
+    /// An HTTP/2-only upstream (h2c, prior knowledge).
+    pub fn http2() -> UpstreamBuilder {
+        UpstreamBuilder::new(Protocol::Http2)
+    }
+
+    /// An upstream speaking HTTP/1.1 and h2c.
+    pub fn auto() -> UpstreamBuilder {
+        UpstreamBuilder::new(Protocol::Auto)
+    }
+
+    /// An upstream (h1 + h2c) that accepts, reads every request and never responds.
+    pub fn hang() -> UpstreamBuilder {
+        UpstreamBuilder::new(Protocol::Auto).never_respond()
+    }
+}
+
+impl UpstreamBuilder {
+    fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            routes: HashMap::new(),
+            route_delays: HashMap::new(),
+            delay: None,
+            delay_first: (0, Duration::ZERO),
+            fail_first: (0, StatusCode::OK),
+            reset_first: 0,
+            close_after_read: false,
+            hang: false,
+            echo: false,
+            upgrade: false,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Answers requests for exactly `path` with `status` and `body` (others get 200 `"ok"`).
+    pub fn route(mut self, path: &str, status: u16, body: impl Into<Bytes>) -> Self {
+        let status = StatusCode::from_u16(status).expect("valid status");
+        self.routes.insert(path.to_owned(), (status, body.into()));
+        self
+    }
+
+    /// Waits `d` before the response head of every request.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+
+    /// Waits `d` before the response head of requests for exactly `path` (overrides `delay`).
+    pub fn route_delay(mut self, path: &str, d: Duration) -> Self {
+        self.route_delays.insert(path.to_owned(), d);
+        self
+    }
+
+    /// Waits `d` before answering the first `n` requests (overrides the other delays).
+    pub fn delay_first(mut self, n: usize, d: Duration) -> Self {
+        self.delay_first = (n, d);
+        self
+    }
+
+    /// Answers the first `n` requests (all paths) with `status` and body `"fail"`.
+    pub fn fail_first(mut self, n: usize, status: u16) -> Self {
+        self.fail_first = (n, StatusCode::from_u16(status).expect("valid status"));
+        self
+    }
+
+    /// Closes the connection (RST) after reading the head of every request, with no response.
+    pub fn reset(self) -> Self {
+        self.reset_first(usize::MAX)
+    }
+
+    /// Like [`Self::reset`] for the first `n` requests only; later ones are served normally.
+    pub fn reset_first(mut self, n: usize) -> Self {
+        self.reset_first = n;
+        self
+    }
+
+    /// Reads each whole request, body included, then closes the connection without a response.
+    pub fn close_after_read(mut self) -> Self {
+        self.close_after_read = true;
+        self
+    }
+
+    /// Reads each whole request and never responds.
+    pub fn never_respond(mut self) -> Self {
+        self.hang = true;
+        self
+    }
+
+    /// Adds a header to every response.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("valid header name");
+        self.headers.append(
+            name,
+            HeaderValue::from_str(value).expect("valid header value"),
+        );
+        self
+    }
+
+    /// Responds 200 with the request body streamed back.
+    pub fn echo(mut self) -> Self {
+        self.echo = true;
+        self
+    }
+
+    /// Answers requests carrying `Upgrade: <p>` with 101 and echoes raw bytes afterwards.
+    pub fn upgrade(mut self) -> Self {
+        self.upgrade = true;
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving.
+    pub async fn start(self) -> RunningUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let shared = Arc::new(Shared {
+            cfg: self,
+            hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Some(Vec::new())),
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        RunningUpstream {
+            addr,
+            shared,
+            accept,
+        }
+    }
+}
+
+impl RunningUpstream {
+    /// The bound address (`127.0.0.1:<port>`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests received so far (counted when the head arrives).
+    pub fn hits(&self) -> usize {
+        self.shared.hits.load(SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(SeqCst)
+    }
+
+    /// Requests abandoned by the peer before their response was produced.
+    pub fn cancelled(&self) -> usize {
+        self.shared.cancelled.load(SeqCst)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The most recent request; panics if there was none.
+    pub fn last_request(&self) -> Recorded {
+        self.requests().pop().expect("upstream received no request")
+    }
+}
+
+impl Drop for RunningUpstream {
+    fn drop(&mut self) {
+        self.accept.abort();
+        let tasks = self.shared.tasks.lock().unwrap().take().unwrap_or_default();
+        tasks.iter().for_each(AbortHandle::abort);
+    }
+}
+
+// === internals ===
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+struct Shared {
+    cfg: UpstreamBuilder,
+    hits: AtomicUsize,
+    connections: AtomicUsize,
+    cancelled: AtomicUsize,
+    requests: Mutex<Vec<Recorded>>,
+    /// `None` once the upstream is dropped: late spawns are aborted at once.
+    tasks: Mutex<Option<Vec<AbortHandle>>>,
+}
+
+impl Shared {
+    fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut).abort_handle();
+        match self.tasks.lock().unwrap().as_mut() {
+            Some(tasks) => {
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(handle);
+            }
+            None => handle.abort(),
+        }
+    }
+
+    fn append_body(&self, index: usize, chunk: &[u8]) {
+        let mut requests = self.requests.lock().unwrap();
+        let body = &mut requests[index].body;
+        *body = [&body[..], chunk].concat().into();
+    }
+}
+
+/// Spawns h2 stream tasks through [`Shared::spawn`], so that they die with the upstream.
+#[derive(Clone)]
+struct Exec(Arc<Shared>);
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Exec {
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// Counts the request as cancelled if dropped while still armed.
+struct CancelGuard<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.cancelled.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        shared.connections.fetch_add(1, SeqCst);
+        if shared.cfg.reset_first > 0 {
+            stream.set_zero_linger().expect("SO_LINGER");
+        }
+        let kill = Arc::new(Notify::new());
+        let (svc_shared, svc_kill) = (shared.clone(), kill.clone());
+        let svc = hyper::service::service_fn(move |req| {
+            handle(svc_shared.clone(), svc_kill.clone(), req)
+        });
+        let io = TokioIo::new(stream);
+        let exec = Exec(shared.clone());
+        let conn: Pin<Box<dyn Future<Output = ()> + Send>> = match shared.cfg.protocol {
+            Protocol::Http1 => Box::pin(async move {
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, svc);
+                let _ = conn.with_upgrades().await;
+            }),
+            Protocol::Http2 => Box::pin(async move {
+                let mut builder = http2::Builder::new(exec);
+                let _ = builder
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, svc)
+                    .await;
+            }),
+            Protocol::Auto => Box::pin(async move {
+                let mut builder = auto::Builder::new(exec);
+                builder.http1().timer(TokioTimer::new());
+                builder.http2().timer(TokioTimer::new());
+                let _ = builder.serve_connection_with_upgrades(io, svc).await;
+            }),
+        };
+        shared.spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                _ = kill.notified() => {} // drops the connection: close (RST with zero linger)
+            }
+        });
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    kill: Arc<Notify>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let cfg = &shared.cfg;
+    let n = shared.hits.fetch_add(1, SeqCst);
+    let mut guard = CancelGuard {
+        shared: &shared,
+        armed: true,
+    };
+    let upgrade_to = req.headers().get(UPGRADE).cloned().filter(|_| cfg.upgrade);
+    let on_upgrade = upgrade_to.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let index = {
+        let mut requests = shared.requests.lock().unwrap();
+        requests.push(Recorded {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: Bytes::new(),
+        });
+        requests.len() - 1
+    };
+
+    if n < cfg.reset_first {
+        guard.armed = false;
+        kill.notify_one();
+        return std::future::pending().await;
+    }
+    let body = if cfg.echo {
+        let tee = shared.clone();
+        let echoed = body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                tee.append_body(index, data);
+            }
+            frame
+        });
+        Some(echoed.boxed())
+    } else {
+        match body.collect().await {
+            Ok(collected) => shared.append_body(index, &collected.to_bytes()),
+            Err(_) => return Ok(respond(cfg, StatusCode::BAD_REQUEST, "body")), // peer went away
+        }
+        None
+    };
+    if cfg.close_after_read {
+        guard.armed = false;
+        kill.notify_one();
+        return std::future::pending().await;
+    }
+
+    let path = parts.uri.path();
+    let delay = match cfg.delay_first {
+        (k, d) if n < k => Some(d),
+        _ => cfg.route_delays.get(path).copied().or(cfg.delay),
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    if cfg.hang {
+        return std::future::pending().await;
+    }
+    guard.armed = false;
+
+    if n < cfg.fail_first.0 {
+        return Ok(respond(cfg, cfg.fail_first.1, "fail"));
+    }
+    if let (Some(protocol), Some(on_upgrade)) = (upgrade_to, on_upgrade) {
+        shared.spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        });
+        let mut resp = respond(cfg, StatusCode::SWITCHING_PROTOCOLS, "");
+        resp.headers_mut().insert(UPGRADE, protocol);
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        return Ok(resp);
+    }
+    if let Some(body) = body {
+        let mut resp = respond(cfg, StatusCode::OK, "");
+        *resp.body_mut() = body;
+        return Ok(resp);
+    }
+    Ok(match cfg.routes.get(path) {
+        Some((status, body)) => respond(cfg, *status, body.clone()),
+        None => respond(cfg, StatusCode::OK, "ok"),
+    })
+}
+
+fn respond(cfg: &UpstreamBuilder, status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let body = Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().extend(cfg.headers.clone());
+    resp
+}
