@@ -41,6 +41,10 @@ pub enum StartError {
     /// The config does not compile into a generation.
     #[error(transparent)]
     Build(#[from] UnknownUpstream),
+    /// The config asks for a feature this build cannot serve; weir refuses to start rather
+    /// than serve something else (plaintext where TLS was asked for, say).
+    #[error("{0} is not supported by this version of weir")]
+    Unsupported(String),
 }
 
 /// A running weir: its bound addresses and the handle that stops it.
@@ -60,6 +64,7 @@ impl App {
     /// Builds the first generation, binds every listener and the admin port (all before
     /// serving, so a bind error leaves nothing running), then serves them.
     pub async fn start(config: Config) -> Result<Running, StartError> {
+        refuse_unsupported(&config)?;
         let metrics = Metrics::new()?;
         let config = Arc::new(config);
         let current: Current = Arc::new(ArcSwap::from_pointee(Generation::build(
@@ -130,6 +135,32 @@ impl App {
             current,
         })
     }
+}
+
+/// Keys that parse (they are the config contract) but whose feature this build lacks.
+fn refuse_unsupported(config: &Config) -> Result<(), StartError> {
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.tls.is_some() {
+            return Err(StartError::Unsupported(format!(
+                "listeners[{i}].tls (TLS termination)"
+            )));
+        }
+    }
+    for u in &config.upstreams {
+        if u.tls.is_some() {
+            return Err(StartError::Unsupported(format!(
+                "upstreams.{}.tls (TLS to upstreams)",
+                u.name
+            )));
+        }
+        if u.dns.is_some() {
+            return Err(StartError::Unsupported(format!(
+                "upstreams.{}.dns (DNS discovery)",
+                u.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Running {

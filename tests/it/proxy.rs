@@ -558,3 +558,26 @@ async fn max_connections_holds_new_connections_until_one_closes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn keys_whose_feature_is_missing_refuse_to_start_instead_of_serving_plaintext() {
+    let cases = [
+        (
+            "[[listeners]]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n",
+            "listeners[0].tls",
+        ),
+        (
+            "[upstreams.t]\nendpoints = [\"127.0.0.1:1\"]\ntls = { sni = \"x\" }\n",
+            "upstreams.t.tls",
+        ),
+        (
+            "[upstreams.d]\ndns = \"backend.local:80\"\n",
+            "upstreams.d.dns",
+        ),
+    ];
+    for (toml, key) in cases {
+        let cfg = weir::Config::from_toml(toml, "t.toml").unwrap();
+        let err = weir::App::start(cfg).await.unwrap_err();
+        assert!(err.to_string().contains(key), "{err}");
+    }
+}

@@ -19,6 +19,7 @@ pub mod weir;
 
 use std::time::Duration;
 
+pub use self::weir::Weir;
 pub use client::{
     Client, ClientError, Reply, Upgraded, build_request, io_error_kind, raw, upgrade,
 };
