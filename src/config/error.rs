@@ -3,7 +3,7 @@
 //! Position: shared by the reader and the validator (file → validated `Config`; no I/O).
 //! Keys: none of its own; it maps key paths (`routes[1].match.methods[0]`) to source lines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 
@@ -64,11 +64,11 @@ impl std::error::Error for ConfigErrors {}
 
 // === impl Collector ===
 
-/// Where a key sits in the file: its line and its source text (for `(got …)`).
+/// Where a key sits in the file (byte offset) and its value's source text (for `(got …)`).
 #[derive(Debug, Clone)]
-pub(crate) struct Loc {
-    pub(crate) line: usize,
-    pub(crate) text: String,
+struct Loc {
+    offset: usize,
+    text: String,
 }
 
 /// Collects the errors of one file, and remembers where each key path was seen so that later
@@ -77,8 +77,10 @@ pub(crate) struct Loc {
 pub(crate) struct Collector {
     file: String,
     line_starts: Vec<usize>,
-    errors: Vec<ConfigError>,
+    /// Each error with the byte offset it sorts by.
+    errors: Vec<(usize, ConfigError)>,
     locs: HashMap<String, Loc>,
+    error_paths: HashSet<String>,
 }
 
 impl Collector {
@@ -90,6 +92,7 @@ impl Collector {
             line_starts,
             errors: Vec::new(),
             locs: HashMap::new(),
+            error_paths: HashSet::new(),
         }
     }
 
@@ -102,31 +105,37 @@ impl Collector {
 
     /// Records an error at a byte span.
     pub(crate) fn at_span(&mut self, span: &Range<usize>, path: &str, message: String) {
-        let line = self.line_of(span.start);
-        self.push(line, path, message);
-    }
-
-    /// Records an error at a line.
-    pub(crate) fn push(&mut self, line: usize, path: &str, message: String) {
-        self.errors.push(ConfigError {
-            file: self.file.clone(),
-            line,
-            path: path.to_owned(),
-            message,
-        });
+        self.push(span.start, path, message);
     }
 
     /// Records an error about a key path seen while reading; the line is that key's line, or the
     /// line of its nearest enclosing key that was written in the file.
     pub(crate) fn at_path(&mut self, path: &str, message: String) {
-        let line = self.line_at(path);
-        self.push(line, path, message);
+        let offset = self.offset_at(path);
+        self.push(offset, path, message);
+    }
+
+    fn push(&mut self, offset: usize, path: &str, message: String) {
+        self.error_paths.insert(path.to_owned());
+        let line = self.line_of(offset);
+        let error = ConfigError {
+            file: self.file.clone(),
+            line,
+            path: path.to_owned(),
+            message,
+        };
+        self.errors.push((offset, error));
     }
 
     /// Remembers where a key path was seen.
     pub(crate) fn remember(&mut self, path: &str, span: &Range<usize>, text: String) {
-        let line = self.line_of(span.start);
-        self.locs.insert(path.to_owned(), Loc { line, text });
+        self.locs.insert(
+            path.to_owned(),
+            Loc {
+                offset: span.start,
+                text,
+            },
+        );
     }
 
     /// Whether a key path was written in the file.
@@ -134,32 +143,38 @@ impl Collector {
         self.locs.contains_key(path)
     }
 
+    /// Whether an error was recorded at this key path (its value in the `Config` is then a
+    /// stand-in default, which later checks must not judge).
+    pub(crate) fn has_error(&self, path: &str) -> bool {
+        self.error_paths.contains(path)
+    }
+
     /// The source text of a key path's value, if it was written in the file.
     pub(crate) fn text(&self, path: &str) -> Option<&str> {
         self.locs.get(path).map(|l| l.text.as_str())
     }
 
-    fn line_at(&self, path: &str) -> usize {
+    fn offset_at(&self, path: &str) -> usize {
         let mut p = path;
         loop {
             if let Some(loc) = self.locs.get(p) {
-                return loc.line;
+                return loc.offset;
             }
             match p.rfind(['.', '[']) {
                 Some(i) => p = &p[..i],
-                None => return 1,
+                None => return 0,
             }
         }
     }
 
-    /// `Ok(value)` when nothing was recorded, else every error in line order.
+    /// `Ok(value)` when nothing was recorded, else every error in file order.
     pub(crate) fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
         if self.errors.is_empty() {
             return Ok(value);
         }
         let mut errors = self.errors;
-        errors.sort_by_key(|e| e.line);
-        Err(ConfigErrors(errors))
+        errors.sort_by_key(|(offset, _)| *offset);
+        Err(ConfigErrors(errors.into_iter().map(|(_, e)| e).collect()))
     }
 }
 

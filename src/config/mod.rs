@@ -431,9 +431,10 @@ impl Config {
 
     /// The embedded default config (`config/default.toml`): proxy on 127.0.0.1:8080, admin on
     /// 127.0.0.1:9901, and a route that answers by itself.
+    // The file is compiled in, and the test `embedded_default_parses` proves it valid, so this
+    // cannot fail at run time.
+    #[allow(clippy::expect_used)]
     pub fn embedded_default() -> Config {
-        // `embedded_default_parses` proves this file is valid, so this cannot fail at run time.
-        #[allow(clippy::expect_used)]
         Config::from_toml(DEFAULT_TOML, "config/default.toml")
             .expect("the embedded config/default.toml is valid")
     }

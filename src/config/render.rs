@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::config::read::{join, quote};
+use crate::config::read::quote;
 use crate::config::{
     Config, FaultConfig, HashOn, ListenerConfig, RateLimitKey, RouteAction, RouteConfig,
     UpstreamConfig,
@@ -45,16 +45,16 @@ fn duration_text(d: Duration) -> String {
     if nanos == 0 {
         if secs == 0 {
             "0s".into()
-        } else if secs % 3600 == 0 {
+        } else if secs.is_multiple_of(3600) {
             format!("{}h", secs / 3600)
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             format!("{}m", secs / 60)
         } else {
             format!("{secs}s")
         }
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!("{}us", d.as_micros())
     } else {
         format!("{}ns", d.as_nanos())
@@ -155,7 +155,7 @@ fn fault(f: &FaultConfig) -> String {
 }
 
 fn upstream(out: &mut Toml, u: &UpstreamConfig) {
-    let path = join("upstreams", &u.name);
+    let path = format!("upstreams.{}", key(&u.name));
     out.header(&format!("[{path}]"));
     match &u.dns {
         Some(dns) => out.kv("dns", quote(dns.as_str())),
@@ -266,6 +266,14 @@ impl Toml {
     }
 }
 
+/// A TOML key: bare when it can be, else quoted (a name may hold a `.`).
+fn key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if bare { k.to_owned() } else { quote(k) }
+}
+
 fn inline(entries: &[(&str, String)]) -> String {
     if entries.is_empty() {
         return "{}".into();
@@ -320,6 +328,102 @@ mod tests {
         for (d, text) in cases {
             assert_eq!(duration_text(d), text);
             assert_eq!(humantime::parse_duration(text).unwrap(), d, "{text}");
+        }
+    }
+
+    #[test]
+    fn unusual_values_round_trip() {
+        use std::sync::Arc;
+
+        use bytes::Bytes;
+        use http::StatusCode;
+        use http::uri::Authority;
+
+        use crate::config::{
+            Balance, HealthSettings, ListenerTls, Mode, Priority, Protocol, RateLimitConfig,
+            RespondConfig, RouteMatch, SplitTarget, UpstreamTls,
+        };
+
+        let header = |n: &str, v: &str| {
+            (
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            )
+        };
+        let mut c = Config::default();
+        c.admin.listen = "[::1]:0".parse().unwrap();
+        c.listeners[0].tls = Some(ListenerTls {
+            cert: "dir with space/c \"x\".pem".into(),
+            key: "k.pem".into(),
+            client_ca: Some("ca.pem".into()),
+        });
+        c.drain.delay = Duration::from_nanos(1_500);
+        let route = |name: &str, action: RouteAction| RouteConfig {
+            name: Arc::from(name),
+            action,
+            ..RouteConfig::default()
+        };
+        let mut respond = route(
+            "r.1",
+            RouteAction::Respond(RespondConfig {
+                status: StatusCode::IM_A_TEAPOT,
+                body: Bytes::from("line \"one\"\n\ttab \\ é\u{7f}"),
+                headers: vec![header("x-b", "ünïcode"), header("x-a", "a\tb")],
+            }),
+        );
+        respond.matcher = RouteMatch {
+            path_prefix: Some("/a%20b\u{e9}".into()),
+            host: Some("h".into()),
+            methods: vec![http::Method::from_bytes(b"PURGE").unwrap()],
+            headers: vec![header("x-q", "\"")],
+        };
+        respond.priority = Priority::Sheddable;
+        respond.rate_limit = Some(RateLimitConfig {
+            key: RateLimitKey::Header(HeaderName::from_static("x-k")),
+            ..RateLimitConfig::new(0.25)
+        });
+        respond.fault.abort_percent = 33.333333333333336;
+        let split = route(
+            "s",
+            RouteAction::Split(vec![
+                SplitTarget {
+                    upstream: "u.v".into(),
+                    weight: 0,
+                },
+                SplitTarget {
+                    upstream: "u.v".into(),
+                    weight: 7,
+                },
+            ]),
+        );
+        c.routes = vec![respond, split];
+        let mut u = UpstreamConfig {
+            name: "u.v".into(),
+            dns: Some(Authority::from_static("svc.local:8443")),
+            protocol: Protocol::Http2,
+            balance: Balance::Hash,
+            hash_on: HashOn::Cookie("sid".into()),
+            tls: Some(UpstreamTls {
+                sni: Some("s".into()),
+                ..UpstreamTls::default()
+            }),
+            health: Some(HealthSettings {
+                path: "/h?x=1".into(),
+                ..HealthSettings::default()
+            }),
+            ..UpstreamConfig::default()
+        };
+        u.retry.statuses = vec![];
+        u.retry.budget_ratio = 0.1 + 0.2;
+        u.breaker.mode = Mode::DryRun;
+        u.shed.mode = Mode::Off;
+        u.outlier.ramp = Duration::from_secs(86_400);
+        c.upstreams = vec![u];
+
+        let text = render(&c);
+        match Config::from_toml(&text, "rendered.toml") {
+            Ok(back) => assert_eq!(back, c, "{text}"),
+            Err(e) => panic!("{e}\n{text}"),
         }
     }
 

@@ -1,8 +1,7 @@
-//! Cross-key checks on a read `Config`: references, duplicates, clashes and orderings.
+//! Validation: cross-key checks on a read `Config` (references, duplicates, clashes, orderings).
 //!
-//! Position: file → validated `Config` (second half, after `read`); no I/O. Keys: `listeners[*]`
-//! names and addresses vs `admin.listen`, route names and upstream references, retry backoff,
-//! breaker open time and shed limits.
+//! Position: file → validated `Config` (second half, after `read`); no I/O. Keys: listener names
+//! and addresses, `admin.listen`, route names and upstreams, backoff, open_for, shed limits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use std::time::Duration;
 use crate::config::error::Collector;
 use crate::config::read::{join, quote};
 use crate::config::render::duration;
-use crate::config::{Config, RouteAction, UpstreamConfig};
+use crate::config::{Config, ListenerConfig, RouteAction, UpstreamConfig};
 
 /// Records every cross-key problem of `config`, each at the line of the key it is about.
 pub(crate) fn validate(config: &Config, c: &mut Collector) {
@@ -25,7 +24,10 @@ fn listeners(config: &Config, c: &mut Collector) {
     for (i, l) in config.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         let earlier = &config.listeners[..i];
-        if let Some(j) = earlier.iter().position(|o| o.name == l.name) {
+        let name_ok = !c.has_error(&format!("{path}.name"));
+        if let Some(j) = earlier.iter().position(|o| o.name == l.name)
+            && name_ok
+        {
             let p = if c.seen(&format!("{path}.name")) {
                 format!("{path}.name")
             } else {
@@ -40,23 +42,32 @@ fn listeners(config: &Config, c: &mut Collector) {
             );
         }
         let listen = format!("{path}.listen");
-        if clash(l.listen, config.admin.listen) {
+        if c.has_error(&listen) {
+            continue;
+        }
+        let got = if c.seen(&listen) {
+            quote(&l.listen.to_string())
+        } else {
+            format!("the default {}", quote(&l.listen.to_string()))
+        };
+        if clash(l.listen, config.admin.listen) && !c.has_error("admin.listen") {
             c.at_path(
                 &listen,
                 format!(
-                    "address clashes with the admin port admin.listen = {} (got {})",
+                    "address clashes with the admin port admin.listen = {} (got {got})",
                     quote(&config.admin.listen.to_string()),
-                    quote(&l.listen.to_string())
                 ),
             );
         }
-        if let Some(j) = earlier.iter().position(|o| clash(o.listen, l.listen)) {
+        let clashes = |(j, o): &(usize, &ListenerConfig)| {
+            clash(o.listen, l.listen) && !c.has_error(&format!("listeners[{j}].listen"))
+        };
+        if let Some((j, _)) = earlier.iter().enumerate().find(clashes) {
             c.at_path(
                 &listen,
                 format!(
-                    "address clashes with listeners[{j}].listen = {} (got {})",
+                    "address clashes with listeners[{j}].listen = {} (got {got})",
                     quote(&config.listeners[j].listen.to_string()),
-                    quote(&l.listen.to_string())
                 ),
             );
         }
@@ -66,7 +77,10 @@ fn listeners(config: &Config, c: &mut Collector) {
 fn routes(config: &Config, c: &mut Collector) {
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        if let Some(j) = config.routes[..i].iter().position(|o| o.name == r.name) {
+        let name_ok = !c.has_error(&format!("{path}.name"));
+        if let Some(j) = config.routes[..i].iter().position(|o| o.name == r.name)
+            && name_ok
+        {
             let p = if c.seen(&format!("{path}.name")) {
                 format!("{path}.name")
             } else {
@@ -161,6 +175,9 @@ fn order(c: &mut Collector, table: &str, lo: (Value, &str), hi: (Value, &str)) {
     let (hi_value, hi_key) = hi;
     let lo_path = join(table, lo_key);
     let hi_path = join(table, hi_key);
+    if c.has_error(&lo_path) || c.has_error(&hi_path) {
+        return;
+    }
     if c.seen(&lo_path) {
         let got = c
             .text(&lo_path)
@@ -185,4 +202,233 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{error_list, errors, ok};
+
+    fn doc(lines: &[&str]) -> String {
+        lines.join("\n")
+    }
+
+    fn at(line: usize, path: &str) -> (usize, String) {
+        (line, path.to_owned())
+    }
+
+    #[test]
+    fn routes_must_name_existing_upstreams() {
+        let src = doc(&[
+            "[[routes]]",                                                              // 1
+            "upstream = \"backnd\"",                                                   // 2
+            "[[routes]]",                                                              // 3
+            "split = [{ upstream = \"backend\", weight = 9 }, { upstream = \"v2\" }]", // 4
+            "[upstreams.backend]",                                                     // 5
+            "endpoints = [\"b:80\"]",                                                  // 6
+            "[upstreams.other]",                                                       // 7
+            "endpoints = [\"o:80\"]",                                                  // 8
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(2, "routes[0].upstream"),
+                at(4, "routes[1].split[1].upstream")
+            ]
+        );
+        assert_eq!(
+            error_list(&src)[0].to_string(),
+            "weir.toml:2: routes[0].upstream: no such upstream (expected one of: backend, other) \
+             (got \"backnd\")"
+        );
+        let e = &error_list("[[routes]]\nupstream = \"x\"")[0];
+        assert_eq!(
+            e.message,
+            "no such upstream: no [upstreams.NAME] table is defined (got \"x\")"
+        );
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let src = doc(&[
+            "[[listeners]]",            // 1
+            "listen = \"127.0.0.1:1\"", // 2
+            "[[listeners]]",            // 3
+            "name = \"main\"",          // 4
+            "listen = \"127.0.0.1:2\"", // 5
+            "[[listeners]]",            // 6
+            "name = \"listener-3\"",    // 7
+            "listen = \"127.0.0.1:3\"", // 8
+            "[[listeners]]",            // 9
+            "listen = \"127.0.0.1:4\"", // 10
+            "[[routes]]",               // 11
+            "name = \"a\"",             // 12
+            "respond = {}",             // 13
+            "[[routes]]",               // 14
+            "name = \"a\"",             // 15
+            "respond = {}",             // 16
+            "[[routes]]",               // 17
+            "name = \"route-3\"",       // 18
+            "respond = {}",             // 19
+            "[[routes]]",               // 20
+            "respond = {}",             // 21
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(4, "listeners[1].name"),
+                at(9, "listeners[3]"),
+                at(15, "routes[1].name"),
+                at(20, "routes[3]")
+            ]
+        );
+        let all = error_list(&src);
+        assert_eq!(
+            all[0].message,
+            "duplicate listener name (listeners[0] is also \"main\")"
+        );
+        assert_eq!(
+            all[3].message,
+            "duplicate route name (routes[2] is also \"route-3\")"
+        );
+    }
+
+    #[test]
+    fn listeners_need_their_own_port() {
+        let src = doc(&[
+            "[admin]",                     // 1
+            "listen = \"0.0.0.0:9000\"",   // 2
+            "[[listeners]]",               // 3
+            "listen = \"127.0.0.1:9000\"", // 4
+            "[[listeners]]",               // 5
+            "listen = \"127.0.0.1:8000\"", // 6
+            "[[listeners]]",               // 7
+            "listen = \"127.0.0.1:8000\"", // 8
+            "[[listeners]]",               // 9
+            "listen = \"0.0.0.0:8000\"",   // 10
+            "[[listeners]]",               // 11
+            "listen = \"127.0.0.2:8001\"", // 12
+            "[[listeners]]",               // 13
+            "listen = \"127.0.0.3:8001\"", // 14
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(4, "listeners[0].listen"),
+                at(8, "listeners[2].listen"),
+                at(10, "listeners[3].listen")
+            ]
+        );
+        let all = error_list(&src);
+        assert_eq!(
+            all[0].message,
+            "address clashes with the admin port admin.listen = \"0.0.0.0:9000\" (got \"127.0.0.1:9000\")"
+        );
+        assert_eq!(
+            all[1].message,
+            "address clashes with listeners[1].listen = \"127.0.0.1:8000\" (got \"127.0.0.1:8000\")"
+        );
+    }
+
+    #[test]
+    fn defaults_clash_too_and_port_zero_never_does() {
+        let src = doc(&[
+            "[[listeners]]",               // 1
+            "listen = \"127.0.0.1:9901\"", // 2
+            "[[listeners]]",               // 3
+            "name = \"second\"",           // 4
+        ]);
+        assert_eq!(errors(&src), vec![at(2, "listeners[0].listen")]);
+        let src = doc(&[
+            "[admin]",                     // 1
+            "listen = \"127.0.0.1:8080\"", // 2
+            "[[listeners]]",               // 3
+            "name = \"a\"",                // 4
+        ]);
+        let e = &error_list(&src)[0];
+        assert_eq!((e.line, e.path.as_str()), (3, "listeners[0].listen"));
+        assert!(
+            e.message.ends_with("(got the default \"127.0.0.1:8080\")"),
+            "{}",
+            e.message
+        );
+        ok(&doc(&[
+            "[admin]",
+            "listen = \"127.0.0.1:0\"",
+            "[[listeners]]",
+            "listen = \"127.0.0.1:0\"",
+            "[[listeners]]",
+            "listen = \"127.0.0.1:0\"",
+        ]));
+    }
+
+    #[test]
+    fn orderings_point_at_the_key_that_was_written() {
+        let src = doc(&[
+            "[upstreams.a]",                      // 1
+            "endpoints = [\"a:1\"]",              // 2
+            "[upstreams.a.retry]",                // 3
+            "backoff_base = \"2s\"",              // 4
+            "[upstreams.a.breaker]",              // 5
+            "open_for_max = \"5s\"",              // 6
+            "[upstreams.a.shed]",                 // 7
+            "max_in_flight = 100",                // 8
+            "min_limit = 101",                    // 9
+            "[upstreams.b]",                      // 10
+            "endpoints = [\"b:1\"]",              // 11
+            "retry = { backoff_cap = \"10ms\" }", // 12
+            "shed = { max_in_flight = 4 }",       // 13
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(4, "upstreams.a.retry.backoff_base"),
+                at(6, "upstreams.a.breaker.open_for_max"),
+                at(9, "upstreams.a.shed.min_limit"),
+                at(12, "upstreams.b.retry.backoff_cap"),
+                at(13, "upstreams.b.shed.max_in_flight"),
+            ]
+        );
+        let all = error_list(&src);
+        assert_eq!(
+            all[0].message,
+            "must not exceed backoff_cap = \"1s\" (got \"2s\")"
+        );
+        assert_eq!(
+            all[1].message,
+            "must be at least open_for = \"10s\" (got \"5s\")"
+        );
+        assert_eq!(
+            all[2].message,
+            "must not exceed max_in_flight = 100 (got 101)"
+        );
+        assert_eq!(
+            all[3].message,
+            "must be at least backoff_base = \"25ms\" (got \"10ms\")"
+        );
+        ok("[upstreams.a]\nendpoints = [\"a:1\"]\nretry = { backoff_base = \"1s\" }");
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_once() {
+        // The stand-in default of a bad value is not judged again by the cross-key checks.
+        let src = doc(&[
+            "[[listeners]]",                   // 1
+            "listen = \"nowhere\"",            // 2
+            "[[listeners]]",                   // 3
+            "name = 5",                        // 4
+            "[upstreams.a]",                   // 5
+            "endpoints = [\"a:1\"]",           // 6
+            "retry = { backoff_cap = \"x\" }", // 7
+            "shed = { max_in_flight = 0 }",    // 8
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(2, "listeners[0].listen"),
+                at(4, "listeners[1].name"),
+                at(7, "upstreams.a.retry.backoff_cap"),
+                at(8, "upstreams.a.shed.max_in_flight"),
+            ]
+        );
+    }
 }

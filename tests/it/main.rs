@@ -4,3 +4,4 @@ mod admin;
 mod cli;
 mod proxy;
 mod support;
+mod support_selftest;
