@@ -1,5 +1,13 @@
 //! The real binary: `weir check`, `--version`, running a file, the access log, signals.
 
+// Helpers here run outside a `#[test]` body and drive a child process synchronously.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

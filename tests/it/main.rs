@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod config;
 mod proxy;
 mod support;
 mod support_selftest;

@@ -318,7 +318,7 @@ async fn transport_failures_map_to_reasons() {
         (502, Some("upstream-reset"))
     );
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let r = c.get(weir.addr(), "/slow").await;
     assert_eq!(
         (r.status.as_u16(), r.header("x-weir-error")),
@@ -490,7 +490,7 @@ async fn slow_request_head_is_cut_but_idle_keepalive_lasts_until_idle_timeout() 
     slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(SECS, slow.read(&mut buf))
         .await
