@@ -4,7 +4,6 @@
 //! Position: handles live in the services of the request path; rendering is served by
 //! [`crate::admin`]. Labels come from config names and closed sets only, never request data.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -150,7 +149,7 @@ fn key(name: &'static str, labels: &[(&'static str, Arc<str>)]) -> Key {
 /// The request counter and latency histogram of one (route, upstream) pair.
 ///
 /// `weir_requests_total` also carries `status` and `reason`; their handles are resolved on
-/// first use and kept in a copy-on-write map, so the request path takes no lock.
+/// first use and kept in a copy-on-write list, so the request path takes no lock.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
     inner: Arc<RouteInner>,
@@ -162,7 +161,8 @@ struct RouteInner {
     route: Arc<str>,
     upstream: Arc<str>,
     duration: Histogram,
-    requests: ArcSwap<HashMap<(u16, &'static str), Counter>>,
+    /// Few distinct (status, reason) pairs per route: a linear scan beats hashing.
+    requests: ArcSwap<Vec<((u16, &'static str), Counter)>>,
 }
 
 impl RouteMetrics {
@@ -192,7 +192,7 @@ impl RouteMetrics {
     pub fn record(&self, status: http::StatusCode, reason: &'static str, seconds: f64) {
         self.inner.duration.record(seconds);
         let key = (status.as_u16(), reason);
-        if let Some(counter) = self.inner.requests.load().get(&key) {
+        if let Some((_, counter)) = self.inner.requests.load().iter().find(|(k, _)| *k == key) {
             counter.increment(1);
             return;
         }
@@ -206,10 +206,12 @@ impl RouteMetrics {
             ],
         );
         counter.increment(1);
-        self.inner.requests.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            map.insert(key, counter.clone());
-            map
+        self.inner.requests.rcu(|list| {
+            let mut list = Vec::clone(list);
+            if !list.iter().any(|(k, _)| *k == key) {
+                list.push((key, counter.clone()));
+            }
+            list
         });
     }
 }

@@ -1,25 +1,10 @@
-//! `RequestContext`: the facts about one request that every stage may read (request id, client
-//! address, start time), plus the request-id and W3C `traceparent` rules.
+//! Request identity: the `x-request-id` and W3C `traceparent` rules.
 //!
-//! Position: filled by [`crate::server::service`] before routing and stored in the request's
-//! extensions. Headers: `x-request-id`, `traceparent`.
-
-use std::net::SocketAddr;
+//! Position: applied by [`crate::server::service`] before routing, to the request sent upstream
+//! and (the request id) to the response. Headers: `x-request-id`, `traceparent`.
 
 use http::HeaderValue;
 use rand::RngCore;
-use tokio::time::Instant;
-
-/// What weir knows about a request beyond its head. Stored in the request extensions.
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    /// The `x-request-id` sent upstream and returned downstream.
-    pub request_id: HeaderValue,
-    /// The downstream peer.
-    pub client: SocketAddr,
-    /// When weir received the request head.
-    pub started: Instant,
-}
 
 /// The request id to use: the inbound `x-request-id` when it is present and sane (1..=200
 /// visible ASCII bytes), else a new random UUID (version 4).

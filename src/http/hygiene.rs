@@ -89,7 +89,24 @@ pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
 /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE` (except
 /// `TE: trailers`), `Trailer`, `Transfer-Encoding`, and `Upgrade` unless `upgrade` is true (in
 /// which case `Connection: upgrade` is kept too).
+///
+/// One pass over the names finds out whether there is anything to do; most requests carry
+/// none of these, and a removal costs a hash lookup each.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let found = headers.keys().any(|name| {
+        name == CONNECTION
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || name == PROXY_AUTHENTICATE
+            || name == PROXY_AUTHORIZATION
+            || name == TE
+            || name == TRAILER
+            || name == TRANSFER_ENCODING
+            || (name == UPGRADE && !upgrade)
+    });
+    if !found {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<http::HeaderName> = headers
             .get_all(CONNECTION)
@@ -130,20 +147,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` and `X-Forwarded-Host` (set when
-/// absent, so the first proxy of a chain wins) and appends this hop to `Via`.
+/// absent, so the first proxy of a chain wins) and appends this hop to `Via`. `client` is the
+/// peer address already rendered as a header value (once per connection).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     authority: Option<&str>,
     version: Version,
 ) {
-    let ip = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")),
-        None => HeaderValue::try_from(ip),
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        None => Some(client.clone()),
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -159,6 +182,12 @@ pub fn add_forwarded(
         }
     }
     append_via(headers, version);
+}
+
+/// The `X-Forwarded-For` element of a peer: its IP address.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Appends this hop (`<protocol-version> weir`) to `Via`.

@@ -30,6 +30,8 @@ use service::ProxyService;
 /// hyper's own read buffer default (8 KiB + 100 × 4 KiB); raised when a listener allows
 /// larger heads, so weir's exact check (with its JSON 431) sees them first.
 const HYPER_DEFAULT_BUF: usize = 8192 + 4096 * 100;
+/// hyper's inline header array (`DEFAULT_MAX_HEADERS`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// What every connection of one listener shares.
 #[derive(Debug)]
@@ -68,12 +70,16 @@ impl Listener {
     ) -> std::io::Result<Self> {
         let tcp = bind(cfg.listen)?;
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        let mut h1 = builder.http1();
+        h1.timer(TokioTimer::new())
             .keep_alive(true)
-            .max_headers(cfg.max_headers.saturating_mul(2).max(16))
             .max_buf_size(HYPER_DEFAULT_BUF.max(cfg.max_header_bytes.saturating_add(8192)));
+        if cfg.max_headers > HYPER_DEFAULT_MAX_HEADERS {
+            // Only raise hyper's cap: setting it at all makes hyper allocate the header array
+            // on every request instead of using its inline one. Up to the cap, weir's own
+            // check answers 431 with the JSON body; beyond it, hyper's bare 431.
+            h1.max_headers(cfg.max_headers.saturating_add(1));
+        }
         builder
             .http2()
             .timer(TokioTimer::new())

@@ -17,11 +17,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tracing::Instrument;
 
 use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM};
 use crate::error::ProxyError;
-use crate::http::context::{self, RequestContext};
+use crate::http::context;
 use crate::http::{Body, Request, Response, TRACEPARENT, X_REQUEST_ID, hygiene, respond};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
@@ -32,15 +31,19 @@ pub struct ProxyService {
     listener: Arc<ListenerShared>,
     conn: Arc<ConnState>,
     peer: SocketAddr,
+    /// The peer's IP as an `X-Forwarded-For` element, rendered once per connection.
+    client: HeaderValue,
 }
 
 impl ProxyService {
     /// The service of a connection from `peer`.
     pub fn new(listener: Arc<ListenerShared>, conn: Arc<ConnState>, peer: SocketAddr) -> Self {
+        let client = hygiene::client_value(peer.ip());
         Self {
             listener,
             conn,
             peer,
+            client,
         }
     }
 }
@@ -54,16 +57,12 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
         self.conn.begin_request();
         let guard = RequestGuard(self.conn.clone());
         let listener = self.listener.clone();
-        let peer = self.peer;
-        let span = tracing::debug_span!("request", method = %req.method(), path = req.uri().path());
-        Box::pin(
-            async move {
-                let resp = handle(&listener, &guard.0, peer, req).await;
-                drop(guard);
-                Ok(resp)
-            }
-            .instrument(span),
-        )
+        let (peer, client) = (self.peer, self.client.clone());
+        Box::pin(async move {
+            let resp = handle(&listener, &guard.0, peer, &client, req).await;
+            drop(guard);
+            Ok(resp)
+        })
     }
 }
 
@@ -80,6 +79,7 @@ async fn handle(
     l: &ListenerShared,
     conn: &ConnState,
     peer: SocketAddr,
+    client: &HeaderValue,
     req: http::Request<Incoming>,
 ) -> Response {
     let started = Instant::now();
@@ -109,24 +109,13 @@ async fn handle(
                 None
             };
             hygiene::strip_hop_by_hop(&mut parts.headers, upgrade);
-            let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-            hygiene::add_forwarded(
-                &mut parts.headers,
-                peer.ip(),
-                l.proto,
-                authority.as_deref(),
-                version,
-            );
+            let authority = parts.uri.authority().map(|a| a.as_str());
+            hygiene::add_forwarded(&mut parts.headers, client, l.proto, authority, version);
             parts
                 .headers
                 .insert(X_REQUEST_ID.clone(), request_id.clone());
             let traceparent = context::traceparent(parts.headers.get(&TRACEPARENT));
             parts.headers.insert(TRACEPARENT.clone(), traceparent);
-            parts.extensions.insert(RequestContext {
-                request_id: request_id.clone(),
-                client: peer,
-                started,
-            });
             let req = Request::from_parts(parts, Body::limited(body, l.limits.max_body_bytes));
             let result = target.service.0.clone().oneshot(req).await;
             (
@@ -164,7 +153,14 @@ async fn handle(
             )
         }
         Err(e) => {
-            tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "request failed");
+            tracing::debug!(
+                route = route_name,
+                upstream,
+                request_id = request_id.to_str().unwrap_or(""),
+                error = %e,
+                source = ?std::error::Error::source(&e),
+                "request failed"
+            );
             (
                 respond::error_response(&e, route_name, upstream),
                 e.reason(),

@@ -1,10 +1,10 @@
-//! The leaf of every upstream stack: pick an endpoint, send through the pooled client, and map
-//! transport failures to `upstream-connect` / `upstream-reset` / `payload-too-large`.
+//! The leaf of every upstream stack: pick an endpoint (round robin over the static list), send
+//! through its connection pool (HTTP/1.1) or the upstream's multiplexed client (HTTP/2), and
+//! map transport failures to `upstream-connect` / `upstream-reset` / `payload-too-large`.
 //!
 //! Position: step 6 of the walk. Config: `upstreams.<name>.endpoints`, `protocol`.
 //! Metrics: `weir_upstream_attempts_total{upstream,outcome}`, `weir_in_flight{upstream}`.
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,9 +14,7 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri, Version};
-use hyper_util::client::legacy::ResponseFuture as ClientFuture;
 use metrics::{Counter, Gauge};
-use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::admin::metrics::{IN_FLIGHT, Metrics, UPSTREAM_ATTEMPTS_TOTAL};
@@ -24,6 +22,9 @@ use crate::config::{Protocol, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::http::{Body, BodyTooLarge, Request, Response};
 use crate::upstream::client::{self, HttpClient};
+use crate::upstream::pool::{Pool, caused_by};
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>;
 
 /// Sends a request to one endpoint of the upstream. Always ready; clones share state.
 #[derive(Clone, Debug)]
@@ -32,12 +33,19 @@ pub struct Forward {
 }
 
 struct Shared {
-    client: HttpClient,
     endpoints: Vec<Authority>,
+    transport: Transport,
     next: AtomicUsize,
-    version: Version,
     in_flight: Gauge,
     outcomes: Outcomes,
+}
+
+/// How requests reach the endpoints.
+enum Transport {
+    /// One pool per endpoint, in the order of `endpoints`.
+    Http1(Vec<Pool>),
+    /// One client for every endpoint; HTTP/2 with prior knowledge multiplexes each connection.
+    Http2(HttpClient),
 }
 
 impl std::fmt::Debug for Shared {
@@ -57,20 +65,25 @@ struct Outcomes {
 }
 
 impl Forward {
-    /// The leaf for upstream `cfg`, with its own pooled client.
+    /// The leaf for upstream `cfg`, with its own connections.
     pub fn new(cfg: &UpstreamConfig, metrics: &Metrics) -> Self {
         let up = || ("upstream", cfg.name.clone());
         let outcome = |o: &'static str| {
             metrics.counter(UPSTREAM_ATTEMPTS_TOTAL, &[up(), ("outcome", Arc::from(o))])
         };
+        let transport = match cfg.protocol {
+            Protocol::Http1 => Transport::Http1(
+                cfg.endpoints
+                    .iter()
+                    .map(|ep| Pool::new(ep.clone(), cfg.connect_timeout, cfg.pool_idle_timeout))
+                    .collect(),
+            ),
+            Protocol::Http2 => Transport::Http2(client::build(cfg)),
+        };
         let shared = Shared {
-            client: client::build(cfg),
             endpoints: cfg.endpoints.clone(),
+            transport,
             next: AtomicUsize::new(0),
-            version: match cfg.protocol {
-                Protocol::Http1 => Version::HTTP_11,
-                Protocol::Http2 => Version::HTTP_2,
-            },
             in_flight: metrics.gauge(IN_FLIGHT, &[up()]),
             outcomes: Outcomes {
                 response: outcome("response"),
@@ -85,13 +98,57 @@ impl Forward {
     }
 
     /// Round robin over the static endpoint list.
-    fn pick(&self) -> Option<&Authority> {
+    fn pick(&self) -> Option<usize> {
         let n = self.shared.endpoints.len();
-        if n == 0 {
-            return None;
+        (n > 0).then(|| self.shared.next.fetch_add(1, Ordering::Relaxed) % n)
+    }
+
+    fn send(&self, i: usize, req: Request) -> Result<BoxFuture, ProxyError> {
+        let endpoint = self
+            .shared
+            .endpoints
+            .get(i)
+            .ok_or(ProxyError::NoHealthyEndpoint)?;
+        let (mut parts, body) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        match &self.shared.transport {
+            Transport::Http1(pools) => {
+                let pool = pools.get(i).ok_or(ProxyError::NoHealthyEndpoint)?.clone();
+                if !parts.headers.contains_key(HOST) {
+                    // An HTTP/2 request carries its host in :authority; HTTP/1.1 needs the
+                    // header. Without either, the endpoint is the host.
+                    let host = parts.uri.authority().unwrap_or(endpoint).as_str();
+                    if let Ok(host) = HeaderValue::from_str(host) {
+                        parts.headers.insert(HOST, host);
+                    }
+                }
+                parts.uri = Uri::from(pq);
+                parts.version = Version::HTTP_11;
+                Ok(Box::pin(pool.send(Request::from_parts(parts, body))))
+            }
+            Transport::Http2(client) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(endpoint.clone());
+                uri.path_and_query = Some(pq);
+                parts.uri = Uri::from_parts(uri)
+                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+                parts.version = Version::HTTP_2;
+                let fut = client.request(Request::from_parts(parts, body));
+                Ok(Box::pin(async move {
+                    match fut.await {
+                        Ok(resp) => Ok(resp.map(Body::incoming)),
+                        Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect(Box::new(e))),
+                        Err(e) if caused_by::<BodyTooLarge>(&e) => Err(ProxyError::PayloadTooLarge),
+                        Err(e) => Err(ProxyError::UpstreamReset(Box::new(e))),
+                    }
+                }))
+            }
         }
-        let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % n;
-        self.shared.endpoints.get(i)
     }
 }
 
@@ -105,40 +162,22 @@ impl Service<Request> for Forward {
     }
 
     fn call(&mut self, req: Request) -> ResponseFuture {
-        let Some(endpoint) = self.pick().cloned() else {
-            return ResponseFuture::failed(ProxyError::NoHealthyEndpoint);
+        let sent = match self.pick() {
+            Some(i) => self.send(i, req),
+            None => Err(ProxyError::NoHealthyEndpoint),
         };
-        let (mut parts, body) = req.into_parts();
-        if self.shared.version == Version::HTTP_11
-            && !parts.headers.contains_key(HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            // An HTTP/2 request carries its host in :authority; HTTP/1.1 needs the header.
-            parts.headers.insert(HOST, host);
-        }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint);
-        uri.path_and_query = Some(pq);
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return ResponseFuture::failed(ProxyError::BadRequest("invalid request target"));
+        match sent {
+            Ok(fut) => {
+                self.shared.in_flight.increment(1.0);
+                ResponseFuture {
+                    state: State::Sending {
+                        fut,
+                        guard: InFlight(self.shared.clone()),
+                    },
+                }
             }
-        };
-        parts.version = self.shared.version;
-        self.shared.in_flight.increment(1.0);
-        let fut = self.shared.client.request(Request::from_parts(parts, body));
-        ResponseFuture {
-            state: State::Sending {
-                fut,
-                guard: InFlight(self.shared.clone()),
+            Err(e) => ResponseFuture {
+                state: State::Failed(Some(e)),
             },
         }
     }
@@ -152,70 +191,39 @@ impl Drop for InFlight {
     }
 }
 
-pin_project! {
-    /// The future of [`Forward`]. Dropping it cancels the upstream request.
-    pub struct ResponseFuture {
-        state: State,
-    }
+/// The future of [`Forward`]. Dropping it cancels the upstream request (hyper closes an
+/// HTTP/1.1 connection whose request future is dropped; HTTP/2 resets the stream).
+pub struct ResponseFuture {
+    state: State,
 }
 
 enum State {
-    Sending { fut: ClientFuture, guard: InFlight },
+    Sending { fut: BoxFuture, guard: InFlight },
     Failed(Option<ProxyError>),
-}
-
-impl ResponseFuture {
-    fn failed(err: ProxyError) -> Self {
-        Self {
-            state: State::Failed(Some(err)),
-        }
-    }
 }
 
 impl Future for ResponseFuture {
     type Output = Result<Response, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state {
+        match &mut self.get_mut().state {
             State::Failed(err) => {
                 Poll::Ready(Err(err.take().unwrap_or(ProxyError::NoHealthyEndpoint)))
             }
             State::Sending { fut, guard } => {
-                let result = match Pin::new(fut).poll(cx) {
+                let result = match fut.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => r,
                 };
                 let o = &guard.0.outcomes;
-                Poll::Ready(match result {
-                    Ok(resp) => {
-                        o.response.increment(1);
-                        Ok(resp.map(Body::incoming))
-                    }
-                    Err(e) if e.is_connect() => {
-                        o.connect.increment(1);
-                        Err(ProxyError::UpstreamConnect(Box::new(e)))
-                    }
-                    Err(e) if caused_by::<BodyTooLarge>(&e) => {
-                        o.too_large.increment(1);
-                        Err(ProxyError::PayloadTooLarge)
-                    }
-                    Err(e) => {
-                        o.reset.increment(1);
-                        Err(ProxyError::UpstreamReset(Box::new(e)))
-                    }
-                })
+                match &result {
+                    Ok(_) => o.response.increment(1),
+                    Err(ProxyError::UpstreamConnect(_)) => o.connect.increment(1),
+                    Err(ProxyError::PayloadTooLarge) => o.too_large.increment(1),
+                    Err(_) => o.reset.increment(1),
+                }
+                Poll::Ready(result)
             }
         }
     }
-}
-
-fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }

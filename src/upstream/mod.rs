@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod forward;
+pub mod pool;
 
 use tower::util::BoxCloneSyncService;
 

@@ -581,3 +581,89 @@ async fn keys_whose_feature_is_missing_refuse_to_start_instead_of_serving_plaint
         assert!(err.to_string().contains(key), "{err}");
     }
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = Upstream::http1().start().await;
+    let echo = Upstream::http1().echo().start().await; // streams its body back: chunked
+    let cfg = format!(
+        "{}\n{}",
+        one_route("ka", "ka-up", &[up.addr()], "").replace(
+            "name = \"ka\"",
+            "name = \"ka\"\nmatch = { path_prefix = \"/plain\" }"
+        ),
+        one_route("ka-echo", "ka-echo-up", &[echo.addr()], ""),
+    );
+    let weir = Weir::start(&cfg).await;
+    let c = Client::h1();
+    for _ in 0..20 {
+        assert_eq!(c.get(weir.addr(), "/plain").await.status, 200);
+        let r = c.send(weir.addr(), Method::POST, "/echo", &[], "abc").await;
+        assert_eq!(r.text(), "abc");
+    }
+    assert_eq!(up.hits(), 20);
+    assert_eq!(
+        up.connections(),
+        1,
+        "sequential requests share one pooled connection"
+    );
+    assert_eq!(
+        echo.connections(),
+        1,
+        "a chunked response gives its connection back too"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_replaced_without_failing_a_request() {
+    let up = Upstream::http1()
+        .header("connection", "close")
+        .start()
+        .await;
+    let weir = Weir::start(&one_route("closing", "closing-up", &[up.addr()], "")).await;
+    let c = Client::h1();
+    for _ in 0..10 {
+        assert_eq!(c.get(weir.addr(), "/").await.status, 200);
+    }
+    assert_eq!(up.hits(), 10);
+    assert_eq!(up.connections(), 10);
+}
+
+#[tokio::test]
+async fn connect_timeout_answers_upstream_connect() {
+    // A local listener that never accepts, with its backlog already full: the kernel drops
+    // further SYNs, so a connect hangs until weir's connect timeout.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let f = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        f.set_nonblocking(true).unwrap();
+        let _ = f.connect(&addr.into());
+        fillers.push(f);
+    }
+    let cfg = format!(
+        "[[routes]]\nname = \"blackhole\"\nupstream = \"bh\"\n[upstreams.bh]\nendpoints = [\"{addr}\"]\nconnect_timeout = \"300ms\"\n"
+    );
+    let weir = Weir::start(&cfg).await;
+    let started = tokio::time::Instant::now();
+    let r = Client::h1().get(weir.addr(), "/").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-weir-error")),
+        (502, Some("upstream-connect"))
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    drop((sock, fillers));
+}

@@ -1,0 +1,241 @@
+//! The HTTP/1.1 connection pool of one endpoint: idle keep-alive connections in a lock-free
+//! queue, new ones made with the upstream's `connect_timeout`, each returned to the queue when
+//! its response body has been read to the end.
+//!
+//! Position: under [`crate::upstream::forward`], which picks the endpoint. Config:
+//! `upstreams.<name>.connect_timeout`, `pool_idle_timeout`. HTTP/2 upstreams use
+//! [`crate::upstream::client`] instead (one multiplexed connection serves many requests).
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::uri::Authority;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::error::{BoxError, ProxyError};
+use crate::http::{Body, BodyTooLarge, Request, Response};
+
+/// Idle connections kept per endpoint; more are closed when they come back.
+const MAX_IDLE: usize = 1024;
+
+/// The pool of one endpoint. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    endpoint: Authority,
+    idle: ArrayQueue<Idle>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    builder: Builder,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoint", &self.endpoint)
+            .field("idle", &self.idle.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Idle {
+    tx: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Pool {
+    /// A pool for `endpoint`. Starts a sweeper that closes connections idle for longer than
+    /// `idle_timeout`; it ends by itself when the pool is dropped.
+    pub fn new(endpoint: Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        let mut builder = Builder::new();
+        builder.max_buf_size(8192 + 4096 * 100);
+        let shared = Arc::new(Shared {
+            endpoint,
+            idle: ArrayQueue::new(MAX_IDLE),
+            connect_timeout,
+            idle_timeout,
+            builder,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&shared)));
+        }
+        Self { shared }
+    }
+
+    /// Connections idle in the pool now.
+    pub fn idle(&self) -> usize {
+        self.shared.idle.len()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) over an idle connection, or a new one.
+    ///
+    /// A request that an idle connection hands back unsent (it closed meanwhile) goes to the
+    /// next one, so a keep-alive race never fails a request. Errors: `upstream-connect` when no
+    /// connection could be made (the request never left), `payload-too-large` when the
+    /// request body outgrew the listener's limit, `upstream-reset` otherwise.
+    pub async fn send(self, mut req: Request) -> Result<Response, ProxyError> {
+        let shared = &self.shared;
+        while let Some(Idle { mut tx, since }) = shared.idle.pop() {
+            if tx.is_closed() || since.elapsed() > shared.idle_timeout {
+                continue;
+            }
+            if !tx.is_ready() && tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(resp, tx)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(sent_error(e.into_error())),
+                },
+            }
+        }
+        let mut tx = self.connect().await?;
+        match tx.send_request(req).await {
+            Ok(resp) => Ok(self.wrap(resp, tx)),
+            Err(e) => Err(sent_error(e)),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, ProxyError> {
+        let shared = &self.shared;
+        let connect = TcpStream::connect(shared.endpoint.as_str());
+        let stream = match tokio::time::timeout(shared.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(Box::new(e))),
+            Err(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+                return Err(ProxyError::UpstreamConnect(Box::new(e)));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = shared
+            .builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(Box::new(e)))?;
+        // The connection task ends when its `SendRequest` is dropped (by the pool, the sweeper
+        // or a response body) or when the upstream closes the connection.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// The response with a body that gives the connection back once read to the end. A 101
+    /// keeps the connection: it now belongs to the upgrade.
+    fn wrap(&self, resp: http::Response<Incoming>, tx: SendRequest<Body>) -> Response {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(Body::incoming);
+        }
+        let pool = self.shared.clone();
+        resp.map(|inner| {
+            Body::boxed(Returning {
+                inner,
+                done: false,
+                ticket: Some((tx, pool)),
+            })
+        })
+    }
+}
+
+/// A response body that returns its connection to the pool when dropped after its last byte.
+struct Returning {
+    inner: Incoming,
+    /// The body yielded its end (hyper does not mark a chunked body as ended by itself).
+    done: bool,
+    ticket: Option<(SendRequest<Body>, Arc<Shared>)>,
+}
+
+impl http_body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves bytes on the wire: the connection goes with it.
+        if let Some((tx, pool)) = self.ticket.take()
+            && (self.done || http_body::Body::is_end_stream(&self.inner))
+            && !tx.is_closed()
+        {
+            let _ = pool.idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Closes connections idle for longer than the pool's idle timeout, until the pool is gone.
+async fn sweep(pool: Weak<Shared>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).max(Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        for _ in 0..pool.idle.len() {
+            let Some(idle) = pool.idle.pop() else { break };
+            if !idle.tx.is_closed() && idle.since.elapsed() <= pool.idle_timeout {
+                let _ = pool.idle.push(idle);
+            }
+        }
+    }
+}
+
+/// An error after the request may have reached the upstream.
+fn sent_error(e: hyper::Error) -> ProxyError {
+    if caused_by::<BodyTooLarge>(&e) {
+        ProxyError::PayloadTooLarge
+    } else {
+        ProxyError::UpstreamReset(Box::new(e) as BoxError)
+    }
+}
+
+/// True when `E` is somewhere in the source chain of `err`.
+pub fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<E>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
