@@ -432,7 +432,7 @@ mod tests {
         let mut h = headers(&[("x-forwarded-for", "10.0.0.1"), ("host", "api.example.com")]);
         add_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &client_value("127.0.0.1".parse().unwrap()),
             "http",
             None,
             Version::HTTP_11,
@@ -444,7 +444,7 @@ mod tests {
         let mut h = headers(&[("via", "1.1 edge")]);
         add_forwarded(
             &mut h,
-            "::1".parse().unwrap(),
+            &client_value("::1".parse().unwrap()),
             "http",
             Some("a.b:8"),
             Version::HTTP_2,

@@ -45,7 +45,7 @@ enum Transport {
     /// One pool per endpoint, in the order of `endpoints`.
     Http1(Vec<Pool>),
     /// One client for every endpoint; HTTP/2 with prior knowledge multiplexes each connection.
-    Http2(HttpClient),
+    Http2(Box<HttpClient>),
 }
 
 impl std::fmt::Debug for Shared {
@@ -78,7 +78,7 @@ impl Forward {
                     .map(|ep| Pool::new(ep.clone(), cfg.connect_timeout, cfg.pool_idle_timeout))
                     .collect(),
             ),
-            Protocol::Http2 => Transport::Http2(client::build(cfg)),
+            Protocol::Http2 => Transport::Http2(Box::new(client::build(cfg))),
         };
         let shared = Shared {
             endpoints: cfg.endpoints.clone(),
