@@ -59,7 +59,16 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One runtime. With one core available (a pinned sidecar, a CPU limit of 1) a work-stealing
+    // scheduler has nobody to steal from, and the current-thread flavour does the same work
+    // with fewer atomic operations per task wake-up.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

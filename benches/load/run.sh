@@ -173,12 +173,27 @@ backend bench
   server up $UPSTREAM_ADDR
 EOF
 
-# Each process is started once and serves the whole run (all rounds, all conns).
-log "starting upstream on cpu0, proxies on cpu1"
+# The upstream serves the whole run. The proxies are started afresh for every connection level
+# of every round, so each RSS figure belongs to its own level (allocators keep what they once
+# took: a proxy that just served 256 connections would still report their memory at 64).
+log "starting upstream on cpu0; proxies run on cpu1"
 start direct "$TMP/upstream.log" taskset -c 0 "$UPSTREAM_BIN" --listen "$UPSTREAM_ADDR"
-has nginx && start nginx "$TMP/nginx.log" taskset -c 1 nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
-has haproxy && start haproxy "$TMP/haproxy.log" taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg"
-has weir && start weir "$TMP/weir.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir.toml"
+stop_proxy() {  # stop_proxy TARGET
+  local t=$1 p
+  [[ -n ${PID[$t]:-} ]] || return 0
+  for p in $(proc_tree "${PID[$t]}"); do kill "$p" 2>/dev/null || true; done
+  wait "${PID[$t]}" 2>/dev/null || true
+  PID[$t]=
+  while port_busy "${ADDR[$t]}"; do sleep 0.1; done
+}
+start_proxies() {
+  local t
+  for t in nginx haproxy weir; do has "$t" && stop_proxy "$t"; done
+  has nginx && start nginx "$TMP/nginx.log" taskset -c 1 nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
+  has haproxy && start haproxy "$TMP/haproxy.log" taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg"
+  has weir && start weir "$TMP/weir.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir.toml"
+  return 0
+}
 
 # --- 4. rounds -------------------------------------------------------------
 mkdir -p "$OUT_DIR"
@@ -215,6 +230,7 @@ measure() {    # measure ROUND CONNS TARGET -> one line of raw.tsv
 
 for ((round = 1; round <= ROUNDS; round++)); do
   for c in $CONNS; do
+    start_proxies
     for t in $TARGETS; do measure "$round" "$c" "$t"; done
   done
 done
