@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::config::Config;
 use crate::generation::{Current, Generation};
-use crate::route::UnknownUpstream;
+use crate::route::BuildError;
 use crate::server::Listener;
 
 /// Starts weir.
@@ -40,7 +40,7 @@ pub enum StartError {
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     /// The config does not compile into a generation.
     #[error(transparent)]
-    Build(#[from] UnknownUpstream),
+    Build(#[from] BuildError),
     /// The config asks for a feature this build cannot serve; weir refuses to start rather
     /// than serve something else (plaintext where TLS was asked for, say).
     #[error("{0} is not supported by this version of weir")]

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::config::Config;
-use crate::route::{self, UnknownUpstream};
+use crate::route::{self, BuildError};
 use crate::router::Router;
 use crate::router::matcher::Matcher;
 use crate::upstream;
@@ -31,7 +31,7 @@ pub struct Generation {
 
 impl Generation {
     /// Builds every upstream stack once, then every route over them.
-    pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Self, UnknownUpstream> {
+    pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Self, BuildError> {
         let upstreams: HashMap<_, _> = config
             .upstreams
             .iter()

@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
+use http::HeaderValue;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, StatusCode};
 
 use crate::error::ProxyError;
 use crate::http::{Body, Response, X_WEIR_ERROR};
@@ -40,11 +40,6 @@ pub fn error_response(err: &ProxyError, route: &str, upstream: &str) -> Response
     resp
 }
 
-/// The status weir answers with when `err` happens; for access logs before a response exists.
-pub fn status_of(err: &ProxyError) -> StatusCode {
-    err.status()
-}
-
 fn push_json_str(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -63,6 +58,8 @@ mod tests {
     use std::time::Duration;
 
     use http_body_util::BodyExt;
+
+    use http::StatusCode;
 
     use super::*;
 

@@ -62,12 +62,23 @@ impl Route {
     }
 }
 
-/// A route names an upstream the generation does not have (validation prevents it).
+/// A route that cannot be built (config validation rules both cases out).
 #[derive(Debug, thiserror::Error)]
-#[error("route {route}: unknown upstream {upstream}")]
-pub struct UnknownUpstream {
-    route: Arc<str>,
-    upstream: Arc<str>,
+pub enum BuildError {
+    /// The route names an upstream the generation does not have.
+    #[error("route {route}: unknown upstream {upstream}")]
+    UnknownUpstream {
+        /// The route.
+        route: Arc<str>,
+        /// The upstream it names.
+        upstream: Arc<str>,
+    },
+    /// The route's split has no target.
+    #[error("route {route}: empty split")]
+    EmptySplit {
+        /// The route.
+        route: Arc<str>,
+    },
 }
 
 /// Builds a route: for each target, deadline → upstream stack (or the direct response).
@@ -75,12 +86,14 @@ pub fn build(
     cfg: &RouteConfig,
     upstreams: &HashMap<Arc<str>, UpstreamService>,
     metrics: &Metrics,
-) -> Result<Route, UnknownUpstream> {
-    let upstream_target = |name: &Arc<str>| -> Result<Target, UnknownUpstream> {
-        let up = upstreams.get(name).ok_or_else(|| UnknownUpstream {
-            route: cfg.name.clone(),
-            upstream: name.clone(),
-        })?;
+) -> Result<Route, BuildError> {
+    let upstream_target = |name: &Arc<str>| -> Result<Target, BuildError> {
+        let up = upstreams
+            .get(name)
+            .ok_or_else(|| BuildError::UnknownUpstream {
+                route: cfg.name.clone(),
+                upstream: name.clone(),
+            })?;
         let stack = DeadlineLayer::new(cfg.timeout).layer(up.clone());
         Ok(Target {
             upstream: name.clone(),
@@ -96,7 +109,9 @@ pub fn build(
             for t in split {
                 items.push((upstream_target(&t.upstream)?, t.weight));
             }
-            split::Weighted::new(items)
+            split::Weighted::new(items).ok_or_else(|| BuildError::EmptySplit {
+                route: cfg.name.clone(),
+            })?
         }
         RouteAction::Respond(respond) => split::Weighted::one(Target {
             upstream: Arc::from(""),

@@ -21,9 +21,12 @@ impl<T> Weighted<T> {
         }
     }
 
-    /// Items with their weights; zero-weight items are never picked. At least one item
-    /// must be given (validation guarantees a non-empty split with a positive total).
-    pub fn new(items: Vec<(T, u32)>) -> Self {
+    /// Items with their weights; zero-weight items are never picked. `None` when `items` is
+    /// empty, so a `Weighted` always has something to pick.
+    pub fn new(items: Vec<(T, u32)>) -> Option<Self> {
+        if items.is_empty() {
+            return None;
+        }
         let mut total = 0u64;
         let items = items
             .into_iter()
@@ -32,28 +35,21 @@ impl<T> Weighted<T> {
                 (item, total)
             })
             .collect();
-        Self { items, total }
+        Some(Self { items, total })
     }
 
-    /// The picked item.
-    ///
-    /// # Panics
-    /// Never: `items` is non-empty by construction (see [`Weighted::new`]).
+    /// The picked item: the only one, or a draw weighted by the weights (all zero: the first).
     pub fn pick(&self) -> &T {
-        let idx = if self.items.len() == 1 || self.total == 0 {
+        let last = self.items.len() - 1; // never empty: see `one` and `new`
+        let idx = if last == 0 || self.total == 0 {
             0
         } else {
             let draw = rand::rng().random_range(0..self.total);
-            self.items.partition_point(|(_, end)| *end <= draw)
+            self.items
+                .partition_point(|(_, end)| *end <= draw)
+                .min(last)
         };
-        let last = self.items.len().saturating_sub(1);
-        #[allow(clippy::indexing_slicing)] // idx <= last, and items is never empty
-        &self.items[idx.min(last)].0
-    }
-
-    /// Every item, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.items.iter().map(|(t, _)| t)
+        &self.items[idx].0
     }
 }
 
@@ -63,7 +59,7 @@ mod tests {
 
     #[test]
     fn shares_follow_weights() {
-        let w = Weighted::new(vec![("a", 90), ("b", 10), ("c", 0)]);
+        let w = Weighted::new(vec![("a", 90), ("b", 10), ("c", 0)]).unwrap();
         let mut counts = [0usize; 3];
         for _ in 0..20_000 {
             match *w.pick() {
@@ -78,9 +74,11 @@ mod tests {
     }
 
     #[test]
-    fn one_item_is_always_picked() {
+    fn one_item_is_always_picked_and_empty_is_refused() {
         let w = Weighted::one(7);
         assert_eq!(*w.pick(), 7);
-        assert_eq!(w.iter().count(), 1);
+        assert!(Weighted::<u8>::new(vec![]).is_none());
+        let zero = Weighted::new(vec![(1, 0), (2, 0)]).unwrap();
+        assert_eq!(*zero.pick(), 1);
     }
 }

@@ -32,11 +32,6 @@ impl Router {
             .find(|(m, _)| m.matches(&parts.method, path, host, &parts.headers))
             .map(|(_, r)| r)
     }
-
-    /// The routes, in match order.
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter().map(|(_, r)| r)
-    }
 }
 
 /// The host a request is for, without port: the `Host` header, else the URI authority (h2).

@@ -75,11 +75,6 @@ impl Pool {
         Self { shared }
     }
 
-    /// Connections idle in the pool now.
-    pub fn idle(&self) -> usize {
-        self.shared.idle.len()
-    }
-
     /// Sends `req` (origin-form URI, `Host` set) over an idle connection, or a new one.
     ///
     /// A request that an idle connection hands back unsent (it closed meanwhile) goes to the
