@@ -61,7 +61,8 @@ impl Pool {
     /// `idle_timeout`; it ends by itself when the pool is dropped.
     pub fn new(endpoint: Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
         let mut builder = Builder::new();
-        builder.max_buf_size(8192 + 4096 * 100);
+        // One write per request head and small body (see the listener's http1 settings).
+        builder.max_buf_size(8192 + 4096 * 100).writev(false);
         let shared = Arc::new(Shared {
             endpoint,
             idle: ArrayQueue::new(MAX_IDLE),
