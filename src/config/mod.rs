@@ -706,6 +706,16 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[cfg(test)]
 pub(crate) mod tests {
+    /// A document whose line N is `lines[N - 1]`.
+    pub(crate) fn doc(lines: &[&str]) -> String {
+        lines.join("\n")
+    }
+
+    /// An expected error: its line and key path.
+    pub(crate) fn at(line: usize, path: &str) -> (usize, String) {
+        (line, path.to_owned())
+    }
+
     use super::*;
 
     /// `(line, path)` of every error in `src`, in line order.

@@ -1224,16 +1224,7 @@ const NAME_EXPECTED: &str = "a name of letters, digits, '_', '.' and '-'";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{error_list, errors, ok, one_error};
-
-    /// A document whose line N is `lines[N - 1]`.
-    fn doc(lines: &[&str]) -> String {
-        lines.join("\n")
-    }
-
-    fn at(line: usize, path: &str) -> (usize, String) {
-        (line, path.to_owned())
-    }
+    use crate::config::tests::{at, doc, error_list, errors, ok, one_error};
 
     #[test]
     fn a_bad_duration_reads_as_documented() {

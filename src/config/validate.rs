@@ -24,23 +24,14 @@ fn listeners(config: &Config, c: &mut Collector) {
     for (i, l) in config.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         let earlier = &config.listeners[..i];
-        let name_ok = !c.has_error(&format!("{path}.name"));
-        if let Some(j) = earlier.iter().position(|o| o.name == l.name)
-            && name_ok
-        {
-            let p = if c.seen(&format!("{path}.name")) {
-                format!("{path}.name")
-            } else {
-                path.clone()
-            };
-            c.at_path(
-                &p,
-                format!(
-                    "duplicate listener name (listeners[{j}] is also {})",
-                    quote(&l.name)
-                ),
-            );
-        }
+        duplicate_name(
+            c,
+            &path,
+            "listener",
+            "listeners",
+            &l.name,
+            earlier.iter().map(|o| &o.name),
+        );
         let listen = format!("{path}.listen");
         if c.has_error(&listen) {
             continue;
@@ -74,26 +65,38 @@ fn listeners(config: &Config, c: &mut Collector) {
     }
 }
 
+/// Records that the item at `path` (e.g. `routes[3]`) reuses the name of an earlier one, at
+/// its `name` key when the file spells one out (a default name has no line of its own).
+fn duplicate_name<'a>(
+    c: &mut Collector,
+    path: &str,
+    kind: &str,
+    table: &str,
+    name: &str,
+    earlier: impl Iterator<Item = &'a std::sync::Arc<str>>,
+) {
+    let key = format!("{path}.name");
+    if c.has_error(&key) {
+        return;
+    }
+    let mut earlier = earlier;
+    if let Some(j) = earlier.position(|o| &**o == name) {
+        let at = if c.seen(&key) { key } else { path.to_owned() };
+        c.at_path(
+            &at,
+            format!(
+                "duplicate {kind} name ({table}[{j}] is also {})",
+                quote(name)
+            ),
+        );
+    }
+}
+
 fn routes(config: &Config, c: &mut Collector) {
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        let name_ok = !c.has_error(&format!("{path}.name"));
-        if let Some(j) = config.routes[..i].iter().position(|o| o.name == r.name)
-            && name_ok
-        {
-            let p = if c.seen(&format!("{path}.name")) {
-                format!("{path}.name")
-            } else {
-                path.clone()
-            };
-            c.at_path(
-                &p,
-                format!(
-                    "duplicate route name (routes[{j}] is also {})",
-                    quote(&r.name)
-                ),
-            );
-        }
+        let earlier = config.routes[..i].iter().map(|o| &o.name);
+        duplicate_name(c, &path, "route", "routes", &r.name, earlier);
         match &r.action {
             RouteAction::Upstream(name) => reference(config, c, &format!("{path}.upstream"), name),
             RouteAction::Split(targets) => {
@@ -206,15 +209,7 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::tests::{error_list, errors, ok};
-
-    fn doc(lines: &[&str]) -> String {
-        lines.join("\n")
-    }
-
-    fn at(line: usize, path: &str) -> (usize, String) {
-        (line, path.to_owned())
-    }
+    use crate::config::tests::{at, doc, error_list, errors, ok};
 
     #[test]
     fn routes_must_name_existing_upstreams() {
