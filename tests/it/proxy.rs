@@ -667,3 +667,47 @@ async fn connect_timeout_answers_upstream_connect() {
     );
     drop((sock, fillers));
 }
+
+#[tokio::test]
+async fn empty_bodies_give_their_connection_back_and_an_abandoned_one_does_not() {
+    let up = Upstream::http1()
+        .route("/none", 204, "")
+        .route("/big", 200, vec![b'z'; 1_000_000])
+        .start()
+        .await;
+    let weir = Weir::start(&one_route("empty", "empty-up", &[up.addr()], "")).await;
+    let c = Client::h1();
+    for _ in 0..5 {
+        assert_eq!(c.get(weir.addr(), "/none").await.status, 204);
+        let head = c
+            .send(weir.addr(), Method::HEAD, "/", &[], Bytes::new())
+            .await;
+        assert_eq!(head.status, 200);
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "204 and HEAD responses reuse the connection"
+    );
+
+    // Read only the head of a large response, then drop the connection: the upstream
+    // connection still holds unread bytes and must not go back to the pool.
+    let mut s = TcpStream::connect(weir.addr()).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    let before = up.connections();
+    for _ in 0..3 {
+        assert_eq!(c.get(weir.addr(), "/none").await.status, 204);
+    }
+    assert!(
+        up.connections() <= before + 1,
+        "a fresh connection at most: {}",
+        up.connections()
+    );
+    assert_eq!(up.hits(), 14);
+}
