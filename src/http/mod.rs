@@ -58,7 +58,9 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    Limited {
+    /// A downstream request body: counted against the listener's limit, and its failures
+    /// marked as the client's ([`RequestBodyError`]).
+    Request {
         inner: Incoming,
         remaining: u64,
     },
@@ -69,6 +71,12 @@ enum Kind {
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the configured limit")]
 pub struct BodyTooLarge;
+
+/// The request body could not be read from the client (malformed chunked encoding, a client
+/// that went away mid-body): the client's fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("request body could not be read from the client")]
+pub struct RequestBodyError(#[source] hyper::Error);
 
 impl Body {
     /// An empty body.
@@ -94,16 +102,15 @@ impl Body {
         }
     }
 
-    /// A streamed hyper body that fails with [`BodyTooLarge`] once more than `limit` bytes
-    /// have passed; `limit = 0` means unlimited.
-    pub fn limited(body: Incoming, limit: u64) -> Self {
-        if limit == 0 {
-            return Self::incoming(body);
-        }
+    /// A downstream request body, streamed: it fails with [`BodyTooLarge`] once more than
+    /// `limit` bytes have passed (`limit = 0` means unlimited), and with [`RequestBodyError`]
+    /// when the client's bytes do not make a body.
+    pub fn request(body: Incoming, limit: u64) -> Self {
+        let remaining = if limit == 0 { u64::MAX } else { limit };
         Self {
-            kind: Kind::Limited {
+            kind: Kind::Request {
                 inner: body,
-                remaining: limit,
+                remaining,
             },
         }
     }
@@ -132,10 +139,12 @@ impl http_body::Body for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            Kind::Limited { inner, remaining } => {
+            Kind::Request { inner, remaining } => {
                 let frame = match Pin::new(inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => frame,
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Some(Err(Box::new(RequestBodyError(e)))));
+                    }
                     Poll::Ready(None) => return Poll::Ready(None),
                     Poll::Pending => return Poll::Pending,
                 };
@@ -157,7 +166,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Incoming(inner) | Kind::Limited { inner, .. } => inner.is_end_stream(),
+            Kind::Incoming(inner) | Kind::Request { inner, .. } => inner.is_end_stream(),
             Kind::Boxed(inner) => inner.is_end_stream(),
         }
     }
@@ -166,7 +175,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Incoming(inner) | Kind::Limited { inner, .. } => inner.size_hint(),
+            Kind::Incoming(inner) | Kind::Request { inner, .. } => inner.size_hint(),
             Kind::Boxed(inner) => inner.size_hint(),
         }
     }

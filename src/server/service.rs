@@ -116,7 +116,7 @@ async fn handle(
                 .insert(X_REQUEST_ID.clone(), request_id.clone());
             let traceparent = context::traceparent(parts.headers.get(&TRACEPARENT));
             parts.headers.insert(TRACEPARENT.clone(), traceparent);
-            let req = Request::from_parts(parts, Body::limited(body, l.limits.max_body_bytes));
+            let req = Request::from_parts(parts, Body::request(body, l.limits.max_body_bytes));
             let result = target.service.0.clone().oneshot(req).await;
             (
                 &*route.name,

@@ -1,6 +1,7 @@
 //! The leaf of every upstream stack: pick an endpoint (round robin over the static list), send
 //! through its connection pool (HTTP/1.1) or the upstream's multiplexed client (HTTP/2), and
-//! map transport failures to `upstream-connect` / `upstream-reset` / `payload-too-large`.
+//! map failures to `upstream-connect` / `upstream-reset`, or to the client's request body
+//! (`payload-too-large`, `bad-request`).
 //!
 //! Position: step 6 of the walk. Config: `upstreams.<name>.endpoints`, `protocol`.
 //! Metrics: `weir_upstream_attempts_total{upstream,outcome}`, `weir_in_flight{upstream}`.
@@ -20,9 +21,9 @@ use tower::Service;
 use crate::admin::metrics::{IN_FLIGHT, Metrics, UPSTREAM_ATTEMPTS_TOTAL};
 use crate::config::{Protocol, UpstreamConfig};
 use crate::error::ProxyError;
-use crate::http::{Body, BodyTooLarge, Request, Response};
+use crate::http::{Body, Request, Response};
 use crate::upstream::client::{self, HttpClient};
-use crate::upstream::pool::{Pool, caused_by};
+use crate::upstream::pool::{Pool, sent_error};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>;
 
@@ -62,6 +63,7 @@ struct Outcomes {
     connect: Counter,
     reset: Counter,
     too_large: Counter,
+    bad_request: Counter,
 }
 
 impl Forward {
@@ -90,6 +92,7 @@ impl Forward {
                 connect: outcome("upstream-connect"),
                 reset: outcome("upstream-reset"),
                 too_large: outcome("payload-too-large"),
+                bad_request: outcome("bad-request"),
             },
         };
         Self {
@@ -143,8 +146,7 @@ impl Forward {
                     match fut.await {
                         Ok(resp) => Ok(resp.map(Body::incoming)),
                         Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect(Box::new(e))),
-                        Err(e) if caused_by::<BodyTooLarge>(&e) => Err(ProxyError::PayloadTooLarge),
-                        Err(e) => Err(ProxyError::UpstreamReset(Box::new(e))),
+                        Err(e) => Err(sent_error(e)),
                     }
                 }))
             }
@@ -220,6 +222,7 @@ impl Future for ResponseFuture {
                     Ok(_) => o.response.increment(1),
                     Err(ProxyError::UpstreamConnect(_)) => o.connect.increment(1),
                     Err(ProxyError::PayloadTooLarge) => o.too_large.increment(1),
+                    Err(ProxyError::BadRequest(_)) => o.bad_request.increment(1),
                     Err(_) => o.reset.increment(1),
                 }
                 Poll::Ready(result)

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error::{BoxError, ProxyError};
-use crate::http::{Body, BodyTooLarge, Request, Response};
+use crate::http::{Body, BodyTooLarge, Request, RequestBodyError, Response};
 
 /// Idle connections kept per endpoint; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -215,10 +215,13 @@ async fn sweep(pool: Weak<Shared>) {
     }
 }
 
-/// An error after the request may have reached the upstream.
-fn sent_error(e: hyper::Error) -> ProxyError {
+/// An error after the request may have reached the upstream: the client's request body
+/// (too large: 413; unreadable: 400), or else the upstream connection (502).
+pub fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {
     if caused_by::<BodyTooLarge>(&e) {
         ProxyError::PayloadTooLarge
+    } else if caused_by::<RequestBodyError>(&e) {
+        ProxyError::BadRequest("request body could not be read from the client")
     } else {
         ProxyError::UpstreamReset(Box::new(e) as BoxError)
     }

@@ -711,3 +711,52 @@ async fn empty_bodies_give_their_connection_back_and_an_abandoned_one_does_not()
     );
     assert_eq!(up.hits(), 14);
 }
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_or_a_close_and_weir_keeps_serving() {
+    let up = Upstream::http1().start().await;
+    let weir = Weir::start(&one_route("bad", "bad-up", &[up.addr()], "")).await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    let cases: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/9.9\r\nhost: x\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nbad header: x\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nhost: x\r\nx-nul: a\0b\r\n\r\n".to_vec(),
+        b"G@T / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nhost: x\r\n folded: continuation\r\n\r\n".to_vec(),
+        b"GET /\r\n\r\n".to_vec(),
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n".to_vec(),
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(), // a TLS ClientHello
+        long_uri.into_bytes(),
+    ];
+    for case in &cases {
+        let reply = raw(weir.addr(), case).await;
+        let status: Option<u16> = reply
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|s| s.parse().ok());
+        match status {
+            None => assert!(
+                reply.is_empty(),
+                "neither a response nor a close: {reply:?}"
+            ),
+            Some(s) => assert!(
+                (400..500).contains(&s),
+                "{s} for {:?}",
+                String::from_utf8_lossy(&case[..case.len().min(60)])
+            ),
+        }
+    }
+    assert_eq!(up.hits(), 0, "nothing malformed reached the upstream");
+
+    // A broken chunked body is found only while streaming: the head has gone upstream, and
+    // the client is told it sent a bad request (not that the upstream failed).
+    let reply = raw(
+        weir.addr(),
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("x-weir-error: bad-request"), "{reply}");
+    assert_eq!(Client::h1().get(weir.addr(), "/").await.status, 200);
+}
