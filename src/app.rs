@@ -56,8 +56,6 @@ pub struct Running {
     tasks: TaskTracker,
     ready: Arc<AtomicBool>,
     drain_timeout: Duration,
-    metrics: Metrics,
-    current: Current,
 }
 
 impl App {
@@ -109,14 +107,14 @@ impl App {
         }
         let state = Arc::new(AdminState {
             metrics: metrics.clone(),
-            current: current.clone(),
+            current,
             ready: ready.clone(),
         });
         tasks.spawn(admin::serve(admin_tcp, state, stop.clone(), tasks.clone()));
         tracing::info!(addr = %admin_addr, "admin listening");
-        let upkeep = (metrics.clone(), stop.clone());
+        let upkeep_stop = stop.clone();
         tasks.spawn(async move {
-            let (metrics, stop) = upkeep;
+            let stop = upkeep_stop;
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(5)) => metrics.run_upkeep(),
@@ -131,8 +129,6 @@ impl App {
             tasks,
             ready,
             drain_timeout: config.drain.timeout,
-            metrics,
-            current,
         })
     }
 }
@@ -180,16 +176,6 @@ impl Running {
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
-    }
-
-    /// The instance's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// The live generation's config.
-    pub fn config(&self) -> Arc<Config> {
-        self.current.load().config.clone()
     }
 
     /// Stops weir: readiness goes false, listeners stop accepting, open connections are asked

@@ -139,17 +139,6 @@ impl ProxyError {
             | Self::PayloadTooLarge => false,
         }
     }
-
-    /// True when the failure was found in the connection to the upstream (not a policy decision).
-    pub fn is_transport(&self) -> bool {
-        matches!(
-            self,
-            Self::UpstreamConnect(_)
-                | Self::UpstreamReset(_)
-                | Self::UpstreamTls(_)
-                | Self::UpstreamTimeout
-        )
-    }
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ pub fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {
 }
 
 /// True when `E` is somewhere in the source chain of `err`.
-pub fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if e.is::<E>() {

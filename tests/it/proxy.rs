@@ -760,3 +760,17 @@ async fn malformed_requests_get_a_4xx_or_a_close_and_weir_keeps_serving() {
     assert!(reply.contains("x-weir-error: bad-request"), "{reply}");
     assert_eq!(Client::h1().get(weir.addr(), "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn the_embedded_default_answers_with_what_to_do_next() {
+    let embedded = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"));
+    let weir = Weir::start(embedded).await;
+    let r = Client::h1().get(weir.addr(), "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert!(r.text().contains("weir --config"), "{}", r.text());
+    assert!(r.text().contains("weir check"), "{}", r.text());
+    let default = weir::Config::embedded_default();
+    assert_eq!(default.listeners[0].listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(default.admin.listen.to_string(), "127.0.0.1:9901");
+}
