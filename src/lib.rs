@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod http;
+pub mod resilience;
 pub mod route;
 pub mod router;
 pub mod server;

@@ -18,8 +18,28 @@ pub const REQUESTS_TOTAL: &str = "weir_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "weir_request_duration_seconds";
 /// `weir_upstream_attempts_total{upstream,outcome}`: tries sent to an upstream.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "weir_upstream_attempts_total";
-/// `weir_in_flight{upstream}`: requests being forwarded to an upstream now.
+/// `weir_in_flight{upstream}`: requests admitted by the upstream's load shedding and not yet
+/// answered (every try and backoff included).
 pub const IN_FLIGHT: &str = "weir_in_flight";
+/// `weir_retries_total{route,upstream,reason}`: retries started (after budget and deadline
+/// checks); `reason` is what the failed try ended with.
+pub const RETRIES_TOTAL: &str = "weir_retries_total";
+/// `weir_retry_budget_exhausted_total{route,upstream}`: retries refused by the budget.
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "weir_retry_budget_exhausted_total";
+/// `weir_retry_budget_remaining{upstream}`: retries the budget would allow now.
+pub const RETRY_BUDGET_REMAINING: &str = "weir_retry_budget_remaining";
+/// `weir_circuit_state{upstream}`: 0 closed, 1 open, 2 half-open.
+pub const CIRCUIT_STATE: &str = "weir_circuit_state";
+/// `weir_circuit_transitions_total{upstream,to,reason}`: breaker state changes.
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "weir_circuit_transitions_total";
+/// `weir_shed_total{upstream,reason}`: requests refused by load shedding.
+pub const SHED_TOTAL: &str = "weir_shed_total";
+/// `weir_concurrency_limit{upstream}`: the shedding limit in force (adaptive or fixed).
+pub const CONCURRENCY_LIMIT: &str = "weir_concurrency_limit";
+/// `weir_dry_run_rejections_total{upstream,policy}`: what a dry-run policy would have refused.
+pub const DRY_RUN_REJECTIONS_TOTAL: &str = "weir_dry_run_rejections_total";
+/// `weir_rate_limited_total{route}`: requests refused by the route's rate limit.
+pub const RATE_LIMITED_TOTAL: &str = "weir_rate_limited_total";
 /// `weir_downstream_connections{listener}`: open downstream connections.
 pub const DOWNSTREAM_CONNECTIONS: &str = "weir_downstream_connections";
 /// `weir_build_info{version}`: always 1.
@@ -129,6 +149,43 @@ impl Metrics {
             None,
             "Requests being forwarded to an upstream.".into(),
         );
+        let counters: [(&'static str, &'static str); 6] = [
+            (RETRIES_TOTAL, "Retries started, by the outcome of the failed try."),
+            (
+                RETRY_BUDGET_EXHAUSTED_TOTAL,
+                "Retries the retry budget refused; the failed try's answer went back.",
+            ),
+            (
+                CIRCUIT_TRANSITIONS_TOTAL,
+                "Circuit breaker state changes, by new state and reason.",
+            ),
+            (SHED_TOTAL, "Requests refused by load shedding, by reason."),
+            (
+                DRY_RUN_REJECTIONS_TOTAL,
+                "Requests a policy in dry-run mode would have refused.",
+            ),
+            (RATE_LIMITED_TOTAL, "Requests refused by the route's rate limit."),
+        ];
+        for (name, help) in counters {
+            r.describe_counter(d(name), None, help.into());
+        }
+        let gauges: [(&'static str, &'static str); 3] = [
+            (
+                RETRY_BUDGET_REMAINING,
+                "Retries the upstream's retry budget would allow now.",
+            ),
+            (
+                CIRCUIT_STATE,
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            ),
+            (
+                CONCURRENCY_LIMIT,
+                "Concurrency limit of the upstream's load shedding (adaptive or fixed).",
+            ),
+        ];
+        for (name, help) in gauges {
+            r.describe_gauge(d(name), None, help.into());
+        }
         r.describe_gauge(
             d(DOWNSTREAM_CONNECTIONS),
             None,

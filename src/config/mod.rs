@@ -664,6 +664,27 @@ impl Priority {
             Priority::Sheddable => "sheddable",
         }
     }
+
+    /// 0 for critical, 1 for default, 2 for sheddable: higher is shed sooner.
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::Critical => 0,
+            Priority::Default => 1,
+            Priority::Sheddable => 2,
+        }
+    }
+
+    /// The priority a request asks for with `x-weir-priority`, which may lower the route's
+    /// priority but never raise it. An unknown value changes nothing.
+    pub fn lowered_by(self, asked: &[u8]) -> Self {
+        let asked = match asked {
+            b"critical" => Priority::Critical,
+            b"default" => Priority::Default,
+            b"sheddable" => Priority::Sheddable,
+            _ => return self,
+        };
+        if asked.rank() > self.rank() { asked } else { self }
+    }
 }
 
 impl Protocol {

@@ -1,10 +1,50 @@
-//! Request identity: the `x-request-id` and W3C `traceparent` rules.
+//! Request identity (the `x-request-id` and W3C `traceparent` rules) and [`RequestContext`],
+//! the per-request facts the stages share.
 //!
 //! Position: applied by [`crate::server::service`] before routing, to the request sent upstream
 //! and (the request id) to the response. Headers: `x-request-id`, `traceparent`.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
 use http::HeaderValue;
 use rand::RngCore;
+use tokio::time::Instant;
+
+use crate::config::Priority;
+
+/// What the stages of one request share, stored once in the request's extensions by
+/// [`crate::server::service`] (one allocation per request). Cloned with the extensions when a
+/// retry builds the next try.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The downstream peer's address (rate limiting by `client_ip`).
+    pub client: IpAddr,
+    /// The route's name (the `route` label of per-route policy metrics).
+    pub route: Arc<str>,
+    /// The route's priority, lowered by `x-weir-priority` when the request asks.
+    pub priority: Priority,
+    /// When the route's total deadline expires (set by [`crate::route::deadline`]); `None`
+    /// when the route has none.
+    pub deadline: Option<Instant>,
+    /// The endpoint index the last try went to, written by the forwarding leaf; the next try
+    /// avoids it when another endpoint is available. Present only when a retry may follow.
+    pub last_endpoint: Option<Arc<AtomicUsize>>,
+}
+
+impl RequestContext {
+    /// The context of a request from `client` on `route`, with no deadline yet.
+    pub fn new(client: IpAddr, route: Arc<str>, priority: Priority) -> Self {
+        Self {
+            client,
+            route,
+            priority,
+            deadline: None,
+            last_endpoint: None,
+        }
+    }
+}
 
 /// The request id to use: the inbound `x-request-id` when it is present and sane (1..=200
 /// visible ASCII bytes), else a new random UUID (version 4).

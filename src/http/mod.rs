@@ -30,6 +30,14 @@ pub static X_WEIR_ERROR: HeaderName = HeaderName::from_static("x-weir-error");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-weir-deadline-ms`: the remaining deadline, shared along a chain of proxies.
 pub static X_WEIR_DEADLINE_MS: HeaderName = HeaderName::from_static("x-weir-deadline-ms");
+/// `x-weir-priority`: a request may lower its route's priority (`default`, `sheddable`).
+pub static X_WEIR_PRIORITY: HeaderName = HeaderName::from_static("x-weir-priority");
+/// `x-weir-fault-abort: <status>`: abort this request (routes with `fault.allow_header`).
+pub static X_WEIR_FAULT_ABORT: HeaderName = HeaderName::from_static("x-weir-fault-abort");
+/// `x-weir-fault-delay: <duration>`: delay this request (routes with `fault.allow_header`).
+pub static X_WEIR_FAULT_DELAY: HeaderName = HeaderName::from_static("x-weir-fault-delay");
+/// `idempotency-key`: marks a request safe to retry when the upstream allows it.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// W3C trace context.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-forwarded-for`.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 
 use crate::admin::metrics::{Metrics, RouteMetrics};
-use crate::config::{RouteAction, RouteConfig};
+use crate::config::{Priority, RouteAction, RouteConfig};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
 use crate::upstream::UpstreamService;
@@ -53,6 +53,8 @@ pub struct Route {
     targets: split::Weighted<Target>,
     /// Handles for requests that fail before a target is known.
     pub metrics: RouteMetrics,
+    /// The route's criticality; a request may lower it with `x-weir-priority`.
+    pub priority: Priority,
 }
 
 impl Route {
@@ -124,5 +126,6 @@ pub fn build(
         name: cfg.name.clone(),
         targets,
         metrics: RouteMetrics::new(metrics, cfg.name.clone(), Arc::from("")),
+        priority: cfg.priority,
     })
 }

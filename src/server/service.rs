@@ -21,7 +21,9 @@ use tower::ServiceExt;
 use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM};
 use crate::error::ProxyError;
 use crate::http::context;
-use crate::http::{Body, Request, Response, TRACEPARENT, X_REQUEST_ID, hygiene, respond};
+use crate::http::{
+    Body, Request, Response, TRACEPARENT, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene, respond,
+};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
 
@@ -116,6 +118,15 @@ async fn handle(
                 .insert(X_REQUEST_ID.clone(), request_id.clone());
             let traceparent = context::traceparent(parts.headers.get(&TRACEPARENT));
             parts.headers.insert(TRACEPARENT.clone(), traceparent);
+            let priority = match parts.headers.get(&X_WEIR_PRIORITY) {
+                Some(asked) => route.priority.lowered_by(asked.as_bytes()),
+                None => route.priority,
+            };
+            parts.extensions.insert(context::RequestContext::new(
+                peer.ip(),
+                route.name.clone(),
+                priority,
+            ));
             let req = Request::from_parts(parts, Body::request(body, l.limits.max_body_bytes));
             let result = target.service.0.clone().oneshot(req).await;
             (

@@ -1,0 +1,128 @@
+//! Generic resilience middleware: load shedding, circuit breaker, retries, per-try timeout.
+//!
+//! Position: the upstream stack, shed → breaker → retry → per-try timeout → forward (see
+//! [`crate::upstream::build`]). Knows nothing of config files, routes or sockets; shares the
+//! [`Outcome`] classification between breaker, retry and (later) outlier detection.
+
+pub mod adaptive;
+pub mod breaker;
+pub mod retry;
+pub mod shed;
+pub mod timeout;
+
+use http::StatusCode;
+
+use crate::error::ProxyError;
+use crate::http::Response;
+
+/// How one result counts for a policy that judges upstream health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered, with a status the policy does not count as a failure (4xx too).
+    Success,
+    /// A connect error, a timeout, a reset, or a status the policy counts as a failure.
+    Failure,
+    /// Neither: the client's own fault (bad body, too large) or a rejection weir made above
+    /// the upstream. It does not move any window.
+    Ignored,
+}
+
+impl Outcome {
+    /// Classifies `result` against the set of statuses that count as failures.
+    pub fn of(result: &Result<Response, ProxyError>, failures: &StatusSet) -> Self {
+        match result {
+            Ok(resp) if failures.contains(resp.status()) => Self::Failure,
+            Ok(_) => Self::Success,
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    /// Classifies an error weir got while forwarding.
+    pub fn of_error(err: &ProxyError) -> Self {
+        match err {
+            ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::NoHealthyEndpoint => Self::Failure,
+            ProxyError::NoRoute
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::Overloaded
+            | ProxyError::RateLimited { .. }
+            | ProxyError::FaultInjected { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::HeadersTooLarge
+            | ProxyError::PayloadTooLarge => Self::Ignored,
+        }
+    }
+}
+
+/// A set of HTTP status codes (100..=999) as a bitmap: `contains` is two instructions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusSet {
+    bits: [u64; 16],
+}
+
+impl StatusSet {
+    /// The set of `codes`; codes outside 0..1024 are ignored (config validation rules them out).
+    pub fn new(codes: &[u16]) -> Self {
+        let mut bits = [0u64; 16];
+        for &c in codes {
+            if let Some(word) = bits.get_mut(usize::from(c / 64)) {
+                *word |= 1 << (c % 64);
+            }
+        }
+        Self { bits }
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: StatusCode) -> bool {
+        let c = status.as_u16();
+        self.bits
+            .get(usize::from(c / 64))
+            .is_some_and(|w| w & (1 << (c % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Body;
+
+    #[test]
+    fn outcomes_follow_the_design() {
+        let set = StatusSet::new(&[500, 502, 503]);
+        let resp = |s: u16| {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::from_u16(s).unwrap();
+            Ok(r)
+        };
+        assert_eq!(Outcome::of(&resp(200), &set), Outcome::Success);
+        assert_eq!(Outcome::of(&resp(404), &set), Outcome::Success);
+        assert_eq!(Outcome::of(&resp(429), &set), Outcome::Success);
+        assert_eq!(Outcome::of(&resp(503), &set), Outcome::Failure);
+        assert_eq!(Outcome::of(&resp(501), &set), Outcome::Success);
+        let io = || Box::new(std::io::Error::other("x")) as crate::error::BoxError;
+        assert_eq!(
+            Outcome::of(&Err(ProxyError::UpstreamConnect(io())), &set),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Outcome::of(&Err(ProxyError::UpstreamTimeout), &set),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Outcome::of(&Err(ProxyError::PayloadTooLarge), &set),
+            Outcome::Ignored
+        );
+    }
+
+    #[test]
+    fn status_set_holds_exactly_its_codes() {
+        let set = StatusSet::new(&[100, 502, 599, 999]);
+        for c in 100..=999u16 {
+            let s = StatusCode::from_u16(c).unwrap();
+            assert_eq!(set.contains(s), [100, 502, 599, 999].contains(&c), "{c}");
+        }
+    }
+}
