@@ -15,7 +15,7 @@ OUT_DIR=${OUT_DIR:-$ROOT/target/load-bench}
 
 UPSTREAM_ADDR=127.0.0.1:18000
 declare -A ADDR=([direct]=$UPSTREAM_ADDR [weir]=127.0.0.1:18080
-                 [nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082)
+                 [nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [weir-base]=127.0.0.1:18083)
 declare -A PID=()          # target -> PID of its (top) process
 STARTED=()                 # every server PID this script started, for cleanup
 WRK_PID=                   # the measured wrk while it runs
@@ -24,7 +24,7 @@ log() { printf '[load] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
 
-for t in $TARGETS; do [[ -n ${ADDR[$t]:-} ]] || die "unknown target '$t' (direct nginx haproxy weir)"; done
+for t in $TARGETS; do [[ -n ${ADDR[$t]:-} ]] || die "unknown target '$t' (direct nginx haproxy weir weir-base)"; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ && $DURATION =~ ^[1-9][0-9]*$ && $WARMUP =~ ^[0-9]+$ ]] \
   || die "ROUNDS and DURATION must be positive integers, WARMUP a non-negative one"
 
@@ -60,6 +60,9 @@ UPSTREAM_BIN=${UPSTREAM_BIN:-$TARGET_DIR/release/examples/bench-upstream}
 WEIR_BIN=${WEIR_BIN:-$TARGET_DIR/release/weir}
 [[ -x $UPSTREAM_BIN ]] || die "no upstream binary at $UPSTREAM_BIN"
 if has weir; then [[ -x $WEIR_BIN ]] || die "no weir binary at $WEIR_BIN"; fi
+# weir-base: another weir build (an earlier commit, say) on the same config, to compare builds
+# in one run: WEIR_BASE_BIN=/path/to/weir TARGETS="direct weir-base weir".
+if has weir-base; then [[ -x ${WEIR_BASE_BIN:-} ]] || die "weir-base needs WEIR_BASE_BIN"; fi
 
 # --- process bookkeeping ---------------------------------------------------
 TMP=$(mktemp -d /tmp/weir-load.XXXXXX)
@@ -188,10 +191,14 @@ stop_proxy() {  # stop_proxy TARGET
 }
 start_proxies() {
   local t
-  for t in nginx haproxy weir; do has "$t" && stop_proxy "$t"; done
+  for t in nginx haproxy weir weir-base; do has "$t" && stop_proxy "$t"; done
   has nginx && start nginx "$TMP/nginx.log" taskset -c 1 nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
   has haproxy && start haproxy "$TMP/haproxy.log" taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg"
   has weir && start weir "$TMP/weir.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir.toml"
+  if has weir-base; then
+    sed 's/127.0.0.1:18080/127.0.0.1:18083/; s/127.0.0.1:19901/127.0.0.1:19902/' "$ROOT/benches/load/weir.toml" >"$TMP/weir-base.toml"
+    start weir-base "$TMP/weir-base.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BASE_BIN" --config "$TMP/weir-base.toml"
+  fi
   return 0
 }
 

@@ -150,7 +150,10 @@ impl Metrics {
             "Requests being forwarded to an upstream.".into(),
         );
         let counters: [(&'static str, &'static str); 6] = [
-            (RETRIES_TOTAL, "Retries started, by the outcome of the failed try."),
+            (
+                RETRIES_TOTAL,
+                "Retries started, by the outcome of the failed try.",
+            ),
             (
                 RETRY_BUDGET_EXHAUSTED_TOTAL,
                 "Retries the retry budget refused; the failed try's answer went back.",
@@ -164,7 +167,10 @@ impl Metrics {
                 DRY_RUN_REJECTIONS_TOTAL,
                 "Requests a policy in dry-run mode would have refused.",
             ),
-            (RATE_LIMITED_TOTAL, "Requests refused by the route's rate limit."),
+            (
+                RATE_LIMITED_TOTAL,
+                "Requests refused by the route's rate limit.",
+            ),
         ];
         for (name, help) in counters {
             r.describe_counter(d(name), None, help.into());

@@ -683,7 +683,11 @@ impl Priority {
             b"sheddable" => Priority::Sheddable,
             _ => return self,
         };
-        if asked.rank() > self.rank() { asked } else { self }
+        if asked.rank() > self.rank() {
+            asked
+        } else {
+            self
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! The route's total deadline: every try and every backoff of a request must finish within it.
+//! An inbound `x-weir-deadline-ms` (a weir or a client further up the chain) lowers it, so a
+//! chain of proxies shares one budget.
 //!
-//! Position: outermost layer of each route target's stack ([`crate::route::build`]).
-//! Config: `routes[].timeout`. Expiry answers 504 `upstream-timeout` and drops (cancels) the
-//! upstream request.
+//! Position: outermost layer of each route target's stack ([`crate::route::build`]); it writes
+//! the deadline into [`RequestContext`] for the retry and per-try layers below. Config:
+//! `routes[].timeout`. Expiry answers 504 `upstream-timeout` and drops (cancels) the upstream
+//! request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,8 +16,11 @@ use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
+use tokio::time::Instant;
+
 use crate::error::ProxyError;
-use crate::http::{Request, Response};
+use crate::http::context::RequestContext;
+use crate::http::{Request, Response, X_WEIR_DEADLINE_MS};
 
 /// Wraps a service in [`Deadline`].
 #[derive(Clone, Copy, Debug)]
@@ -23,7 +29,8 @@ pub struct DeadlineLayer {
 }
 
 impl DeadlineLayer {
-    /// A deadline of `timeout` per request; `Duration::ZERO` means none.
+    /// A deadline of `timeout` per request; `Duration::ZERO` means none (then only an inbound
+    /// `x-weir-deadline-ms` sets one).
     pub fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
@@ -58,9 +65,25 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let now = Instant::now();
+        let inbound = req
+            .headers_mut()
+            .remove(&X_WEIR_DEADLINE_MS)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let own = (!self.timeout.is_zero()).then_some(self.timeout);
+        let budget = match (own, inbound) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // A far-off inbound value that overflows the clock means no deadline, not a panic.
+        let deadline = budget.and_then(|b| now.checked_add(b));
+        if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+            ctx.deadline = deadline;
+        }
         let inner = self.inner.clone().oneshot(req);
-        let sleep = (!self.timeout.is_zero()).then(|| tokio::time::sleep(self.timeout));
+        let sleep = deadline.map(tokio::time::sleep_until);
         ResponseFuture {
             inner,
             sleep: OptionSleep { sleep },
@@ -121,6 +144,47 @@ mod tests {
         let err = svc.oneshot(Request::new(Body::empty())).await.unwrap_err();
         assert_eq!(err.reason(), "upstream-timeout");
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inbound_deadline_lowers_it_and_reaches_the_context() {
+        let seen = service_fn(|req: Request| async move {
+            let ctx = req.extensions().get::<RequestContext>().cloned();
+            let header = req.headers().get(&X_WEIR_DEADLINE_MS).cloned();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, ProxyError>(Response::new(Body::full(format!("{ctx:?}{header:?}"))))
+        });
+        let svc = DeadlineLayer::new(Duration::from_secs(5)).layer(seen);
+        let mut req = Request::new(Body::empty());
+        req.headers_mut().insert(
+            X_WEIR_DEADLINE_MS.clone(),
+            http::HeaderValue::from_static("1500"),
+        );
+        let started = Instant::now();
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert_eq!(err.reason(), "upstream-timeout");
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+
+        // The context gets the deadline; the inbound header does not go further as it was.
+        let probe = service_fn(|req: Request| async move {
+            let ctx = req.extensions().get::<RequestContext>().cloned();
+            assert!(req.headers().get(&X_WEIR_DEADLINE_MS).is_none());
+            let left = ctx.and_then(|c| c.deadline).map(|d| d - Instant::now());
+            assert_eq!(left, Some(Duration::from_millis(200)));
+            Ok::<_, ProxyError>(Response::new(Body::empty()))
+        });
+        let svc = DeadlineLayer::new(Duration::ZERO).layer(probe);
+        let mut req = Request::new(Body::empty());
+        req.headers_mut().insert(
+            X_WEIR_DEADLINE_MS.clone(),
+            http::HeaderValue::from_static("200"),
+        );
+        req.extensions_mut().insert(RequestContext::new(
+            [127, 0, 0, 1].into(),
+            "r".into(),
+            crate::config::Priority::Default,
+        ));
+        assert!(svc.oneshot(req).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

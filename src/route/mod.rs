@@ -1,17 +1,21 @@
 //! Per-route policy: the route's targets (one upstream, a weighted split, or a direct
-//! response) and the stack in front of each, listed outermost first.
+//! response) and the stack in front of each: deadline → rate limit → fault → target.
 //!
-//! Position: step 4 of the walk, between the router and the upstream stacks.
-//! Config: `routes[]` (`upstream`, `split`, `respond`, `timeout`). Metrics: per-target handles.
+//! Position: step 4 of the walk, between the router and the upstream stacks. Config: `routes[]`
+//! (`upstream`, `split`, `respond`, `timeout`, `priority`, `rate_limit`, `fault`). Metrics:
+//! per-target handles; `weir_rate_limited_total{route}`.
 
 pub mod deadline;
 pub mod direct;
+pub mod fault;
+pub mod ratelimit;
 pub mod split;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder};
 
 use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::config::{Priority, RouteAction, RouteConfig};
@@ -20,7 +24,8 @@ use crate::http::{Request, Response};
 use crate::upstream::UpstreamService;
 use deadline::DeadlineLayer;
 use direct::Direct;
-use tower::Layer;
+use fault::FaultLayer;
+use ratelimit::RateLimitLayer;
 
 /// The erased stack of one route target. Cloned per request (one allocation).
 #[derive(Clone)]
@@ -83,12 +88,41 @@ pub enum BuildError {
     },
 }
 
-/// Builds a route: for each target, deadline → upstream stack (or the direct response).
+/// The route's layers, shared by all its targets (one rate-limit bucket set per route).
+struct Layers {
+    deadline: DeadlineLayer,
+    rate_limit: RateLimitLayer,
+    fault: FaultLayer,
+}
+
+impl Layers {
+    /// The stack of one target, outermost first, erased once.
+    fn stack<S>(&self, target: S) -> RouteService
+    where
+        S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        let stack = ServiceBuilder::new()
+            .layer(self.deadline)
+            .layer(self.rate_limit.clone())
+            .layer(self.fault.clone())
+            .service(target);
+        RouteService(BoxCloneSyncService::new(stack))
+    }
+}
+
+/// Builds a route: for each target, deadline → rate limit → fault → upstream stack (or the
+/// direct response).
 pub fn build(
     cfg: &RouteConfig,
     upstreams: &HashMap<Arc<str>, UpstreamService>,
     metrics: &Metrics,
 ) -> Result<Route, BuildError> {
+    let layers = Layers {
+        deadline: DeadlineLayer::new(cfg.timeout),
+        rate_limit: RateLimitLayer::new(cfg.name.clone(), cfg.rate_limit.as_ref(), metrics),
+        fault: FaultLayer::new(&cfg.fault),
+    };
     let upstream_target = |name: &Arc<str>| -> Result<Target, BuildError> {
         let up = upstreams
             .get(name)
@@ -96,10 +130,9 @@ pub fn build(
                 route: cfg.name.clone(),
                 upstream: name.clone(),
             })?;
-        let stack = DeadlineLayer::new(cfg.timeout).layer(up.clone());
         Ok(Target {
             upstream: name.clone(),
-            service: RouteService(BoxCloneSyncService::new(stack)),
+            service: layers.stack(up.clone()),
             metrics: RouteMetrics::new(metrics, cfg.name.clone(), name.clone()),
             direct: false,
         })
@@ -117,7 +150,7 @@ pub fn build(
         }
         RouteAction::Respond(respond) => split::Weighted::one(Target {
             upstream: Arc::from(""),
-            service: RouteService(BoxCloneSyncService::new(Direct::new(respond))),
+            service: layers.stack(Direct::new(respond)),
             metrics: RouteMetrics::new(metrics, cfg.name.clone(), Arc::from("")),
             direct: true,
         }),

@@ -1,10 +1,11 @@
-//! The leaf of every upstream stack: pick an endpoint (round robin over the static list), send
-//! through its connection pool (HTTP/1.1) or the upstream's multiplexed client (HTTP/2), and
-//! map failures to `upstream-connect` / `upstream-reset`, or to the client's request body
-//! (`payload-too-large`, `bad-request`).
+//! The leaf of every upstream stack: pick an endpoint (round robin over the static list,
+//! avoiding the one the previous try of the same request used), send through its connection
+//! pool (HTTP/1.1) or the upstream's multiplexed client (HTTP/2), and map failures to
+//! `upstream-connect` (the request never left: connect failure, HTTP/2 `REFUSED_STREAM`) /
+//! `upstream-reset`, or to the client's request body (`payload-too-large`, `bad-request`).
 //!
 //! Position: step 6 of the walk. Config: `upstreams.<name>.endpoints`, `protocol`.
-//! Metrics: `weir_upstream_attempts_total{upstream,outcome}`, `weir_in_flight{upstream}`.
+//! Metrics: `weir_upstream_attempts_total{upstream,outcome}`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,12 +16,13 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri, Version};
-use metrics::{Counter, Gauge};
+use metrics::Counter;
 use tower::Service;
 
-use crate::admin::metrics::{IN_FLIGHT, Metrics, UPSTREAM_ATTEMPTS_TOTAL};
+use crate::admin::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
 use crate::config::{Protocol, UpstreamConfig};
 use crate::error::ProxyError;
+use crate::http::context::RequestContext;
 use crate::http::{Body, Request, Response};
 use crate::upstream::client::{self, HttpClient};
 use crate::upstream::pool::{Pool, sent_error};
@@ -37,7 +39,6 @@ struct Shared {
     endpoints: Vec<Authority>,
     transport: Transport,
     next: AtomicUsize,
-    in_flight: Gauge,
     outcomes: Outcomes,
 }
 
@@ -86,7 +87,6 @@ impl Forward {
             endpoints: cfg.endpoints.clone(),
             transport,
             next: AtomicUsize::new(0),
-            in_flight: metrics.gauge(IN_FLIGHT, &[up()]),
             outcomes: Outcomes {
                 response: outcome("response"),
                 connect: outcome("upstream-connect"),
@@ -100,10 +100,19 @@ impl Forward {
         }
     }
 
-    /// Round robin over the static endpoint list.
-    fn pick(&self) -> Option<usize> {
+    /// Round robin over the static endpoint list, stepping past `avoid` (the endpoint the
+    /// previous try of this request went to) when there is another.
+    fn pick(&self, avoid: Option<usize>) -> Option<usize> {
         let n = self.shared.endpoints.len();
-        (n > 0).then(|| self.shared.next.fetch_add(1, Ordering::Relaxed) % n)
+        if n == 0 {
+            return None;
+        }
+        let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % n;
+        Some(if n > 1 && avoid == Some(i) {
+            (i + 1) % n
+        } else {
+            i
+        })
     }
 
     fn send(&self, i: usize, req: Request) -> Result<BoxFuture, ProxyError> {
@@ -145,7 +154,9 @@ impl Forward {
                 Ok(Box::pin(async move {
                     match fut.await {
                         Ok(resp) => Ok(resp.map(Body::incoming)),
-                        Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect(Box::new(e))),
+                        Err(e) if e.is_connect() || refused_stream(&e) => {
+                            Err(ProxyError::UpstreamConnect(Box::new(e)))
+                        }
                         Err(e) => Err(sent_error(e)),
                     }
                 }))
@@ -164,20 +175,27 @@ impl Service<Request> for Forward {
     }
 
     fn call(&mut self, req: Request) -> ResponseFuture {
-        let sent = match self.pick() {
-            Some(i) => self.send(i, req),
+        let memo = req
+            .extensions()
+            .get::<RequestContext>()
+            .and_then(|c| c.last_endpoint.clone());
+        let avoid = memo.as_ref().map(|m| m.load(Ordering::Relaxed));
+        let sent = match self.pick(avoid) {
+            Some(i) => {
+                if let Some(m) = &memo {
+                    m.store(i, Ordering::Relaxed);
+                }
+                self.send(i, req)
+            }
             None => Err(ProxyError::NoHealthyEndpoint),
         };
         match sent {
-            Ok(fut) => {
-                self.shared.in_flight.increment(1.0);
-                ResponseFuture {
-                    state: State::Sending {
-                        fut,
-                        guard: InFlight(self.shared.clone()),
-                    },
-                }
-            }
+            Ok(fut) => ResponseFuture {
+                state: State::Sending {
+                    fut,
+                    shared: self.shared.clone(),
+                },
+            },
             Err(e) => ResponseFuture {
                 state: State::Failed(Some(e)),
             },
@@ -185,12 +203,17 @@ impl Service<Request> for Forward {
     }
 }
 
-struct InFlight(Arc<Shared>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.decrement(1.0);
+/// Whether an HTTP/2 stream was refused by the server (`REFUSED_STREAM`): RFC 9113 §8.7 says
+/// the request was not processed, so any method may be retried.
+fn refused_stream(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = e.source();
     }
+    false
 }
 
 /// The future of [`Forward`]. Dropping it cancels the upstream request (hyper closes an
@@ -200,7 +223,7 @@ pub struct ResponseFuture {
 }
 
 enum State {
-    Sending { fut: BoxFuture, guard: InFlight },
+    Sending { fut: BoxFuture, shared: Arc<Shared> },
     Failed(Option<ProxyError>),
 }
 
@@ -212,12 +235,12 @@ impl Future for ResponseFuture {
             State::Failed(err) => {
                 Poll::Ready(Err(err.take().unwrap_or(ProxyError::NoHealthyEndpoint)))
             }
-            State::Sending { fut, guard } => {
+            State::Sending { fut, shared } => {
                 let result = match fut.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => r,
                 };
-                let o = &guard.0.outcomes;
+                let o = &shared.outcomes;
                 match &result {
                     Ok(_) => o.response.increment(1),
                     Err(ProxyError::UpstreamConnect(_)) => o.connect.increment(1),
