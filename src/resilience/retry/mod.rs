@@ -1,1 +1,988 @@
-//! (being written)
+//! Retries of one upstream: only when safe, from a replayable body, after backoff, within a budget.
+//! Position: upstream stack, shed → breaker → RETRY → per-try timeout → forward.
+//! Config: `upstreams.<name>.retry.*`. Metrics: `weir_retries_total`,
+//! `weir_retry_budget_exhausted_total`, `weir_retry_budget_remaining`.
+//!
+//! A retry is scheduled only when all of these hold, checked in this order: the policy calls
+//! for one (`policy.rs`); retries are left (`max_retries`); the upstream's `Retry-After`, if any,
+//! fits under `backoff_cap` (beyond it the upstream asked for more patience than this policy
+//! has, and its answer goes back); the route's deadline can hold the backoff plus the
+//! upstream's median try latency; and the budget grants it. The budget is spent when the retry
+//! is scheduled, before its backoff sleep, so retries waiting in backoff count against it.
+
+mod backoff;
+mod budget;
+mod latency;
+mod policy;
+mod replay;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use metrics::{Counter, Gauge};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::admin::metrics::{
+    Metrics, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL, RETRY_BUDGET_REMAINING,
+};
+use crate::config::RetrySettings;
+use crate::error::ProxyError;
+use crate::http::context::RequestContext;
+use crate::http::{Body, Request, Response};
+use backoff::Backoff;
+use budget::Budget;
+use latency::Latency;
+use policy::{Policy, Reason};
+use replay::Replay;
+
+/// Wraps a service in [`Retry`]. Clones (and every [`Retry`] they make) share one budget, one
+/// latency estimate and one set of metric handles: build one per upstream and keep it for as
+/// long as the upstream's retry settings are unchanged.
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+/// Retries failed tries of the inner service (see the module docs and DESIGN §2 "Retries").
+///
+/// What it needs from the request: nothing; it reads [`RequestContext`] from the extensions
+/// when present (the `route` label, the `deadline`) and sets its `last_endpoint` before the
+/// first try so the leaf can avoid the endpoint that failed.
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// A read-only view of a [`RetryLayer`]'s state, for the admin side and the gauge timer.
+#[derive(Clone, Debug)]
+pub struct RetryHandle {
+    shared: Arc<Shared>,
+}
+
+pin_project! {
+    /// The future of [`Retry`]: the inner future itself when retries are off (no allocation),
+    /// else the boxed retry loop.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        // `max_retries = 0`: the inner call, untouched.
+        Direct {
+            #[pin]
+            inner: F,
+        },
+        // Every try, backoff and budget decision of one request.
+        Retrying {
+            inner: Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>,
+        },
+    }
+}
+
+struct Shared {
+    upstream: Arc<str>,
+    max_retries: u32,
+    max_body: u64,
+    policy: Policy,
+    backoff: Backoff,
+    budget: Budget,
+    latency: Latency,
+    metrics: Metrics,
+    budget_remaining: Gauge,
+    /// Counters per (route, what), resolved on first use. Few routes per upstream: a linear
+    /// scan of a copy-on-write list, never a lock.
+    counters: ArcSwap<Vec<(Arc<str>, Count, Counter)>>,
+}
+
+/// Which counter of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Count {
+    Retry(Reason),
+    Exhausted,
+}
+
+// === impl RetryLayer ===
+
+impl RetryLayer {
+    /// The retry policy of `upstream` (its name labels the metrics). The budget starts now,
+    /// with its floor at one second's worth of `budget_min_per_sec`.
+    pub fn new(upstream: Arc<str>, settings: &RetrySettings, metrics: &Metrics) -> Self {
+        let now = Instant::now();
+        let budget_remaining =
+            metrics.gauge(RETRY_BUDGET_REMAINING, &[("upstream", upstream.clone())]);
+        let shared = Shared {
+            max_retries: settings.max_retries,
+            max_body: settings.max_body,
+            policy: Policy::new(settings),
+            backoff: Backoff::new(settings.backoff_base, settings.backoff_cap),
+            budget: Budget::new(
+                settings.budget_ratio,
+                settings.budget_min_per_sec,
+                settings.budget_window,
+                now,
+            ),
+            latency: Latency::new(now),
+            metrics: metrics.clone(),
+            budget_remaining,
+            counters: ArcSwap::default(),
+            upstream,
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// A handle on this layer's budget and latency estimate.
+    pub fn handle(&self) -> RetryHandle {
+        RetryHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl RetryHandle ===
+
+impl RetryHandle {
+    /// Retries the upstream's budget would allow now (0 when spent).
+    pub fn budget_remaining(&self) -> u64 {
+        self.shared.budget.remaining(Instant::now())
+    }
+
+    /// The median try latency of the last 10 to 20 seconds; `None` before any try (and always
+    /// when `max_retries = 0`, since tries are then not timed).
+    pub fn median_latency(&self) -> Option<Duration> {
+        self.shared.latency.median(Instant::now())
+    }
+
+    /// Sets `weir_retry_budget_remaining{upstream}` to [`RetryHandle::budget_remaining`];
+    /// call it on a timer.
+    pub fn publish(&self) {
+        // u64 → f64: exact below 2^53 retries, far beyond any budget.
+        self.shared
+            .budget_remaining
+            .set(self.budget_remaining() as f64);
+    }
+}
+
+// === impl Retry ===
+
+impl<S> Service<Request> for Retry<S>
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = ResponseFuture<Oneshot<S, Request>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Always ready: each try drives the inner service's readiness itself (`oneshot`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let inner = self.inner.clone();
+        if self.shared.max_retries == 0 {
+            let kind = Kind::Direct {
+                inner: inner.oneshot(req),
+            };
+            return ResponseFuture { kind };
+        }
+        self.shared.budget.deposit(Instant::now());
+        let kind = Kind::Retrying {
+            inner: Box::pin(run(self.shared.clone(), inner, req)),
+        };
+        ResponseFuture { kind }
+    }
+}
+
+/// One request: prepare the body, then try, judge, back off and try again.
+async fn run<S>(shared: Arc<Shared>, inner: S, req: Request) -> Result<Response, ProxyError>
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let (mut head, body) = req.into_parts();
+    let bytes = match Replay::prepare(body, shared.max_body).await? {
+        Replay::Buffered(bytes) => bytes,
+        Replay::Streaming(body) => {
+            // Too large to replay: one try, never retried.
+            let started = Instant::now();
+            let result = inner.oneshot(Request::from_parts(head, body)).await;
+            shared.latency.record(Instant::now(), started.elapsed());
+            return result;
+        }
+    };
+    let may_resend = shared.policy.may_resend(&head.method, &head.headers);
+    let (route, deadline) = match head.extensions.get_mut::<RequestContext>() {
+        Some(ctx) => {
+            ctx.last_endpoint = Some(Arc::new(AtomicUsize::new(usize::MAX)));
+            (Some(ctx.route.clone()), ctx.deadline)
+        }
+        None => (None, None),
+    };
+    let mut retry = 0u32;
+    loop {
+        let started = Instant::now();
+        let result = inner.clone().oneshot(next_try(&head, &bytes)).await;
+        let now = Instant::now();
+        shared
+            .latency
+            .record(now, now.saturating_duration_since(started));
+        let Some(reason) = shared.policy.classify(&result, may_resend) else {
+            return result;
+        };
+        if retry >= shared.max_retries {
+            return result;
+        }
+        let asked = match &result {
+            Ok(resp) => backoff::retry_after(resp),
+            Err(_) => None,
+        };
+        let Some(delay) = shared.backoff.delay(retry, asked) else {
+            tracing::debug!(
+                upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(),
+                retry_after = ?asked, "not retrying: Retry-After beyond the backoff cap"
+            );
+            return result;
+        };
+        if let Some(deadline) = deadline {
+            let median = shared.latency.median(now).unwrap_or(Duration::ZERO);
+            let left = deadline.saturating_duration_since(now);
+            if left < delay.saturating_add(median) {
+                tracing::debug!(
+                    upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(),
+                    ?delay, ?median, ?left, "not retrying: the deadline cannot hold another try"
+                );
+                return result;
+            }
+        }
+        if !shared.budget.try_withdraw(now) {
+            shared
+                .counter(route.as_ref(), Count::Exhausted)
+                .increment(1);
+            tracing::debug!(
+                upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(),
+                "not retrying: retry budget exhausted"
+            );
+            return result;
+        }
+        shared
+            .counter(route.as_ref(), Count::Retry(reason))
+            .increment(1);
+        tracing::debug!(
+            upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(), ?delay,
+            "retrying"
+        );
+        // The failed answer (and its connection) is released before waiting.
+        drop(result);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        retry += 1;
+    }
+}
+
+/// A new request from the saved head and the buffered body.
+fn next_try(head: &http::request::Parts, bytes: &Bytes) -> Request {
+    let mut req = Request::new(Body::full(bytes.clone()));
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    *req.extensions_mut() = head.extensions.clone();
+    req
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// The counter `what` of `route` (absent: the empty label), resolved on first use.
+    fn counter(&self, route: Option<&Arc<str>>, what: Count) -> Counter {
+        let name = route.map_or("", |r| &**r);
+        if let Some((_, _, c)) = self
+            .counters
+            .load()
+            .iter()
+            .find(|(r, w, _)| *w == what && **r == *name)
+        {
+            return c.clone();
+        }
+        let route: Arc<str> = route.cloned().unwrap_or_else(|| Arc::from(""));
+        let mut labels = vec![
+            ("route", route.clone()),
+            ("upstream", self.upstream.clone()),
+        ];
+        let counter = match what {
+            Count::Retry(reason) => {
+                labels.push(("reason", Arc::from(reason.label())));
+                self.metrics.counter(RETRIES_TOTAL, &labels)
+            }
+            Count::Exhausted => self.metrics.counter(RETRY_BUDGET_EXHAUSTED_TOTAL, &labels),
+        };
+        self.counters.rcu(|list| {
+            let mut list = Vec::clone(list);
+            if !list.iter().any(|(r, w, _)| *w == what && **r == *name) {
+                list.push((route.clone(), what, counter.clone()));
+            }
+            list
+        });
+        counter
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("upstream", &self.upstream)
+            .field("max_retries", &self.max_retries)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ResponseFuture ===
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, ProxyError>>,
+{
+    type Output = Result<Response, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Direct { inner } => inner.poll(cx),
+            KindProj::Retrying { inner } => inner.as_mut().poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use futures_util::stream;
+    use http::header::RETRY_AFTER;
+    use http::{HeaderValue, Method, StatusCode};
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::service_fn;
+    use tower::util::BoxCloneSyncService;
+
+    use super::*;
+    use crate::config::Priority;
+    use crate::error::BoxError;
+    use crate::http::{BodyTooLarge, IDEMPOTENCY_KEY};
+
+    type Reply = Result<Response, ProxyError>;
+    type Leaf = BoxCloneSyncService<Request, Response, ProxyError>;
+
+    /// What the scripted leaf saw, call by call.
+    #[derive(Clone, Default)]
+    struct Seen {
+        calls: Arc<AtomicUsize>,
+        bodies: Arc<Mutex<Vec<Bytes>>>,
+        endpoints: Arc<Mutex<Vec<Option<usize>>>>,
+        at: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Seen {
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+        fn bodies(&self) -> Vec<Bytes> {
+            self.bodies.lock().unwrap().clone()
+        }
+    }
+
+    /// A leaf that reads the body, waits `delay`, then answers call `n` (from 0) with
+    /// `script(n)`; it writes `n` into `last_endpoint` as the endpoint it used.
+    fn scripted<F>(delay: Duration, script: F) -> (Leaf, Seen)
+    where
+        F: Fn(usize) -> Reply + Clone + Send + Sync + 'static,
+    {
+        let seen = Seen::default();
+        let s = seen.clone();
+        let svc = service_fn(move |req: Request| {
+            let (seen, script) = (s.clone(), script.clone());
+            async move {
+                let n = seen.calls.fetch_add(1, Ordering::SeqCst);
+                seen.at.lock().unwrap().push(Instant::now());
+                let last = req
+                    .extensions()
+                    .get::<RequestContext>()
+                    .and_then(|c| c.last_endpoint.clone());
+                seen.endpoints
+                    .lock()
+                    .unwrap()
+                    .push(last.as_ref().map(|a| a.load(Ordering::SeqCst)));
+                if let Some(a) = last {
+                    a.store(n, Ordering::SeqCst);
+                }
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                seen.bodies.lock().unwrap().push(body);
+                tokio::time::sleep(delay).await;
+                script(n)
+            }
+        });
+        (BoxCloneSyncService::new(svc), seen)
+    }
+
+    fn status(code: u16) -> Reply {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+        Ok(r)
+    }
+
+    fn status_after(code: u16, retry_after: &'static str) -> Reply {
+        let mut r = status(code)?;
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static(retry_after));
+        Ok(r)
+    }
+
+    fn io() -> BoxError {
+        Box::new(std::io::Error::other("x"))
+    }
+
+    fn settings() -> RetrySettings {
+        RetrySettings {
+            backoff_base: Duration::ZERO,
+            ..RetrySettings::default()
+        }
+    }
+
+    fn request(method: Method, body: Body) -> Request {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = "/x".parse().unwrap();
+        let ctx = RequestContext::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Arc::from("api"),
+            Priority::Default,
+        );
+        req.extensions_mut().insert(ctx);
+        req
+    }
+
+    fn get() -> Request {
+        request(Method::GET, Body::empty())
+    }
+
+    fn with_deadline(mut req: Request, deadline: Instant) -> Request {
+        if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+            ctx.deadline = Some(deadline);
+        }
+        req
+    }
+
+    fn stack(settings: &RetrySettings, leaf: Leaf) -> (Retry<Leaf>, RetryHandle, Metrics) {
+        let metrics = Metrics::new().unwrap();
+        let layer = RetryLayer::new(Arc::from("backend"), settings, &metrics);
+        (layer.layer(leaf), layer.handle(), metrics)
+    }
+
+    /// A body of `chunks` with no size hint.
+    fn streamed(chunks: &[&'static str]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        Body::boxed(StreamBody::new(stream::iter(frames)))
+    }
+
+    fn sample(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    const RETRIED_STATUS: &str =
+        "weir_retries_total{route=\"api\",upstream=\"backend\",reason=\"status\"}";
+    const EXHAUSTED: &str = "weir_retry_budget_exhausted_total{route=\"api\",upstream=\"backend\"}";
+
+    #[tokio::test(start_paused = true)]
+    async fn get_is_retried_up_to_max_retries_then_the_last_answer_returns() {
+        let (leaf, seen) = scripted(Duration::ZERO, |n| {
+            let mut r = status(503)?;
+            *r.body_mut() = Body::full(format!("try {n}"));
+            Ok(r)
+        });
+        let (svc, _, metrics) = stack(&settings(), leaf);
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            "try 2"
+        );
+        assert_eq!(seen.calls(), 3);
+        assert_eq!(sample(&metrics.render(), RETRIED_STATUS), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_after_failures_and_no_retry_on_success() {
+        let (leaf, seen) = scripted(Duration::ZERO, |n| status(if n == 0 { 502 } else { 200 }));
+        let (svc, _, _) = stack(&settings(), leaf);
+        assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), 200);
+        assert_eq!(seen.calls(), 2);
+        assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
+        assert_eq!(seen.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn post_is_retried_only_when_it_never_left() {
+        let (connect, seen) = scripted(Duration::ZERO, |n| match n {
+            0 => Err(ProxyError::UpstreamConnect(io())),
+            _ => status(201),
+        });
+        let (svc, _, metrics) = stack(&settings(), connect);
+        let resp = svc.oneshot(request(Method::POST, Body::full("x"))).await;
+        assert_eq!(resp.unwrap().status(), 201);
+        assert_eq!(seen.calls(), 2);
+        assert_eq!(seen.bodies(), ["x", "x"]);
+        let text = metrics.render();
+        let series =
+            "weir_retries_total{route=\"api\",upstream=\"backend\",reason=\"upstream-connect\"}";
+        assert_eq!(sample(&text, series), Some(1), "{text}");
+
+        let answers: [fn() -> Reply; 3] = [
+            || Err(ProxyError::UpstreamReset(io())),
+            || Err(ProxyError::UpstreamTimeout),
+            || status(503),
+        ];
+        for answer in answers {
+            let (leaf, seen) = scripted(Duration::ZERO, move |_| answer());
+            let (svc, _, metrics) = stack(&settings(), leaf);
+            let got = svc.oneshot(request(Method::POST, Body::full("x"))).await;
+            let expected = answer();
+            match (&got, &expected) {
+                (Ok(a), Ok(b)) => assert_eq!(a.status(), b.status()),
+                (Err(a), Err(b)) => assert_eq!(a.reason(), b.reason()),
+                _ => panic!("{got:?} is not {expected:?}"),
+            }
+            assert_eq!(seen.calls(), 1, "{expected:?}");
+            assert!(!metrics.render().contains("weir_retries_total"));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_and_timeout_are_retried_for_idempotent_methods() {
+        let (leaf, seen) = scripted(Duration::ZERO, |n| match n {
+            0 => Err(ProxyError::UpstreamReset(io())),
+            1 => Err(ProxyError::UpstreamTimeout),
+            _ => status(200),
+        });
+        let (svc, _, metrics) = stack(&settings(), leaf);
+        let resp = svc.oneshot(request(Method::PUT, Body::empty())).await;
+        assert_eq!(resp.unwrap().status(), 200);
+        assert_eq!(seen.calls(), 3);
+        let text = metrics.render();
+        for reason in ["upstream-reset", "upstream-timeout"] {
+            let series = format!(
+                "weir_retries_total{{route=\"api\",upstream=\"backend\",reason=\"{reason}\"}}"
+            );
+            assert_eq!(sample(&text, &series), Some(1), "{text}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotency_key_makes_post_retryable_only_when_allowed() {
+        for (allowed, calls, code) in [(true, 2, 200), (false, 1, 503)] {
+            let (leaf, seen) = scripted(Duration::ZERO, |n| status(if n == 0 { 503 } else { 200 }));
+            let s = RetrySettings {
+                idempotency_key: allowed,
+                ..settings()
+            };
+            let (svc, _, _) = stack(&s, leaf);
+            let mut req = request(Method::POST, Body::full("order"));
+            req.headers_mut()
+                .insert(&IDEMPOTENCY_KEY, HeaderValue::from_static("k-42"));
+            let resp = svc.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), code, "allowed = {allowed}");
+            assert_eq!(seen.calls(), calls, "allowed = {allowed}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_faults_and_rejections_are_never_retried() {
+        let answers: [fn() -> ProxyError; 5] = [
+            || ProxyError::BadRequest("x"),
+            || ProxyError::PayloadTooLarge,
+            || ProxyError::Overloaded,
+            || ProxyError::CircuitOpen {
+                retry_after: Duration::from_secs(1),
+            },
+            || ProxyError::UpstreamTls(Box::new(std::io::Error::other("cert"))),
+        ];
+        for answer in answers {
+            let (leaf, seen) = scripted(Duration::ZERO, move |_| Err(answer()));
+            let (svc, _, _) = stack(&settings(), leaf);
+            let err = svc.oneshot(get()).await.unwrap_err();
+            assert_eq!(err.reason(), answer().reason());
+            assert_eq!(seen.calls(), 1, "{}", err.reason());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_bodies_are_replayed_identically() {
+        let (leaf, seen) = scripted(Duration::ZERO, |n| status(if n < 2 { 503 } else { 200 }));
+        let (svc, _, _) = stack(&settings(), leaf);
+        let resp = svc
+            .oneshot(request(Method::PUT, Body::full("payload")))
+            .await;
+        assert_eq!(resp.unwrap().status(), 200);
+        assert_eq!(seen.bodies(), ["payload", "payload", "payload"]);
+
+        let (leaf, seen) = scripted(Duration::ZERO, |_| status(503));
+        let (svc, _, _) = stack(&settings(), leaf);
+        let body = streamed(&["un", "known ", "size"]);
+        let resp = svc.oneshot(request(Method::PUT, body)).await;
+        assert_eq!(resp.unwrap().status(), 503);
+        assert_eq!(
+            seen.bodies(),
+            ["unknown size", "unknown size", "unknown size"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_bodies_stream_intact_and_are_never_retried() {
+        let s = RetrySettings {
+            max_body: 8,
+            ..settings()
+        };
+        let cases = [
+            Body::full("exactly sized, too large"),
+            streamed(&["unknown", " size, ", "too large"]),
+        ];
+        for (body, expected) in cases
+            .into_iter()
+            .zip(["exactly sized, too large", "unknown size, too large"])
+        {
+            let (leaf, seen) = scripted(Duration::ZERO, |_| Err(ProxyError::UpstreamConnect(io())));
+            let (svc, _, metrics) = stack(&s, leaf);
+            let err = svc.oneshot(request(Method::GET, body)).await.unwrap_err();
+            assert_eq!(err.reason(), "upstream-connect");
+            assert_eq!(seen.calls(), 1, "{expected}");
+            assert_eq!(seen.bodies(), [expected]);
+            assert_eq!(*seen.endpoints.lock().unwrap(), [None], "no retry follows");
+            assert!(!metrics.render().contains("weir_retries_total"));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_the_client_breaks_is_answered_without_a_try() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("frame")]
+        struct Wrapped(#[source] BodyTooLarge);
+        let failing = |err: BoxError| {
+            let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+                vec![Ok(Frame::data(Bytes::from_static(b"ab"))), Err(err)];
+            Body::boxed(StreamBody::new(stream::iter(frames)))
+        };
+        let (leaf, seen) = scripted(Duration::ZERO, |_| status(200));
+        let (svc, _, _) = stack(&settings(), leaf);
+        let err = svc
+            .clone()
+            .oneshot(request(
+                Method::POST,
+                failing(Box::new(Wrapped(BodyTooLarge))),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "payload-too-large");
+        let err = svc
+            .oneshot(request(Method::POST, failing(io())))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "bad-request");
+        assert_eq!(seen.calls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_try_sees_the_endpoint_the_previous_one_used() {
+        let (leaf, seen) = scripted(Duration::ZERO, |_| status(503));
+        let (svc, _, _) = stack(&settings(), leaf);
+        svc.oneshot(get()).await.unwrap();
+        assert_eq!(
+            *seen.endpoints.lock().unwrap(),
+            [Some(usize::MAX), Some(0), Some(1)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_stays_within_full_jitter_bounds() {
+        let s = RetrySettings {
+            max_retries: 4,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(300),
+            ..settings()
+        };
+        for _ in 0..20 {
+            let (leaf, seen) = scripted(Duration::ZERO, |_| status(503));
+            let (svc, _, _) = stack(&s, leaf);
+            svc.oneshot(get()).await.unwrap();
+            let at = seen.at.lock().unwrap().clone();
+            assert_eq!(at.len(), 5);
+            for (n, pair) in at.windows(2).enumerate() {
+                let gap = pair[1] - pair[0];
+                let ceiling = Duration::from_millis([100, 200, 300, 300][n]);
+                assert!(gap <= ceiling, "retry {n}: {gap:?} > {ceiling:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_sets_the_delay_exactly_and_beyond_the_cap_stops() {
+        let s = RetrySettings {
+            backoff_base: Duration::from_secs(10),
+            backoff_cap: Duration::from_secs(2),
+            ..settings()
+        };
+        let (leaf, seen) = scripted(Duration::ZERO, |n| match n {
+            0 => status_after(503, "2"),
+            _ => status(200),
+        });
+        let (svc, _, _) = stack(&s, leaf);
+        let started = Instant::now();
+        assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(seen.calls(), 2);
+
+        let (leaf, seen) = scripted(Duration::ZERO, |_| status_after(503, "3"));
+        let (svc, _, metrics) = stack(&s, leaf);
+        let started = Instant::now();
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(
+            resp.headers()[RETRY_AFTER],
+            "3",
+            "the upstream's ask goes back"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(seen.calls(), 1);
+        assert!(!metrics.render().contains("weir_retries_total"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_ratio_without_floor_over_a_storm() {
+        let s = RetrySettings {
+            max_retries: 1,
+            budget_ratio: 0.2,
+            budget_min_per_sec: 0,
+            ..settings()
+        };
+        let (leaf, seen) = scripted(Duration::ZERO, |_| status(503));
+        let (svc, handle, metrics) = stack(&s, leaf);
+        for _ in 0..100 {
+            assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), 503);
+        }
+        // Request k may retry while retries + 1 ≤ 0.2 × k: every fifth one does.
+        assert_eq!(seen.calls(), 120);
+        let text = metrics.render();
+        assert_eq!(sample(&text, RETRIED_STATUS), Some(20), "{text}");
+        assert_eq!(sample(&text, EXHAUSTED), Some(80), "{text}");
+        assert_eq!(handle.budget_remaining(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_with_a_floor_follows_the_formula() {
+        let s = RetrySettings {
+            max_retries: 1,
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10,
+            budget_window: Duration::from_secs(10),
+            ..settings()
+        };
+        let (leaf, _) = scripted(Duration::ZERO, |_| status(503));
+        let (svc, handle, metrics) = stack(&s, leaf);
+        assert_eq!(handle.budget_remaining(), 10);
+        handle.publish();
+        let gauge = "weir_retry_budget_remaining{upstream=\"backend\"}";
+        assert_eq!(sample(&metrics.render(), gauge), Some(10));
+        let storm = || async {
+            for _ in 0..100 {
+                svc.clone().oneshot(get()).await.unwrap();
+            }
+        };
+        storm().await;
+        // 0.2 × 100 requests + 10/s × 1 s (the floor at birth).
+        assert_eq!(sample(&metrics.render(), RETRIED_STATUS), Some(30));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        storm().await;
+        // 0.2 × 200 requests + 10/s × 5 s.
+        assert_eq!(sample(&metrics.render(), RETRIED_STATUS), Some(90));
+        assert_eq!(sample(&metrics.render(), EXHAUSTED), Some(110));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        // Everything slid out of the window; the floor is now a whole window's worth.
+        assert_eq!(handle.budget_remaining(), 100);
+        handle.publish();
+        assert_eq!(sample(&metrics.render(), gauge), Some(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_spends_the_budget_when_scheduled_not_when_sent() {
+        let s = RetrySettings {
+            max_retries: 1,
+            budget_ratio: 0.0,
+            budget_min_per_sec: 1,
+            backoff_cap: Duration::from_secs(5),
+            ..settings()
+        };
+        let (leaf, seen) = scripted(Duration::ZERO, |n| match n {
+            0 | 1 => status_after(503, "1"),
+            _ => status(200),
+        });
+        let (svc, handle, metrics) = stack(&s, leaf);
+        let a = tokio::spawn(svc.clone().oneshot(get()));
+        let b = tokio::spawn(svc.oneshot(get()));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Both first tries failed; neither retry has been sent, one is waiting in its backoff
+        // and already holds the only unit of budget, so the other was refused at once.
+        assert_eq!(seen.calls(), 2);
+        assert_eq!(u8::from(a.is_finished()) + u8::from(b.is_finished()), 1);
+        assert_eq!(handle.budget_remaining(), 0);
+        let text = metrics.render();
+        assert_eq!(sample(&text, EXHAUSTED), Some(1), "{text}");
+        assert_eq!(sample(&text, RETRIED_STATUS), Some(1), "{text}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut codes = [
+            a.await.unwrap().unwrap().status(),
+            b.await.unwrap().unwrap().status(),
+        ];
+        codes.sort();
+        assert_eq!(codes, [200, 503]);
+        assert_eq!(seen.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_when_the_deadline_cannot_hold_one() {
+        let slow = Duration::from_millis(100);
+        // remaining after the first try → tries
+        for (deadline_ms, calls) in [(150, 1), (250, 2), (10_000, 3)] {
+            let (leaf, seen) = scripted(slow, |_| status(503));
+            let (svc, handle, metrics) = stack(&settings(), leaf);
+            let req = with_deadline(get(), Instant::now() + Duration::from_millis(deadline_ms));
+            assert_eq!(svc.oneshot(req).await.unwrap().status(), 503);
+            assert_eq!(seen.calls(), calls, "deadline {deadline_ms}ms");
+            let median = handle.median_latency().unwrap();
+            assert!(
+                median.abs_diff(slow) < Duration::from_millis(7),
+                "{median:?}"
+            );
+            let retries = sample(&metrics.render(), RETRIED_STATUS).unwrap_or(0);
+            assert_eq!(retries, u64::try_from(calls - 1).unwrap());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_label_is_empty_without_a_context() {
+        let (leaf, seen) = scripted(Duration::ZERO, |n| status(if n == 0 { 503 } else { 200 }));
+        let (svc, _, metrics) = stack(&settings(), leaf);
+        assert_eq!(
+            svc.oneshot(Request::new(Body::empty()))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(*seen.endpoints.lock().unwrap(), [None, None]);
+        let series = "weir_retries_total{route=\"\",upstream=\"backend\",reason=\"status\"}";
+        assert_eq!(sample(&metrics.render(), series), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_answer_is_dropped_before_the_next_try() {
+        struct Flagged(Arc<AtomicBool>);
+        impl http_body::Body for Flagged {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                Poll::Ready(None)
+            }
+        }
+        impl Drop for Flagged {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let d = dropped.clone();
+        let (leaf, seen) = scripted(Duration::ZERO, move |n| {
+            if n > 0 {
+                return status(200);
+            }
+            let mut r = status_after(503, "1")?;
+            *r.body_mut() = Body::boxed(Flagged(d.clone()));
+            Ok(r)
+        });
+        let (svc, _, _) = stack(&settings(), leaf);
+        let task = tokio::spawn(svc.oneshot(get()));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // In the backoff: the failed answer (and the connection it holds) is already gone.
+        assert_eq!(seen.calls(), 1);
+        assert!(dropped.load(Ordering::SeqCst));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(task.await.unwrap().unwrap().status(), 200);
+        assert_eq!(seen.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_retries_zero_passes_through_with_one_call() {
+        let s = RetrySettings {
+            max_retries: 0,
+            ..settings()
+        };
+        let (leaf, seen) = scripted(Duration::ZERO, |_| status(503));
+        let (mut svc, handle, metrics) = stack(&s, leaf);
+        let before = handle.budget_remaining();
+        let fut = svc.call(request(Method::POST, streamed(&["a", "b"])));
+        assert!(matches!(fut.kind, Kind::Direct { .. }));
+        assert_eq!(fut.await.unwrap().status(), 503);
+        assert_eq!(seen.calls(), 1);
+        assert_eq!(seen.bodies(), ["ab"]);
+        assert_eq!(*seen.endpoints.lock().unwrap(), [None]);
+        assert_eq!(handle.budget_remaining(), before, "no deposit");
+        assert!(!metrics.render().contains("weir_retries_total"));
+    }
+
+    #[test]
+    fn the_stack_can_be_erased_for_sharing_across_tasks() {
+        let (leaf, _) = scripted(Duration::ZERO, |_| status(200));
+        let metrics = Metrics::new().unwrap();
+        let layer = RetryLayer::new(Arc::from("backend"), &settings(), &metrics);
+        let _erased: Leaf = BoxCloneSyncService::new(layer.layer(leaf));
+    }
+}

@@ -1,0 +1,197 @@
+//! What is safe to retry: which requests may be re-sent, and which answers call for a retry.
+//!
+//! Position: consulted by [`super::Retry`] after every try, before backoff, deadline and budget.
+//! Config: `upstreams.<name>.retry.statuses`, `retry.idempotency_key`. Metrics: none.
+
+use http::{HeaderMap, Method};
+
+use crate::config::RetrySettings;
+use crate::error::ProxyError;
+use crate::http::{IDEMPOTENCY_KEY, Response};
+use crate::resilience::StatusSet;
+
+/// Which answers of a try are retried, and when a request may be sent twice.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    statuses: StatusSet,
+    idempotency_key: bool,
+}
+
+/// Why a try is retried: the `reason` label of `weir_retries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// The request provably never left (connect refused or timed out, pool checkout failure,
+    /// HTTP/2 REFUSED_STREAM).
+    UpstreamConnect,
+    /// The connection failed before the response head arrived.
+    UpstreamReset,
+    /// The per-try timeout expired.
+    UpstreamTimeout,
+    /// The upstream answered with one of the configured statuses.
+    Status,
+}
+
+impl Policy {
+    pub(crate) fn new(settings: &RetrySettings) -> Self {
+        Self {
+            statuses: StatusSet::new(&settings.statuses),
+            idempotency_key: settings.idempotency_key,
+        }
+    }
+
+    /// Whether the request may reach the upstream twice: an idempotent method (RFC 9110 §9.2.2),
+    /// or any method carrying `Idempotency-Key` when the upstream allows it.
+    pub(crate) fn may_resend(&self, method: &Method, headers: &HeaderMap) -> bool {
+        is_idempotent(method) || (self.idempotency_key && headers.contains_key(&IDEMPOTENCY_KEY))
+    }
+
+    /// Why the try that ended with `result` should be retried, or `None` when its answer goes
+    /// back as it is. `may_resend` is [`Policy::may_resend`] of the request: without it only a
+    /// request that provably never left is retried.
+    pub(crate) fn classify(
+        &self,
+        result: &Result<Response, ProxyError>,
+        may_resend: bool,
+    ) -> Option<Reason> {
+        let reason = match result {
+            Ok(resp) if self.statuses.contains(resp.status()) => Reason::Status,
+            Ok(_) => return None,
+            Err(err) => match err {
+                ProxyError::UpstreamConnect(_) => return Some(Reason::UpstreamConnect),
+                ProxyError::UpstreamReset(_) => Reason::UpstreamReset,
+                ProxyError::UpstreamTimeout => Reason::UpstreamTimeout,
+                // A TLS handshake failure is a certificate or configuration fault: another try
+                // fails the same way and only doubles the load.
+                ProxyError::UpstreamTls(_)
+                | ProxyError::NoRoute
+                | ProxyError::CircuitOpen { .. }
+                | ProxyError::Overloaded
+                | ProxyError::RateLimited { .. }
+                | ProxyError::NoHealthyEndpoint
+                | ProxyError::FaultInjected { .. }
+                | ProxyError::BadRequest(_)
+                | ProxyError::HeadersTooLarge
+                | ProxyError::PayloadTooLarge => return None,
+            },
+        };
+        may_resend.then_some(reason)
+    }
+}
+
+impl Reason {
+    /// The `reason` label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::UpstreamConnect => "upstream-connect",
+            Self::UpstreamReset => "upstream-reset",
+            Self::UpstreamTimeout => "upstream-timeout",
+            Self::Status => "status",
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderValue, StatusCode};
+
+    use super::*;
+    use crate::error::BoxError;
+    use crate::http::Body;
+
+    fn io() -> BoxError {
+        Box::new(std::io::Error::other("x"))
+    }
+
+    fn status(code: u16) -> Result<Response, ProxyError> {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+        Ok(r)
+    }
+
+    fn policy(idempotency_key: bool) -> Policy {
+        Policy::new(&RetrySettings {
+            idempotency_key,
+            ..RetrySettings::default()
+        })
+    }
+
+    #[test]
+    fn idempotent_methods_and_keys() {
+        let p = policy(false);
+        let none = HeaderMap::new();
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(
+                p.may_resend(&Method::from_bytes(m.as_bytes()).unwrap(), &none),
+                "{m}"
+            );
+        }
+        for m in ["POST", "PATCH", "CONNECT"] {
+            assert!(
+                !p.may_resend(&Method::from_bytes(m.as_bytes()).unwrap(), &none),
+                "{m}"
+            );
+        }
+        let mut keyed = HeaderMap::new();
+        keyed.insert(&IDEMPOTENCY_KEY, HeaderValue::from_static("k-1"));
+        assert!(!p.may_resend(&Method::POST, &keyed));
+        assert!(policy(true).may_resend(&Method::POST, &keyed));
+        assert!(!policy(true).may_resend(&Method::POST, &none));
+    }
+
+    #[test]
+    fn what_is_retried() {
+        let p = policy(false);
+        // (answer, reason when the request may be re-sent, reason when it may not)
+        type Case = (Result<Response, ProxyError>, Option<Reason>, Option<Reason>);
+        let cases: Vec<Case> = vec![
+            (status(200), None, None),
+            (status(500), None, None),
+            (status(503), Some(Reason::Status), None),
+            (status(502), Some(Reason::Status), None),
+            (
+                Err(ProxyError::UpstreamConnect(io())),
+                Some(Reason::UpstreamConnect),
+                Some(Reason::UpstreamConnect),
+            ),
+            (
+                Err(ProxyError::UpstreamReset(io())),
+                Some(Reason::UpstreamReset),
+                None,
+            ),
+            (
+                Err(ProxyError::UpstreamTimeout),
+                Some(Reason::UpstreamTimeout),
+                None,
+            ),
+            (Err(ProxyError::UpstreamTls(io())), None, None),
+            (Err(ProxyError::BadRequest("x")), None, None),
+            (Err(ProxyError::PayloadTooLarge), None, None),
+            (Err(ProxyError::Overloaded), None, None),
+            (
+                Err(ProxyError::CircuitOpen {
+                    retry_after: Duration::from_secs(1),
+                }),
+                None,
+                None,
+            ),
+        ];
+        for (result, safe, unsafe_) in cases {
+            assert_eq!(p.classify(&result, true), safe, "{result:?}");
+            assert_eq!(p.classify(&result, false), unsafe_, "{result:?}");
+        }
+    }
+}
