@@ -1,1 +1,830 @@
-//! (being written)
+//! Per-upstream circuit breaker: refuses requests at once while the upstream keeps failing.
+//!
+//! Position: upstream stack, below load shedding and above retries (judges final outcomes).
+//! Config: `upstreams.<name>.breaker.*`. Metrics: `weir_circuit_state`,
+//! `weir_circuit_transitions_total`, `weir_dry_run_rejections_total{policy="breaker"}`.
+//!
+//! Closed → Open when the sliding window (`window`, at least `min_calls` calls) reaches
+//! `failure_rate` or `slow_call_rate`, or after `consecutive_failures` failures in a row. Open
+//! refuses with `circuit-open` and the open time left; once it has passed, the first request
+//! moves the breaker to half-open, where `half_open_probes` probes pass: all succeed → Closed,
+//! one fails (or is slow) → Open again for twice as long, up to `open_for_max`. The state
+//! machine (`state.rs`) and the window (`window.rs`) are lock-free: atomics and
+//! compare-exchange only.
+
+mod state;
+mod window;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
+
+pub use self::state::BreakerState;
+use self::state::{Admission, Machine, Reason, Ticket, Transition};
+use crate::admin::metrics::{
+    CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DRY_RUN_REJECTIONS_TOTAL, Metrics,
+};
+use crate::config::{BreakerSettings, Mode};
+use crate::error::ProxyError;
+use crate::http::{Request, Response};
+use crate::resilience::{Outcome, StatusSet};
+
+/// Wraps a service in [`CircuitBreaker`]. Clones (and every service it makes) share one
+/// breaker: one state machine, one window, one set of metric handles.
+#[derive(Clone, Debug)]
+pub struct CircuitBreakerLayer {
+    shared: Arc<Shared>,
+}
+
+/// See the module docs. Always ready; admission is decided in `call`.
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// A read-only view of a breaker, for the admin status page. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BreakerHandle {
+    shared: Arc<Shared>,
+}
+
+/// What a breaker is doing now.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BreakerStatus {
+    /// The current state. An open breaker whose open time has passed still reads `Open`
+    /// (with `open_remaining` zero) until the next request moves it to half-open.
+    pub state: BreakerState,
+    /// Time since the last transition (since construction if none).
+    pub in_state_for: Duration,
+    /// While open: how long it stays open. `None` in the other states.
+    pub open_remaining: Option<Duration>,
+    /// Consecutive trips without closing in between (0 when closed); the open time is
+    /// `open_for · 2^(trips−1)`, capped at `open_for_max`. Saturates at 255.
+    pub trips: u32,
+    /// The `reason` label of the last transition (`consecutive`, `failure_rate`, `slow_rate`,
+    /// `probe_failed`, `probe_succeeded`, `open_elapsed`); `None` before the first.
+    pub last_reason: Option<&'static str>,
+    /// Whether the breaker enforces, only counts (dry run), or is off.
+    pub mode: Mode,
+}
+
+#[derive(Debug)]
+struct Shared {
+    upstream: Arc<str>,
+    mode: Mode,
+    failures: StatusSet,
+    machine: Machine,
+    state_gauge: Gauge,
+    /// One per [`Reason`], in [`Reason::ALL`] order (each reason has one target state).
+    transitions: [Counter; 6],
+    /// Counts refusals a dry-run breaker let through; a no-op handle in the other modes.
+    dry_run_rejections: Counter,
+}
+
+// === impl CircuitBreakerLayer ===
+
+impl CircuitBreakerLayer {
+    /// A closed breaker for `upstream` with `settings`; resolves its metric handles in
+    /// `metrics` now and sets `weir_circuit_state` to 0.
+    pub fn new(upstream: Arc<str>, settings: &BreakerSettings, metrics: &Metrics) -> Self {
+        let label = || ("upstream", upstream.clone());
+        let transitions = Reason::ALL.map(|r| {
+            metrics.counter(
+                CIRCUIT_TRANSITIONS_TOTAL,
+                &[
+                    label(),
+                    ("to", r.to().as_str().into()),
+                    ("reason", r.as_str().into()),
+                ],
+            )
+        });
+        let dry_run_rejections = match settings.mode {
+            Mode::DryRun => metrics.counter(
+                DRY_RUN_REJECTIONS_TOTAL,
+                &[label(), ("policy", POLICY.into())],
+            ),
+            Mode::Enforce | Mode::Off => Counter::noop(),
+        };
+        let state_gauge = metrics.gauge(CIRCUIT_STATE, &[label()]);
+        state_gauge.set(BreakerState::Closed.gauge());
+        Self {
+            shared: Arc::new(Shared {
+                upstream,
+                mode: settings.mode,
+                failures: StatusSet::new(&settings.failure_statuses),
+                machine: Machine::new(settings),
+                state_gauge,
+                transitions,
+                dry_run_rejections,
+            }),
+        }
+    }
+
+    /// A read-only view of this breaker's state.
+    pub fn handle(&self) -> BreakerHandle {
+        BreakerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for CircuitBreakerLayer {
+    type Service = CircuitBreaker<S>;
+
+    fn layer(&self, inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl CircuitBreaker ===
+
+impl<S> Service<Request> for CircuitBreaker<S>
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = ResponseFuture<Oneshot<S, Request>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Always ready: admission is decided in `call`, so a refusal costs no inner call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let shared = &self.shared;
+        if shared.mode == Mode::Off {
+            return ResponseFuture::admitted(self.inner.clone().oneshot(req), None);
+        }
+        let (admission, transition) = shared.machine.admit();
+        if let Some(t) = transition {
+            shared.on_transition(t);
+        }
+        let guard = match admission {
+            Admission::Admit(ticket) => Some(Guard {
+                shared: shared.clone(),
+                ticket: Some(ticket),
+                started: shared.machine.slow_call_duration().map(|_| Instant::now()),
+            }),
+            Admission::Reject { retry_after } => {
+                if shared.mode == Mode::Enforce {
+                    return ResponseFuture::rejected(retry_after);
+                }
+                // Dry run: let it through untracked; only real probes judge the upstream.
+                shared.dry_run_rejections.increment(1);
+                None
+            }
+        };
+        ResponseFuture::admitted(self.inner.clone().oneshot(req), guard)
+    }
+}
+
+// === impl BreakerHandle ===
+
+impl BreakerHandle {
+    /// The breaker's state now. In mode `off` it reads closed, forever.
+    pub fn status(&self) -> BreakerStatus {
+        let s = self.shared.machine.snapshot();
+        BreakerStatus {
+            state: s.state,
+            in_state_for: s.in_state_for,
+            open_remaining: s.open_remaining,
+            trips: s.trips,
+            last_reason: s.last_reason.map(Reason::as_str),
+            mode: self.shared.mode,
+        }
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Counts and logs a transition; called once per transition, by the caller that made it.
+    fn on_transition(&self, t: Transition) {
+        let to = t.reason.to();
+        self.state_gauge.set(to.gauge());
+        if let Some(c) = self.transitions.get(t.reason.index()) {
+            c.increment(1);
+        }
+        let open_for_ms = t
+            .open_for
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        tracing::info!(
+            upstream = %self.upstream,
+            to = to.as_str(),
+            reason = t.reason.as_str(),
+            trips = t.trips,
+            open_for_ms,
+            dry_run = self.mode == Mode::DryRun,
+            "circuit breaker state changed",
+        );
+    }
+
+    fn finish(
+        &self,
+        ticket: Ticket,
+        result: &Result<Response, ProxyError>,
+        started: Option<Instant>,
+    ) {
+        let outcome = Outcome::of(result, &self.failures);
+        let now = Instant::now();
+        let elapsed = started.map(|s| now.saturating_duration_since(s));
+        if let Some(t) = self.machine.record(ticket, outcome, now, elapsed) {
+            self.on_transition(t);
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`CircuitBreaker`]: a ready `circuit-open` refusal, or the inner future,
+    /// whose outcome is counted when it resolves. Dropped before that, it counts nothing and
+    /// gives back the half-open probe slot it held.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Admitted {
+            #[pin]
+            inner: F,
+            guard: Option<Guard>,
+        },
+        Rejected {
+            retry_after: Duration,
+        },
+    }
+}
+
+/// The accounting of one admitted request; gives back a probe slot when dropped unfinished.
+struct Guard {
+    shared: Arc<Shared>,
+    ticket: Option<Ticket>,
+    /// When `call` ran; read only when slow calls are counted.
+    started: Option<Instant>,
+}
+
+// === impl ResponseFuture ===
+
+impl<F> ResponseFuture<F> {
+    fn admitted(inner: F, guard: Option<Guard>) -> Self {
+        Self {
+            kind: Kind::Admitted { inner, guard },
+        }
+    }
+
+    fn rejected(retry_after: Duration) -> Self {
+        Self {
+            kind: Kind::Rejected { retry_after },
+        }
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, ProxyError>>,
+{
+    type Output = Result<Response, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Admitted { inner, guard } => {
+                let result = std::task::ready!(inner.poll(cx));
+                if let Some(g) = guard {
+                    g.finish(&result);
+                }
+                Poll::Ready(result)
+            }
+            KindProj::Rejected { retry_after } => Poll::Ready(Err(ProxyError::CircuitOpen {
+                retry_after: *retry_after,
+            })),
+        }
+    }
+}
+
+// === impl Guard ===
+
+impl Guard {
+    fn finish(&mut self, result: &Result<Response, ProxyError>) {
+        if let Some(ticket) = self.ticket.take() {
+            self.shared.finish(ticket, result, self.started);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.shared.machine.abandon(ticket);
+        }
+    }
+}
+
+/// The `policy` label of `weir_dry_run_rejections_total` for this module.
+const POLICY: &str = "breaker";
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::StatusCode;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::http::Body;
+
+    /// What the leaf answers: a status, a connect error, or an error the breaker ignores.
+    #[derive(Clone, Copy)]
+    enum Reply {
+        Status(u16),
+        Connect,
+        Ignored,
+    }
+
+    fn req(reply: Reply, delay_ms: u64) -> Request {
+        let v = match reply {
+            Reply::Status(s) => s.to_string(),
+            Reply::Connect => "connect".into(),
+            Reply::Ignored => "ignored".into(),
+        };
+        http::Request::builder()
+            .header("x-test-reply", v)
+            .header("x-test-delay-ms", delay_ms.to_string())
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// A leaf answering as the request's test headers say, counting its calls.
+    fn leaf(
+        calls: Arc<AtomicUsize>,
+    ) -> impl Service<Request, Response = Response, Error = ProxyError, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        service_fn(move |req: Request| {
+            let calls = calls.clone();
+            let h = |name: &str| req.headers()[name].to_str().unwrap().to_owned();
+            let delay: u64 = h("x-test-delay-ms").parse().unwrap();
+            let reply = h("x-test-reply");
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                match reply.as_str() {
+                    "connect" => Err(ProxyError::UpstreamConnect("refused".into())),
+                    "ignored" => Err(ProxyError::PayloadTooLarge),
+                    code => {
+                        let mut r = Response::new(Body::empty());
+                        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+                        Ok(r)
+                    }
+                }
+            }
+        })
+    }
+
+    struct Fixture<L> {
+        svc: CircuitBreaker<L>,
+        handle: BreakerHandle,
+        metrics: Metrics,
+        calls: Arc<AtomicUsize>,
+    }
+
+    fn fixture(
+        upstream: &str,
+        s: BreakerSettings,
+    ) -> Fixture<
+        impl Service<Request, Response = Response, Error = ProxyError, Future: Send>
+        + Clone
+        + Send
+        + 'static,
+    > {
+        let metrics = Metrics::new().unwrap();
+        let layer = CircuitBreakerLayer::new(upstream.into(), &s, &metrics);
+        let calls = Arc::new(AtomicUsize::new(0));
+        Fixture {
+            svc: layer.layer(leaf(calls.clone())),
+            handle: layer.handle(),
+            metrics,
+            calls,
+        }
+    }
+
+    impl<L> Fixture<L>
+    where
+        L: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+        L::Future: Send,
+    {
+        async fn send(&self, reply: Reply) -> Result<Response, ProxyError> {
+            self.svc.clone().oneshot(req(reply, 0)).await
+        }
+
+        async fn send_n(&self, n: usize, reply: Reply) {
+            for _ in 0..n {
+                let _ = self.send(reply).await;
+            }
+        }
+
+        /// Starts a request whose answer takes `delay_ms`; admission is decided now.
+        fn start(&self, reply: Reply, delay_ms: u64) -> ResponseFuture<Oneshot<L, Request>> {
+            self.svc.clone().call(req(reply, delay_ms))
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        fn state(&self) -> BreakerState {
+            self.handle.status().state
+        }
+    }
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            window: Duration::from_secs(10),
+            min_calls: 100,
+            consecutive_failures: 5,
+            open_for: Duration::from_secs(10),
+            open_for_max: Duration::from_secs(300),
+            half_open_probes: 3,
+            ..BreakerSettings::default()
+        }
+    }
+
+    fn retry_after(r: Result<Response, ProxyError>) -> Duration {
+        match r {
+            Err(ProxyError::CircuitOpen { retry_after }) => retry_after,
+            Err(e) => panic!("expected circuit-open, got {e}"),
+            Ok(r) => panic!("expected circuit-open, got {}", r.status()),
+        }
+    }
+
+    const OK: Reply = Reply::Status(200);
+    const FAIL: Reply = Reply::Status(503);
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_on_consecutive_failures() {
+        let f = fixture("consec", settings());
+        f.send_n(4, FAIL).await;
+        f.send(OK).await.unwrap(); // breaks the run
+        f.send_n(4, Reply::Connect).await;
+        assert_eq!(f.state(), BreakerState::Closed);
+        f.send(Reply::Status(500)).await.unwrap();
+        let st = f.handle.status();
+        assert_eq!(st.state, BreakerState::Open);
+        assert_eq!((st.trips, st.last_reason), (1, Some("consecutive")));
+        assert_eq!(retry_after(f.send(OK).await), Duration::from_secs(10));
+        assert_eq!(f.calls(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_on_failure_rate_only_after_min_calls() {
+        let f = fixture(
+            "rate",
+            BreakerSettings {
+                min_calls: 10,
+                failure_rate: 0.5,
+                consecutive_failures: 0, // off
+                ..settings()
+            },
+        );
+        // 5 failures in 9 calls: above the rate from the first call, but below min_calls.
+        for i in 0..9 {
+            let _ = f.send(if i % 2 == 0 { FAIL } else { OK }).await;
+        }
+        assert_eq!(f.state(), BreakerState::Closed);
+        let _ = f.send(Reply::Connect).await; // 6 of 10
+        let st = f.handle.status();
+        assert_eq!(st.state, BreakerState::Open);
+        assert_eq!(st.last_reason, Some("failure_rate"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_below_the_threshold_stays_closed() {
+        let f = fixture(
+            "rate-low",
+            BreakerSettings {
+                min_calls: 4,
+                failure_rate: 0.5,
+                ..settings()
+            },
+        );
+        for _ in 0..10 {
+            f.send_n(2, OK).await;
+            let _ = f.send(FAIL).await; // 1 in 3
+        }
+        assert_eq!(f.state(), BreakerState::Closed);
+        assert_eq!(f.calls(), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_on_slow_call_rate() {
+        let f = fixture(
+            "slow",
+            BreakerSettings {
+                min_calls: 4,
+                slow_call_duration: Duration::from_millis(100),
+                slow_call_rate: 0.5,
+                ..settings()
+            },
+        );
+        let timed = |ms| f.start(OK, ms);
+        timed(100).await.unwrap(); // exactly the limit: not slow
+        timed(50).await.unwrap();
+        timed(150).await.unwrap();
+        timed(50).await.unwrap();
+        timed(150).await.unwrap(); // 2 of 5
+        assert_eq!(f.state(), BreakerState::Closed);
+        timed(150).await.unwrap(); // 3 of 6
+        let st = f.handle.status();
+        assert_eq!(st.state, BreakerState::Open);
+        assert_eq!(st.last_reason, Some("slow_rate"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_failures_age_out_of_the_window() {
+        async fn after(gap: Duration) -> BreakerState {
+            let f = fixture(
+                "slide",
+                BreakerSettings {
+                    min_calls: 4,
+                    failure_rate: 0.5,
+                    consecutive_failures: 0,
+                    ..settings()
+                },
+            );
+            f.send_n(3, FAIL).await;
+            tokio::time::advance(gap).await;
+            f.send_n(3, OK).await;
+            let _ = f.send(FAIL).await;
+            f.state()
+        }
+        // 4 of 7 while the first failures are inside the window; 1 of 4 once they left.
+        assert_eq!(after(Duration::from_secs(5)).await, BreakerState::Open);
+        assert_eq!(after(Duration::from_secs(10)).await, BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_rejects_at_once_with_the_time_left() {
+        let f = fixture(
+            "open",
+            BreakerSettings {
+                consecutive_failures: 1,
+                ..settings()
+            },
+        );
+        let _ = f.send(Reply::Connect).await;
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let fut = f.start(OK, 0);
+        assert!(matches!(fut.kind, Kind::Rejected { .. }), "a ready refusal");
+        assert_eq!(retry_after(fut.await), Duration::from_secs(7));
+        let st = f.handle.status();
+        assert_eq!(st.open_remaining, Some(Duration::from_secs(7)));
+        assert_eq!(st.in_state_for, Duration::from_secs(3));
+        assert_eq!(f.calls(), 1, "no inner call while open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_exactly_n_probes_then_closes() {
+        let f = fixture(
+            "probes",
+            BreakerSettings {
+                consecutive_failures: 1,
+                ..settings()
+            },
+        );
+        let _ = f.send(FAIL).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probes = [f.start(OK, 100), f.start(OK, 100), f.start(OK, 100)];
+        assert_eq!(f.state(), BreakerState::HalfOpen);
+        assert_eq!(retry_after(f.send(OK).await), Duration::from_secs(1));
+        assert_eq!(f.calls(), 1);
+        for r in futures_util::future::join_all(probes).await {
+            r.unwrap();
+        }
+        let st = f.handle.status();
+        assert_eq!(st.state, BreakerState::Closed);
+        assert_eq!((st.trips, st.last_reason), (0, Some("probe_succeeded")));
+        assert_eq!(st.in_state_for, Duration::ZERO);
+        f.send_n(5, OK).await;
+        assert_eq!(f.calls(), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
+        let f = fixture(
+            "doubling",
+            BreakerSettings {
+                consecutive_failures: 1,
+                open_for: Duration::from_secs(10),
+                open_for_max: Duration::from_secs(25),
+                half_open_probes: 1,
+                ..settings()
+            },
+        );
+        let _ = f.send(FAIL).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let _ = f.send(FAIL).await; // probe fails
+        let st = f.handle.status();
+        assert_eq!((st.state, st.trips), (BreakerState::Open, 2));
+        assert_eq!(st.last_reason, Some("probe_failed"));
+        assert_eq!(retry_after(f.send(OK).await), Duration::from_secs(20));
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert_eq!(retry_after(f.send(OK).await), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let _ = f.send(Reply::Connect).await; // probe fails again: 40s, capped at 25s
+        assert_eq!(f.handle.status().trips, 3);
+        assert_eq!(retry_after(f.send(OK).await), Duration::from_secs(25));
+        tokio::time::advance(Duration::from_secs(25)).await;
+        f.send(OK).await.unwrap(); // probe succeeds
+        assert_eq!(f.state(), BreakerState::Closed);
+        // The next trip starts again from `open_for`.
+        let _ = f.send(FAIL).await;
+        assert_eq!(retry_after(f.send(OK).await), Duration::from_secs(10));
+        assert_eq!(f.calls(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_are_successes() {
+        let f = fixture(
+            "4xx",
+            BreakerSettings {
+                consecutive_failures: 2,
+                min_calls: 1,
+                ..settings()
+            },
+        );
+        for s in [400, 404, 429, 499, 404, 404] {
+            f.send(Reply::Status(s)).await.unwrap();
+        }
+        assert_eq!(f.state(), BreakerState::Closed);
+        f.send_n(2, Reply::Status(502)).await;
+        assert_eq!(f.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ignored_outcomes_move_nothing() {
+        let f = fixture(
+            "ignored",
+            BreakerSettings {
+                consecutive_failures: 2,
+                ..settings()
+            },
+        );
+        let _ = f.send(FAIL).await;
+        f.send_n(5, Reply::Ignored).await; // neither counts nor breaks the run
+        assert_eq!(f.state(), BreakerState::Closed);
+        let _ = f.send(FAIL).await;
+        assert_eq!(f.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_gives_back_its_slot() {
+        let f = fixture(
+            "dropped",
+            BreakerSettings {
+                consecutive_failures: 1,
+                half_open_probes: 1,
+                ..settings()
+            },
+        );
+        let _ = f.send(FAIL).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // Dropped before it was polled.
+        let probe = f.start(OK, 0);
+        assert_eq!(retry_after(f.send(OK).await), Duration::from_secs(1));
+        drop(probe);
+        // Dropped mid-flight by an outer deadline.
+        let cut = tokio::time::timeout(Duration::from_millis(100), f.start(FAIL, 1_000)).await;
+        assert!(cut.is_err());
+        let st = f.handle.status();
+        assert_eq!(
+            st.state,
+            BreakerState::HalfOpen,
+            "a dropped probe counts nothing"
+        );
+        assert_eq!(st.last_reason, Some("open_elapsed"));
+        f.send(OK).await.unwrap();
+        assert_eq!(f.state(), BreakerState::Closed);
+        assert_eq!(f.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dry_run_admits_everything_and_counts_what_it_would_refuse() {
+        let f = fixture(
+            "dry",
+            BreakerSettings {
+                mode: Mode::DryRun,
+                consecutive_failures: 2,
+                half_open_probes: 1,
+                ..settings()
+            },
+        );
+        f.send_n(2, FAIL).await;
+        assert_eq!(f.state(), BreakerState::Open);
+        // Would be refused: admitted, counted, and their outcomes judge nothing.
+        f.send_n(3, OK).await;
+        let _ = f.send(FAIL).await;
+        let st = f.handle.status();
+        assert_eq!(
+            (st.state, st.trips, st.mode),
+            (BreakerState::Open, 1, Mode::DryRun)
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = f.start(OK, 100);
+        f.send(OK).await.unwrap(); // no probe slot left: would be refused
+        assert_eq!(f.state(), BreakerState::HalfOpen);
+        probe.await.unwrap();
+        assert_eq!(f.state(), BreakerState::Closed);
+        assert_eq!(f.calls(), 8);
+        let text = f.metrics.render();
+        assert!(
+            text.contains(r#"weir_dry_run_rejections_total{upstream="dry",policy="breaker"} 5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_circuit_state{upstream="dry"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn off_passes_everything_through() {
+        let f = fixture(
+            "off",
+            BreakerSettings {
+                mode: Mode::Off,
+                consecutive_failures: 1,
+                min_calls: 1,
+                ..settings()
+            },
+        );
+        f.send_n(20, Reply::Connect).await;
+        assert_eq!(f.calls(), 20);
+        let st = f.handle.status();
+        assert_eq!((st.state, st.last_reason), (BreakerState::Closed, None));
+        let text = f.metrics.render();
+        assert!(!text.contains("weir_dry_run_rejections_total"), "{text}");
+        assert!(
+            text.contains(
+                r#"weir_circuit_transitions_total{upstream="off",to="open",reason="consecutive"} 0"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_show_state_and_transitions() {
+        let f = fixture(
+            "m",
+            BreakerSettings {
+                consecutive_failures: 1,
+                half_open_probes: 1,
+                ..settings()
+            },
+        );
+        let state = |v: u8| format!(r#"weir_circuit_state{{upstream="m"}} {v}"#);
+        let moved = |to: &str, reason: &str, n: u8| {
+            format!(
+                r#"weir_circuit_transitions_total{{upstream="m",to="{to}",reason="{reason}"}} {n}"#
+            )
+        };
+        assert!(f.metrics.render().contains(&state(0)));
+        let _ = f.send(FAIL).await;
+        let text = f.metrics.render();
+        assert!(text.contains(&state(1)), "{text}");
+        assert!(text.contains(&moved("open", "consecutive", 1)), "{text}");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = f.start(OK, 100);
+        let text = f.metrics.render();
+        assert!(text.contains(&state(2)), "{text}");
+        assert!(
+            text.contains(&moved("half_open", "open_elapsed", 1)),
+            "{text}"
+        );
+        probe.await.unwrap();
+        let text = f.metrics.render();
+        assert!(text.contains(&state(0)), "{text}");
+        assert!(
+            text.contains(&moved("closed", "probe_succeeded", 1)),
+            "{text}"
+        );
+        assert!(text.contains(&moved("open", "probe_failed", 0)), "{text}");
+        assert!(text.contains(&moved("open", "failure_rate", 0)), "{text}");
+    }
+}
