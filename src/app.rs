@@ -107,7 +107,7 @@ impl App {
         }
         let state = Arc::new(AdminState {
             metrics: metrics.clone(),
-            current,
+            current: current.clone(),
             ready: ready.clone(),
         });
         tasks.spawn(admin::serve(admin_tcp, state, stop.clone(), tasks.clone()));
@@ -117,7 +117,10 @@ impl App {
             let stop = upkeep_stop;
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => metrics.run_upkeep(),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {
+                        current.load().publish_gauges();
+                        metrics.run_upkeep();
+                    }
                     () = stop.cancelled() => return,
                 }
             }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::route::{self, BuildError};
 use crate::router::Router;
 use crate::router::matcher::Matcher;
-use crate::upstream;
+use crate::upstream::{self, Upstream};
 
 /// The handle every listener reads the live generation through.
 pub type Current = Arc<ArcSwap<Generation>>;
@@ -27,15 +27,21 @@ pub struct Generation {
     pub router: Router,
     /// Handles for requests that match no route.
     pub unrouted: RouteMetrics,
+    /// Every upstream, in config order, with handles on its policies' state (`/status.json`).
+    pub upstreams: Vec<Upstream>,
 }
 
 impl Generation {
     /// Builds every upstream stack once, then every route over them.
     pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Self, BuildError> {
-        let upstreams: HashMap<_, _> = config
+        let built: Vec<Upstream> = config
             .upstreams
             .iter()
-            .map(|u| (u.name.clone(), upstream::build(u, metrics)))
+            .map(|u| upstream::build(u, metrics))
+            .collect();
+        let upstreams: HashMap<_, _> = built
+            .iter()
+            .map(|u| (u.name.clone(), u.service.clone()))
             .collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -47,7 +53,17 @@ impl Generation {
         Ok(Self {
             router: Router::new(routes),
             unrouted: RouteMetrics::new(metrics, Arc::from(""), Arc::from("")),
+            upstreams: built,
             config,
         })
+    }
+}
+
+impl Generation {
+    /// Sets the gauges that are sampled rather than kept current (the retry budgets).
+    pub fn publish_gauges(&self) {
+        for u in &self.upstreams {
+            u.retry.publish();
+        }
     }
 }

@@ -1,9 +1,11 @@
-//! The admin side port: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/config`.
+//! The admin side port: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status.json`,
+//! `/config`.
 //!
 //! Position: off the request path; it only reads (metrics, the live generation, readiness).
 //! Config: `[admin].listen`.
 
 pub mod metrics;
+pub mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -86,7 +88,10 @@ fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
     match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            state.metrics.render(),
+            {
+                state.current.load().publish_gauges();
+                state.metrics.render()
+            },
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
@@ -94,6 +99,11 @@ fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
             text(StatusCode::OK, "ready\n", "text/plain")
         }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain"),
+        "/status.json" => text(
+            StatusCode::OK,
+            status::json(&state.current.load()),
+            "application/json",
+        ),
         "/config" => text(
             StatusCode::OK,
             state.current.load().config.to_toml(),
@@ -101,7 +111,7 @@ fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or /config\n",
+            "not found; try /metrics, /healthz, /readyz, /status.json or /config\n",
             "text/plain",
         ),
     }

@@ -99,7 +99,11 @@ impl Layers {
     /// The stack of one target, outermost first, erased once.
     fn stack<S>(&self, target: S) -> RouteService
     where
-        S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + Sync + 'static,
+        S: Service<Request, Response = Response, Error = ProxyError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
     {
         let stack = ServiceBuilder::new()

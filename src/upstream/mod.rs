@@ -1,18 +1,27 @@
-//! One upstream: its endpoints, how to reach them, and the stack in front of them.
+//! One upstream: its endpoints, how to reach them, and the resilience stack in front of them.
 //!
-//! Position: step 5 of the walk; [`build`] lists the layers in the order a request meets them.
-//! Config: `upstreams.<name>`. Metrics: see [`forward`].
+//! Position: step 5 of the walk; [`build`] lists the layers in the order a request meets them:
+//! load shedding → circuit breaker → retry → per-try timeout → forward. Config:
+//! `upstreams.<name>` (`shed`, `breaker`, `retry`, `try_timeout`, ...). Metrics: see each layer.
 
 pub mod client;
 pub mod forward;
 pub mod pool;
 
+use std::sync::Arc;
+
+use http::uri::Authority;
 use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder};
 
 use crate::admin::metrics::Metrics;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
+use crate::resilience::breaker::{BreakerHandle, CircuitBreakerLayer};
+use crate::resilience::retry::{RetryHandle, RetryLayer};
+use crate::resilience::shed::{ShedHandle, ShedLayer};
+use crate::resilience::timeout::AttemptTimeoutLayer;
 use forward::Forward;
 
 /// The erased stack of one upstream, shared by every route that names it.
@@ -43,8 +52,52 @@ impl tower::Service<Request> for UpstreamService {
     }
 }
 
-/// Builds the stack of one upstream. Today it is the forwarding leaf: round robin over the
-/// static endpoints through the pooled client.
-pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> UpstreamService {
-    UpstreamService(BoxCloneSyncService::new(Forward::new(cfg, metrics)))
+/// One built upstream: its stack, and read-only handles on its policies' state for the admin
+/// port (`/status.json`) and the gauges refreshed on a timer.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// The upstream's name.
+    pub name: Arc<str>,
+    /// Its static endpoints, as configured.
+    pub endpoints: Vec<Authority>,
+    /// The stack requests go through.
+    pub service: UpstreamService,
+    /// Circuit breaker state.
+    pub breaker: BreakerHandle,
+    /// Load-shedding state.
+    pub shed: ShedHandle,
+    /// Retry budget and observed latency.
+    pub retry: RetryHandle,
+}
+
+/// Builds the stack of one upstream over its forwarding leaf.
+pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> Upstream {
+    with_leaf(cfg, metrics, Forward::new(cfg, metrics))
+}
+
+/// Builds the stack of one upstream over `leaf` (the forwarding leaf in weir; a stand-in in
+/// benches). Layers are listed in the order a request meets them.
+pub fn with_leaf<S>(cfg: &UpstreamConfig, metrics: &Metrics, leaf: S) -> Upstream
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let shed = ShedLayer::new(cfg.name.clone(), &cfg.shed, metrics);
+    let breaker = CircuitBreakerLayer::new(cfg.name.clone(), &cfg.breaker, metrics);
+    let retry = RetryLayer::new(cfg.name.clone(), &cfg.retry, metrics);
+    let handles = (shed.handle(), breaker.handle(), retry.handle());
+    let stack = ServiceBuilder::new()
+        .layer(shed)
+        .layer(breaker)
+        .layer(retry)
+        .layer(AttemptTimeoutLayer::new(cfg.try_timeout))
+        .service(leaf);
+    Upstream {
+        name: cfg.name.clone(),
+        endpoints: cfg.endpoints.clone(),
+        service: UpstreamService(BoxCloneSyncService::new(stack)),
+        shed: handles.0,
+        breaker: handles.1,
+        retry: handles.2,
+    }
 }

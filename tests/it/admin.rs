@@ -26,7 +26,8 @@ async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
     );
     let weir = Weir::start(&cfg).await;
     let c = Client::h1();
-    assert_eq!(c.get(weir.addr(), "/api/a").await.status, 503);
+    // The upstream's first answer is a 503: retried (GET), so the client sees 200.
+    assert_eq!(c.get(weir.addr(), "/api/a").await.status, 200);
     assert_eq!(c.get(weir.addr(), "/api/b").await.status, 200);
     assert_eq!(c.get(weir.addr(), "/api/c?secret=1").await.status, 200);
     assert_eq!(c.get(weir.addr(), "/down").await.status, 502);
@@ -55,8 +56,8 @@ async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
             ],
         )
     };
-    assert_eq!(req("m-api", "m-up", "200", "upstream"), Some(2.0));
-    assert_eq!(req("m-api", "m-up", "503", "upstream"), Some(1.0));
+    assert_eq!(req("m-api", "m-up", "200", "upstream"), Some(3.0));
+    assert_eq!(req("m-api", "m-up", "503", "upstream"), None);
     assert_eq!(
         req("m-down", "m-dead", "502", "upstream-connect"),
         Some(1.0)
@@ -67,14 +68,22 @@ async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
             "weir_upstream_attempts_total",
             &[("upstream", "m-up"), ("outcome", "response")]
         ),
-        Some(3.0)
+        Some(4.0)
     );
+    let retries = |up: &str, reason: &str| {
+        m.get(
+            "weir_retries_total",
+            &[("route", "m-api"), ("upstream", up), ("reason", reason)],
+        )
+    };
+    assert_eq!(retries("m-up", "status"), Some(1.0));
     assert_eq!(
         m.get(
             "weir_upstream_attempts_total",
             &[("upstream", "m-dead"), ("outcome", "upstream-connect")]
         ),
-        Some(1.0)
+        Some(3.0),
+        "a request that never left is retried, whatever its method"
     );
     assert_eq!(m.get("weir_in_flight", &[("upstream", "m-up")]), Some(0.0));
     assert_eq!(
