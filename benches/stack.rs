@@ -92,7 +92,7 @@ name = "bench"
 upstream = "bench"
 [upstreams.bench]
 endpoints = ["127.0.0.1:9"]
-shed = { max_in_flight = 1, queue = 0 }
+shed = { max_in_flight = 1, min_limit = 1, queue = 0 }
 "#;
 
 fn benches(c: &mut Criterion) {

@@ -18,17 +18,23 @@
 //! 3. **[`router::Router`]** picks the first route whose match holds, or fails with `no-route`.
 //! 4. **The route** ([`route::build`]) picks its target — its upstream, a weighted pick of a
 //!    split, or a direct response — and runs that target's stack: the total deadline
-//!    ([`route::deadline`]), then the upstream stack.
-//! 5. **The upstream stack** ([`upstream::build`]) ends in **[`upstream::forward`]**, which picks
-//!    an endpoint, sends through the upstream's pooled client ([`upstream::client`]) and maps
+//!    ([`route::deadline`], which an inbound `x-weir-deadline-ms` may lower), the rate limit
+//!    ([`route::ratelimit`]), fault injection ([`route::fault`]), then the upstream stack or the
+//!    direct response. `ProxyService` has put the request's [`http::context::RequestContext`]
+//!    (client, route, priority; the deadline once known) into its extensions for them.
+//! 5. **The upstream stack** ([`upstream::build`]): load shedding ([`resilience::shed`]), the
+//!    circuit breaker ([`resilience::breaker`]), retries ([`resilience::retry`]) and the per-try
+//!    timeout ([`resilience::timeout`]), ending in **[`upstream::forward`]**, which picks an
+//!    endpoint (not the one the previous try used), sends through the endpoint's pool
+//!    ([`upstream::pool`]) or the upstream's HTTP/2 client ([`upstream::client`]) and maps
 //!    transport failures to `upstream-connect` / `upstream-reset`.
 //! 6. **On the way back** `ProxyService` turns any [`error::ProxyError`] into a response with
 //!    [`http::respond`] (status, `x-weir-error`, JSON body, `Retry-After`), strips hop-by-hop
 //!    headers from the response, records `weir_requests_total` and the duration histogram, and
 //!    writes one access-log event (target `weir::access`) with the same `reason`.
 //!
-//! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz` and `/config`, and
-//! only reads. [`config`] turns a TOML file into a validated [`config::Config`].
+//! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/status.json`
+//! and `/config`, and only reads. [`config`] turns a TOML file into a validated [`config::Config`].
 
 pub mod admin;
 pub mod app;

@@ -4,5 +4,6 @@ mod admin;
 mod cli;
 mod config;
 mod proxy;
+mod resilience;
 mod support;
 mod support_selftest;

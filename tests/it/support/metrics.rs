@@ -48,6 +48,36 @@ pub async fn scrape(admin: SocketAddr) -> Scrape {
     Scrape::parse(&reply.text())
 }
 
+/// `GET http://admin/status.json` over HTTP/1.1, parsed; panics unless the status is 200 and the
+/// body is JSON.
+pub async fn status_json(admin: SocketAddr) -> serde_json::Value {
+    let reply = Client::h1().get(admin, "/status.json").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "GET /status.json on {admin}: {}",
+        reply.text()
+    );
+    serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("/status.json is not JSON ({e}): {}", reply.text()))
+}
+
+/// The entry of `/status.json`'s `section` (`upstreams` or `routes`) called `name`, whether the
+/// section is an array of objects with a `name` field or an object keyed by name.
+pub fn status_entry<'a>(
+    status: &'a serde_json::Value,
+    section: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    let list = &status[section];
+    let found = match list {
+        serde_json::Value::Array(items) => items.iter().find(|i| i["name"] == name),
+        serde_json::Value::Object(map) => map.get(name),
+        _ => None,
+    };
+    found.unwrap_or_else(|| panic!("/status.json has no {section} entry {name:?}: {status:#}"))
+}
+
 impl Scrape {
     /// Parses a page in the Prometheus text format; panics on a malformed line.
     pub fn parse(text: &str) -> Self {

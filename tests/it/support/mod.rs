@@ -23,7 +23,7 @@ pub use self::weir::Weir;
 pub use client::{
     Client, ClientError, Reply, Upgraded, build_request, io_error_kind, raw, upgrade,
 };
-pub use metrics::{Sample, Scrape, scrape};
+pub use metrics::{Sample, Scrape, scrape, status_entry, status_json};
 pub use upstream::{Protocol, Recorded, RunningUpstream, Upstream, UpstreamBuilder};
 
 /// Polls `cond` every 10 ms until it holds; panics if it still does not after `timeout`.

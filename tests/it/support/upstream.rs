@@ -11,7 +11,8 @@
 //! 4. `close_after_read()`: the connection is closed without a response;
 //! 5. delay: `delay_first(k, d)` with `n < k`, else `route_delay(path)`, else `delay(d)`;
 //! 6. `hang()`: no response, ever;
-//! 7. `fail_first(k, status)` with `n < k`: that status, body `"fail"`;
+//! 7. `fail_first(k, status)` with `n < k`: that status, body `"fail"`, plus the
+//!    `fail_header(..)`s;
 //! 8. `upgrade()` and an `Upgrade` header: 101, then raw bytes are echoed;
 //!    `echo()`: 200 with the request body; a `route(path, ..)`: its status and body; else 200 `"ok"`.
 //!
@@ -72,6 +73,7 @@ pub struct UpstreamBuilder {
     delay: Option<Duration>,
     delay_first: (usize, Duration),
     fail_first: (usize, StatusCode),
+    fail_headers: HeaderMap,
     reset_first: usize,
     close_after_read: bool,
     hang: bool,
@@ -93,6 +95,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// Request body, as much of it as was read.
     pub body: Bytes,
+    /// When the request head arrived.
+    pub received: tokio::time::Instant,
 }
 
 /// A started upstream; dropping it stops it and every task it spawned.
@@ -133,6 +137,7 @@ impl UpstreamBuilder {
             delay: None,
             delay_first: (0, Duration::ZERO),
             fail_first: (0, StatusCode::OK),
+            fail_headers: HeaderMap::new(),
             reset_first: 0,
             close_after_read: false,
             hang: false,
@@ -170,6 +175,16 @@ impl UpstreamBuilder {
     /// Answers the first `n` requests (all paths) with `status` and body `"fail"`.
     pub fn fail_first(mut self, n: usize, status: u16) -> Self {
         self.fail_first = (n, StatusCode::from_u16(status).expect("valid status"));
+        self
+    }
+
+    /// Adds a header to the `fail_first` responses only (e.g. `Retry-After`).
+    pub fn fail_header(mut self, name: &str, value: &str) -> Self {
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("valid header name");
+        self.fail_headers.append(
+            name,
+            HeaderValue::from_str(value).expect("valid header value"),
+        );
         self
     }
 
@@ -406,6 +421,7 @@ async fn handle(
             version: parts.version,
             headers: parts.headers.clone(),
             body: Bytes::new(),
+            received: tokio::time::Instant::now(),
         });
         requests.len() - 1
     };
@@ -451,7 +467,9 @@ async fn handle(
     guard.armed = false;
 
     if n < cfg.fail_first.0 {
-        return Ok(respond(cfg, cfg.fail_first.1, "fail"));
+        let mut resp = respond(cfg, cfg.fail_first.1, "fail");
+        resp.headers_mut().extend(cfg.fail_headers.clone());
+        return Ok(resp);
     }
     if let (Some(protocol), Some(on_upgrade)) = (upgrade_to, on_upgrade) {
         shared.spawn(async move {
