@@ -13,8 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tower::util::Oneshot;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use tokio::time::Instant;
 
@@ -59,10 +58,11 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = ResponseFuture<Oneshot<S, Request>>;
+    type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Every stage below is always ready; asking costs nothing and keeps tower's contract.
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
@@ -82,7 +82,7 @@ where
         if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
             ctx.deadline = deadline;
         }
-        let inner = self.inner.clone().oneshot(req);
+        let inner = self.inner.call(req);
         let sleep = deadline.map(tokio::time::sleep_until);
         ResponseFuture {
             inner,
@@ -128,6 +128,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tower::ServiceExt;
     use tower::service_fn;
 
     use super::*;

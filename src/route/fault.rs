@@ -8,14 +8,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use pin_project_lite::pin_project;
 use rand::Rng;
-use tokio::time::Sleep;
-use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::FaultConfig;
@@ -57,14 +55,9 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request>> {
-        Call { #[pin] inner: Oneshot<S, Request> },
-        Delayed {
-            #[pin]
-            sleep: Sleep,
-            // Answer with this status when the delay is over; else call `call`.
-            abort: Option<StatusCode>,
-            call: Option<(S, Request)>,
-        },
+        Call { #[pin] inner: S::Future },
+        // Rare (an injected delay): boxed, so the common future stays small.
+        Delayed { inner: Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>> },
         Aborted { status: StatusCode },
     }
 }
@@ -115,20 +108,21 @@ impl<S> Layer<S> for FaultLayer {
 
 impl<S> Service<Request> for Fault<S>
 where
-    S: Service<Request, Response = Response, Error = ProxyError> + Clone,
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
 {
     type Response = Response;
     type Error = ProxyError;
     type Future = ResponseFuture<S>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // Always ready: the decision is made in `call`.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // The decision is made in `call`; this only asks the inner service (always ready).
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let Some(s) = &self.settings else {
-            return ResponseFuture::call(self.inner.clone(), req);
+            return ResponseFuture::call(self.inner.call(req));
         };
         let (mut abort, mut delay) = if s.allow_header {
             from_headers(req.headers_mut())
@@ -142,13 +136,20 @@ where
             abort = Some(s.abort_status);
         }
         let state = match (delay, abort) {
-            (None, None) => return ResponseFuture::call(self.inner.clone(), req),
+            (None, None) => return ResponseFuture::call(self.inner.call(req)),
             (None, Some(status)) => State::Aborted { status },
-            (Some(delay), abort) => State::Delayed {
-                sleep: tokio::time::sleep(delay),
-                abort,
-                call: abort.is_none().then(|| (self.inner.clone(), req)),
-            },
+            (Some(delay), abort) => {
+                let inner = self.inner.clone();
+                State::Delayed {
+                    inner: Box::pin(async move {
+                        tokio::time::sleep(delay).await;
+                        match abort {
+                            Some(status) => Err(ProxyError::FaultInjected { status }),
+                            None => inner.oneshot(req).await,
+                        }
+                    }),
+                }
+            }
         };
         ResponseFuture { state }
     }
@@ -157,11 +158,9 @@ where
 // === impl ResponseFuture ===
 
 impl<S: Service<Request>> ResponseFuture<S> {
-    fn call(inner: S, req: Request) -> Self {
+    fn call(inner: S::Future) -> Self {
         Self {
-            state: State::Call {
-                inner: inner.oneshot(req),
-            },
+            state: State::Call { inner },
         }
     }
 }
@@ -172,28 +171,13 @@ where
 {
     type Output = Result<Response, ProxyError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let next = match self.as_mut().project().state.project() {
-                StateProj::Call { inner } => return inner.poll(cx),
-                StateProj::Aborted { status } => {
-                    return Poll::Ready(Err(ProxyError::FaultInjected { status: *status }));
-                }
-                StateProj::Delayed { sleep, abort, call } => {
-                    ready!(sleep.poll(cx));
-                    match (*abort, call.take()) {
-                        (Some(status), _) => State::Aborted { status },
-                        (None, Some((inner, req))) => State::Call {
-                            inner: inner.oneshot(req),
-                        },
-                        // Unreachable: the state changes in the same poll that takes `call`.
-                        (None, None) => State::Aborted {
-                            status: StatusCode::INTERNAL_SERVER_ERROR,
-                        },
-                    }
-                }
-            };
-            self.as_mut().project().state.set(next);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Call { inner } => inner.poll(cx),
+            StateProj::Delayed { inner } => inner.as_mut().poll(cx),
+            StateProj::Aborted { status } => {
+                Poll::Ready(Err(ProxyError::FaultInjected { status: *status }))
+            }
         }
     }
 }

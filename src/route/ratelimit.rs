@@ -14,8 +14,7 @@ use std::time::Duration;
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower::util::Oneshot;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::admin::metrics::{Metrics, RATE_LIMITED_TOTAL};
 use crate::config::{RateLimitConfig, RateLimitKey};
@@ -170,11 +169,12 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = ResponseFuture<Oneshot<S, Request>>;
+    type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // Always ready: admission is decided in `call`.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Admission is decided in `call`; this only asks the inner service, and every stage
+        // below is always ready, so a refusal still holds nothing.
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
@@ -189,7 +189,7 @@ where
         }
         ResponseFuture {
             state: State::Admitted {
-                inner: self.inner.clone().oneshot(req),
+                inner: self.inner.call(req),
             },
         }
     }
@@ -366,6 +366,7 @@ const MAX_TOLERANCE_NS: u64 = 1 << 61;
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::AtomicUsize;
+    use tower::ServiceExt;
 
     use http::{HeaderName, HeaderValue};
 

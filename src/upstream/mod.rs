@@ -84,7 +84,8 @@ where
 {
     let shed = ShedLayer::new(cfg.name.clone(), &cfg.shed, metrics);
     let breaker = CircuitBreakerLayer::new(cfg.name.clone(), &cfg.breaker, metrics);
-    let retry = RetryLayer::new(cfg.name.clone(), &cfg.retry, metrics);
+    let retry = RetryLayer::new(cfg.name.clone(), &cfg.retry, metrics)
+        .with_endpoint_memo(cfg.endpoints.len() > 1);
     let handles = (shed.handle(), breaker.handle(), retry.handle());
     let stack = ServiceBuilder::new()
         .layer(shed)

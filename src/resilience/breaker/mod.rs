@@ -24,8 +24,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower::util::Oneshot;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 pub use self::state::BreakerState;
 use self::state::{Admission, Machine, Reason, Ticket, Transition};
@@ -157,17 +156,17 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = ResponseFuture<Oneshot<S, Request>>;
+    type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // Always ready: admission is decided in `call`, so a refusal costs no inner call.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Admission is decided in `call`; this only asks the inner service, and every stage
+        // below is always ready, so a refusal still holds nothing.
+        self.inner.poll_ready(cx)
     }
-
     fn call(&mut self, req: Request) -> Self::Future {
         let shared = &self.shared;
         if shared.mode == Mode::Off {
-            return ResponseFuture::admitted(self.inner.clone().oneshot(req), None);
+            return ResponseFuture::admitted(self.inner.call(req), None);
         }
         let (admission, transition) = shared.machine.admit();
         if let Some(t) = transition {
@@ -188,7 +187,7 @@ where
                 None
             }
         };
-        ResponseFuture::admitted(self.inner.clone().oneshot(req), guard)
+        ResponseFuture::admitted(self.inner.call(req), guard)
     }
 }
 
@@ -342,6 +341,7 @@ const POLICY: &str = "breaker";
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
 
     use http::StatusCode;
     use tower::service_fn;
@@ -441,7 +441,7 @@ mod tests {
         }
 
         /// Starts a request whose answer takes `delay_ms`; admission is decided now.
-        fn start(&self, reply: Reply, delay_ms: u64) -> ResponseFuture<Oneshot<L, Request>> {
+        fn start(&self, reply: Reply, delay_ms: u64) -> ResponseFuture<L::Future> {
             self.svc.clone().call(req(reply, delay_ms))
         }
 

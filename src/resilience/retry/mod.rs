@@ -28,7 +28,6 @@ use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admin::metrics::{
@@ -103,6 +102,9 @@ struct Shared {
     latency: Latency,
     metrics: Metrics,
     budget_remaining: Gauge,
+    /// Whether the leaf has several endpoints to choose from, so that remembering the one a try
+    /// used (`RequestContext::last_endpoint`) can steer the next try elsewhere.
+    endpoint_memo: bool,
     /// Counters per (route, what), resolved on first use. Few routes per upstream: a linear
     /// scan of a copy-on-write list, never a lock.
     counters: ArcSwap<Vec<(Arc<str>, Count, Counter)>>,
@@ -138,12 +140,23 @@ impl RetryLayer {
             latency: Latency::new(now),
             metrics: metrics.clone(),
             budget_remaining,
+            endpoint_memo: true,
             counters: ArcSwap::default(),
             upstream,
         };
         Self {
             shared: Arc::new(shared),
         }
+    }
+
+    /// Whether tries should record their endpoint so the next one avoids it (default on). Turn
+    /// it off for a leaf with one endpoint: it saves an allocation per request. Call it before
+    /// the layer is cloned or used; later calls change nothing.
+    pub fn with_endpoint_memo(mut self, on: bool) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.endpoint_memo = on;
+        }
+        self
     }
 
     /// A handle on this layer's budget and latency estimate.
@@ -198,24 +211,23 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = ResponseFuture<Oneshot<S, Request>>;
+    type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // Always ready: each try drives the inner service's readiness itself (`oneshot`).
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Asks the inner service (always ready below); each retry drives the readiness of its
+        // own clone (`oneshot`).
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let inner = self.inner.clone();
         if self.shared.max_retries == 0 {
             let kind = Kind::Direct {
-                inner: inner.oneshot(req),
+                inner: self.inner.call(req),
             };
             return ResponseFuture { kind };
         }
-        self.shared.budget.deposit(Instant::now());
         let kind = Kind::Retrying {
-            inner: Box::pin(run(self.shared.clone(), inner, req)),
+            inner: Box::pin(run(self.shared.clone(), self.inner.clone(), req)),
         };
         ResponseFuture { kind }
     }
@@ -228,11 +240,13 @@ where
     S::Future: Send,
 {
     let (mut head, body) = req.into_parts();
+    // One clock read serves the budget deposit and the first try's start.
+    let mut started = Instant::now();
+    shared.budget.deposit(started);
     let bytes = match Replay::prepare(body, shared.max_body).await? {
         Replay::Buffered(bytes) => bytes,
         Replay::Streaming(body) => {
             // Too large to replay: one try, never retried.
-            let started = Instant::now();
             let result = inner.oneshot(Request::from_parts(head, body)).await;
             shared.latency.record(Instant::now(), started.elapsed());
             return result;
@@ -241,15 +255,27 @@ where
     let may_resend = shared.policy.may_resend(&head.method, &head.headers);
     let (route, deadline) = match head.extensions.get_mut::<RequestContext>() {
         Some(ctx) => {
-            ctx.last_endpoint = Some(Arc::new(AtomicUsize::new(usize::MAX)));
+            if shared.endpoint_memo {
+                ctx.last_endpoint = Some(Arc::new(AtomicUsize::new(usize::MAX)));
+            }
             (Some(ctx.route.clone()), ctx.deadline)
         }
         None => (None, None),
     };
+    // The first try takes the request's own extensions; a retry gets a copy of the context
+    // only (allocated when a retry happens, not on every request).
+    let context = head.extensions.get::<RequestContext>().cloned();
+    let mut extensions = Some(std::mem::take(&mut head.extensions));
     let mut retry = 0u32;
     loop {
-        let started = Instant::now();
-        let result = inner.clone().oneshot(next_try(&head, &bytes)).await;
+        let ext = extensions.take().unwrap_or_else(|| {
+            let mut ext = http::Extensions::new();
+            if let Some(ctx) = &context {
+                ext.insert(ctx.clone());
+            }
+            ext
+        });
+        let result = inner.clone().oneshot(next_try(&head, &bytes, ext)).await;
         let now = Instant::now();
         shared
             .latency
@@ -304,18 +330,19 @@ where
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        started = Instant::now();
         retry += 1;
     }
 }
 
-/// A new request from the saved head and the buffered body.
-fn next_try(head: &http::request::Parts, bytes: &Bytes) -> Request {
+/// A new request from the saved head, the buffered body and the try's extensions.
+fn next_try(head: &http::request::Parts, bytes: &Bytes, extensions: http::Extensions) -> Request {
     let mut req = Request::new(Body::full(bytes.clone()));
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = head.uri.clone();
     *req.version_mut() = head.version;
     *req.headers_mut() = head.headers.clone();
-    *req.extensions_mut() = head.extensions.clone();
+    *req.extensions_mut() = extensions;
     req
 }
 
