@@ -150,7 +150,8 @@ fn upstream(u: &UpstreamConfig, c: &mut Collector) {
         order(c, &join(&path, "breaker"), lo, hi);
     }
     let s = &u.shed;
-    if s.min_limit > s.max_in_flight {
+    // `min_limit` is the floor of the adaptive limit, unused otherwise.
+    if s.adaptive && s.min_limit > s.max_in_flight {
         let lo = (Value::Count(s.min_limit), "min_limit");
         let hi = (Value::Count(s.max_in_flight), "max_in_flight");
         order(c, &join(&path, "shed"), lo, hi);
@@ -359,19 +360,20 @@ mod tests {
     #[test]
     fn orderings_point_at_the_key_that_was_written() {
         let src = doc(&[
-            "[upstreams.a]",                      // 1
-            "endpoints = [\"a:1\"]",              // 2
-            "[upstreams.a.retry]",                // 3
-            "backoff_base = \"2s\"",              // 4
-            "[upstreams.a.breaker]",              // 5
-            "open_for_max = \"5s\"",              // 6
-            "[upstreams.a.shed]",                 // 7
-            "max_in_flight = 100",                // 8
-            "min_limit = 101",                    // 9
-            "[upstreams.b]",                      // 10
-            "endpoints = [\"b:1\"]",              // 11
-            "retry = { backoff_cap = \"10ms\" }", // 12
-            "shed = { max_in_flight = 4 }",       // 13
+            "[upstreams.a]",                                 // 1
+            "endpoints = [\"a:1\"]",                         // 2
+            "[upstreams.a.retry]",                           // 3
+            "backoff_base = \"2s\"",                         // 4
+            "[upstreams.a.breaker]",                         // 5
+            "open_for_max = \"5s\"",                         // 6
+            "[upstreams.a.shed]",                            // 7
+            "max_in_flight = 100",                           // 8
+            "min_limit = 101",                               // 9
+            "adaptive = true",                               // 10
+            "[upstreams.b]",                                 // 11
+            "endpoints = [\"b:1\"]",                         // 12
+            "retry = { backoff_cap = \"10ms\" }",            // 13
+            "shed = { max_in_flight = 4, adaptive = true }", // 14
         ]);
         assert_eq!(
             errors(&src),
@@ -379,8 +381,8 @@ mod tests {
                 at(4, "upstreams.a.retry.backoff_base"),
                 at(6, "upstreams.a.breaker.open_for_max"),
                 at(9, "upstreams.a.shed.min_limit"),
-                at(12, "upstreams.b.retry.backoff_cap"),
-                at(13, "upstreams.b.shed.max_in_flight"),
+                at(13, "upstreams.b.retry.backoff_cap"),
+                at(14, "upstreams.b.shed.max_in_flight"),
             ]
         );
         let all = error_list(&src);
@@ -401,6 +403,9 @@ mod tests {
             "must be at least backoff_base = \"25ms\" (got \"10ms\")"
         );
         ok("[upstreams.a]\nendpoints = [\"a:1\"]\nretry = { backoff_base = \"1s\" }");
+        // Without `adaptive`, `min_limit` is unused: a fixed limit below it (default 8) is fine.
+        ok("[upstreams.a]\nendpoints = [\"a:1\"]\nshed = { max_in_flight = 4 }");
+        ok("[upstreams.a]\nendpoints = [\"a:1\"]\nshed = { max_in_flight = 4, min_limit = 5 }");
     }
 
     #[test]

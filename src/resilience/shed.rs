@@ -6,14 +6,26 @@
 //!
 //! # Admission (`mode = "enforce"`)
 //!
-//! - A request takes a slot at once when fewer than the limit are in flight and no one is
-//!   queued (arrivals do not jump the queue). This path is one compare-exchange, no lock.
+//! - Each priority has its own share of slots around the limit L, with r = max(1, L / 10):
+//!   `default` takes a slot while fewer than L are in flight, `critical` while fewer than L + r
+//!   (a reserve above the limit), `sheddable` while fewer than L − r (a margin below it, but
+//!   never less than 1). So `max_in_flight` is the limit of `default` traffic.
+//! - A request takes a slot at once when its share has room and no one is queued (arrivals do
+//!   not jump the queue). This path is one compare-exchange, no lock.
 //! - Otherwise it waits in the queue (`queue` places, 0 = no queue) for at most
 //!   `queue_timeout`, then is refused. A freed slot goes to the highest-priority waiter
-//!   (`critical`, then `default`, then `sheddable`; first come, first served within one).
+//!   (`critical`, then `default`, then `sheddable`; first come, first served within one) when
+//!   that waiter's share has room: a `sheddable` waiter gets none while L − r are in flight.
+//! - An arrival that would likely outwait `queue_timeout` is refused at once instead of
+//!   queued. Slots free at about L per service time, where the service time is an average of
+//!   the time from admission to the inner future resolving, taken on admissions that filled
+//!   their share or came through the queue (no clock is read while there is room). A waiter
+//!   with p others queued ahead of it (higher priority, or the same and earlier) expects
+//!   (p + 1) × service time / L; until a first call has been timed, arrivals queue.
 //! - With the queue full, an arrival evicts the newest waiter of a strictly lower priority (that
-//!   waiter is refused) or else is itself refused at once, with a ready
-//!   `Err(ProxyError::Overloaded)` (503, `Retry-After: 1`) that took no queue place and no timer.
+//!   waiter is refused) or else is itself refused at once.
+//! - A refusal at once is a ready `Err(ProxyError::Overloaded)` (503, `Retry-After: 1`) that
+//!   took no queue place and no timer.
 //! - A slot is held until the inner future yields the response head or is dropped.
 //!
 //! The priority is [`RequestContext::priority`] from the request's extensions (absent: `default`).
@@ -21,32 +33,34 @@
 //! `weir_shed_total{upstream,reason}` counts refusals; `reason` is one of:
 //! - `queue_full`: no slot, and no queue place (the queue is full of waiters of the same or
 //!   higher priority, or `queue = 0`);
+//! - `queue_wait`: no slot, and the expected wait for one exceeds `queue_timeout`;
 //! - `queue_timeout`: waited `queue_timeout` without getting a slot;
 //! - `evicted`: a waiter pushed out of the full queue by a higher-priority arrival.
 //!
 //! # Limit
 //!
-//! `max_in_flight` is the limit. With `adaptive = true` it is the ceiling of a
-//! [`Gradient`] limit (floor `min_limit`, start `max_in_flight`). Its samples are the time from
-//! admission to the inner future resolving, for every resolved call except the errors that say
-//! nothing about the upstream's latency (those [`Outcome::of_error`] calls `Ignored`, such as
-//! `circuit-open` from the breaker below); a dropped (cancelled) call gives no sample.
-//! `weir_concurrency_limit` is the limit in force; `weir_in_flight` counts admitted calls.
+//! `max_in_flight` is the limit L (of `default` traffic, see above). With `adaptive = true` it
+//! is the ceiling of a [`Gradient`] limit (floor `min_limit`, start `max_in_flight`), and the
+//! shares follow the limit in force. Its samples are the time from admission to the inner future
+//! resolving, for every resolved call except the errors that say nothing about the upstream's
+//! latency (those [`Outcome::of_error`] calls `Ignored`, such as `circuit-open` from the breaker
+//! below); a dropped (cancelled) call gives no sample. `weir_concurrency_limit` is the limit in
+//! force; `weir_in_flight` counts admitted calls (up to L + r, with the `critical` reserve).
 //!
 //! # Modes
 //!
 //! - `dry_run`: every request is admitted at once (no queue, no wait); each one that arrives
-//!   when at least limit + `queue` are already in flight, which enforce mode would have refused
-//!   outright, counts in `weir_dry_run_rejections_total{policy="shed"}`. Queue timeouts and
-//!   evictions are not simulated. The adaptive limit still follows latency.
+//!   when at least its share + `queue` are already in flight, which enforce mode would have
+//!   refused outright, counts in `weir_dry_run_rejections_total{policy="shed"}`. Queue timeouts,
+//!   expected waits and evictions are not simulated. The adaptive limit still follows latency.
 //! - `off`: no limit and no queue; `weir_in_flight` is still kept, and the limit reads 0 (none).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -93,7 +107,8 @@ pub struct ShedHandle {
 pub struct ShedStatus {
     /// Requests admitted and not yet answered (response head) or dropped.
     pub in_flight: u32,
-    /// The limit in force (adaptive or fixed); 0 in mode `off` (no limit).
+    /// The limit in force (adaptive or fixed) for `default` traffic, which `critical` traffic
+    /// may exceed by its reserve (see the module docs); 0 in mode `off` (no limit).
     pub limit: u32,
     /// Requests waiting in the queue.
     pub queued: u32,
@@ -121,16 +136,21 @@ pin_project! {
     where
         S: Service<Request>,
     {
+        // Admitted on arrival: the inner call, made at once.
         Admitted {
             #[pin]
-            inner: Oneshot<S, Request>,
+            inner: S::Future,
+            slot: Option<Slot>,
+        },
+        // The queue paths are rare: boxed, so the common future stays small.
+        Dequeued {
+            inner: Pin<Box<Oneshot<S, Request>>>,
             slot: Option<Slot>,
         },
         Waiting {
-            #[pin]
-            sleep: Sleep,
+            sleep: Pin<Box<Sleep>>,
             waiter: Waiter,
-            call: Option<(S, Request)>,
+            call: Option<Box<(S, Request)>>,
         },
         Rejected,
     }
@@ -156,6 +176,7 @@ impl ShedLayer {
             in_flight: metrics.gauge(IN_FLIGHT, &[up()]),
             limit: limit_gauge,
             queue_full: shed(REASON_QUEUE_FULL),
+            queue_wait: shed(REASON_QUEUE_WAIT),
             queue_timeout: shed(REASON_QUEUE_TIMEOUT),
             evicted: shed(REASON_EVICTED),
             dry_run: match settings.mode {
@@ -165,10 +186,13 @@ impl ShedLayer {
                 Mode::Enforce | Mode::Off => Counter::noop(),
             },
         };
+        let queue_cap = usize::try_from(settings.queue).unwrap_or(usize::MAX);
         let shared = Shared {
             upstream,
             mode: settings.mode,
-            queue_cap: usize::try_from(settings.queue).unwrap_or(usize::MAX),
+            queue_cap,
+            timing: settings.mode == Mode::Enforce && queue_cap > 0,
+            service_us: AtomicU64::new(0),
             queue_timeout: settings.queue_timeout,
             queue_places: settings.queue,
             limit: AtomicU32::new(settings.max_in_flight),
@@ -213,42 +237,46 @@ where
     type Error = ProxyError;
     type Future = ResponseFuture<S>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // Always ready: admission is decided in `call`, so a refusal holds nothing.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Admission is decided in `call`, so a refusal holds nothing; this only asks the inner
+        // service, and every stage below is always ready.
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
         let shared = &self.shared;
+        let prio = priority_of(&req);
+        // `Some(last)`: admitted at once, `last` when it filled its share (then it is timed).
         let admitted = match shared.mode {
             Mode::Off => {
                 shared.admit_unlimited();
-                true
+                Some(false)
             }
             Mode::DryRun => {
-                let outright = shared
-                    .limit
-                    .load(Relaxed)
-                    .saturating_add(shared.queue_places);
+                let outright =
+                    share(shared.limit.load(Relaxed), prio).saturating_add(shared.queue_places);
                 if shared.admit_unlimited() >= outright {
                     shared.metrics.dry_run.increment(1);
                 }
-                true
+                Some(false)
             }
-            Mode::Enforce => shared.queued.load(SeqCst) == 0 && shared.try_acquire(),
+            Mode::Enforce if shared.queued.load(SeqCst) == 0 => shared.try_acquire(prio),
+            Mode::Enforce => None,
         };
-        if admitted {
-            return ResponseFuture::admitted(self.inner.clone(), req, Slot::new(shared.clone()));
+        if let Some(last) = admitted {
+            let slot = Slot::new(shared.clone(), last);
+            return ResponseFuture::admitted(self.inner.call(req), slot);
         }
-        match shared.enqueue(priority_of(&req)) {
+        match shared.enqueue(prio) {
             Enqueued::Admitted => {
-                ResponseFuture::admitted(self.inner.clone(), req, Slot::new(shared.clone()))
+                let slot = Slot::new(shared.clone(), true);
+                ResponseFuture::admitted(self.inner.call(req), slot)
             }
             Enqueued::Waiting(waiter) => ResponseFuture {
                 state: State::Waiting {
-                    sleep: tokio::time::sleep(shared.queue_timeout),
+                    sleep: Box::pin(tokio::time::sleep(shared.queue_timeout)),
                     waiter,
-                    call: Some((self.inner.clone(), req)),
+                    call: Some(Box::new((self.inner.clone(), req))),
                 },
             },
             Enqueued::Refused => ResponseFuture {
@@ -292,10 +320,10 @@ impl<S> ResponseFuture<S>
 where
     S: Service<Request>,
 {
-    fn admitted(svc: S, req: Request, slot: Slot) -> Self {
+    fn admitted(inner: S::Future, slot: Slot) -> Self {
         Self {
             state: State::Admitted {
-                inner: svc.oneshot(req),
+                inner,
                 slot: Some(slot),
             },
         }
@@ -318,16 +346,26 @@ where
                     }
                     return Poll::Ready(out);
                 }
+                StateProj::Dequeued { inner, slot } => {
+                    let out = ready!(inner.as_mut().poll(cx));
+                    if let Some(slot) = slot.take() {
+                        slot.finish(&out);
+                    }
+                    return Poll::Ready(out);
+                }
                 StateProj::Rejected => return Poll::Ready(Err(ProxyError::Overloaded)),
                 StateProj::Waiting {
                     sleep,
                     waiter,
                     call,
-                } => match (ready!(waiter.poll_turn(cx, sleep)), call.take()) {
-                    (Turn::Granted(slot), Some((svc, req))) => State::Admitted {
-                        inner: svc.oneshot(req),
-                        slot: Some(slot),
-                    },
+                } => match (ready!(waiter.poll_turn(cx, sleep.as_mut())), call.take()) {
+                    (Turn::Granted(slot), Some(call)) => {
+                        let (svc, req) = *call;
+                        State::Dequeued {
+                            inner: Box::pin(svc.oneshot(req)),
+                            slot: Some(slot),
+                        }
+                    }
                     // `call` is taken only here, on leaving this state; a second turn cannot
                     // happen. Were it to, the slot is released on drop.
                     (Turn::Granted(_), None) | (Turn::Refused, _) => State::Rejected,
@@ -345,6 +383,11 @@ struct Shared {
     upstream: Arc<str>,
     mode: Mode,
     queue_cap: usize,
+    /// Whether admissions are timed for the expected wait (enforce mode with a queue).
+    timing: bool,
+    /// Average service time (admission to the inner future resolving) of timed admissions, in
+    /// µs; 0 until the first.
+    service_us: AtomicU64,
     queue_timeout: Duration,
     /// `queue` as configured: in dry run, limit + this many in flight would refuse outright.
     queue_places: u32,
@@ -363,6 +406,7 @@ struct ShedMetrics {
     in_flight: Gauge,
     limit: Gauge,
     queue_full: Counter,
+    queue_wait: Counter,
     queue_timeout: Counter,
     evicted: Counter,
     dry_run: Counter,
@@ -375,13 +419,13 @@ enum Enqueued {
 }
 
 impl Shared {
-    /// Takes a slot if fewer than the limit are taken.
-    fn try_acquire(&self) -> bool {
-        let limit = self.limit.load(Relaxed);
+    /// Takes a slot if fewer than `prio`'s share are taken; `Some(true)` when it took the last.
+    fn try_acquire(&self, prio: Priority) -> Option<bool> {
+        let most = share(self.limit.load(Relaxed), prio);
         let mut cur = self.in_flight.load(SeqCst);
         loop {
-            if cur >= limit {
-                return false;
+            if cur >= most {
+                return None;
             }
             match self
                 .in_flight
@@ -389,7 +433,7 @@ impl Shared {
             {
                 Ok(_) => {
                     self.metrics.in_flight.increment(1.0);
-                    return true;
+                    return Some(cur + 1 >= most);
                 }
                 Err(now) => cur = now,
             }
@@ -417,9 +461,13 @@ impl Shared {
         }
     }
 
-    /// Hands free slots to the best waiters, in priority order.
+    /// Hands free slots to the best waiters, in priority order, while the best one's share has
+    /// room (the shares shrink with the priority, so no one behind it would have).
     fn dispatch(&self, q: &mut Waiters) {
-        while !q.is_empty() && self.try_acquire() {
+        while let Some(best) = q.best() {
+            if self.try_acquire(best).is_none() {
+                return;
+            }
             if let Some(entry) = q.pop_best() {
                 self.grant(entry);
             }
@@ -439,18 +487,30 @@ impl Shared {
 
     /// The slow path: no slot at once, or others are queued.
     fn enqueue(self: &Arc<Self>, prio: Priority) -> Enqueued {
-        if self.queue_cap == 0 || (prio == Priority::Sheddable && self.queued_at_least_cap()) {
-            // Nothing ranks below `sheddable`, so a full queue refuses it without the lock.
+        if self.queue_cap == 0 {
             self.metrics.queue_full.increment(1);
             return Enqueued::Refused;
+        }
+        if prio == Priority::Sheddable {
+            // Nothing ranks below `sheddable`: every waiter is ahead of it, so the queue's
+            // length settles a full queue or a wait too long without the lock.
+            let queued = self.queued.load(SeqCst);
+            if usize::try_from(queued).is_ok_and(|n| n >= self.queue_cap) {
+                self.metrics.queue_full.increment(1);
+                return Enqueued::Refused;
+            }
+            if self.outwaits(usize::try_from(queued).unwrap_or(usize::MAX)) {
+                self.metrics.queue_wait.increment(1);
+                return Enqueued::Refused;
+            }
         }
         let mut q = self.lock_waiters();
         self.queued.fetch_add(1, SeqCst);
         // Free slots go first to those queued ahead: higher priority, or the same and earlier.
         let ahead = loop {
-            match q.best_rank() {
-                Some(rank) if rank <= prio.rank() => {
-                    if !self.try_acquire() {
+            match q.best() {
+                Some(best) if best.rank() <= prio.rank() => {
+                    if self.try_acquire(best).is_none() {
                         break true;
                     }
                     if let Some(entry) = q.pop_best() {
@@ -460,11 +520,16 @@ impl Shared {
                 Some(_) | None => break false,
             }
         };
-        if !ahead && self.try_acquire() {
+        if !ahead && self.try_acquire(prio).is_some() {
             self.queued.fetch_sub(1, SeqCst);
             // The limit may have risen: lower-priority waiters get what is left.
             self.dispatch(&mut q);
             return Enqueued::Admitted;
+        }
+        if self.outwaits(q.ahead_of(prio)) {
+            self.queued.fetch_sub(1, SeqCst);
+            self.metrics.queue_wait.increment(1);
+            return Enqueued::Refused;
         }
         if q.len() >= self.queue_cap {
             match q.evict_below(prio) {
@@ -493,8 +558,32 @@ impl Shared {
         })
     }
 
-    fn queued_at_least_cap(&self) -> bool {
-        usize::try_from(self.queued.load(SeqCst)).is_ok_and(|n| n >= self.queue_cap)
+    /// Whether a waiter with `ahead` others queued before it would likely wait longer than
+    /// `queue_timeout`: slots free at about limit per service time, so its turn comes after
+    /// (ahead + 1) × service time / limit. False while no call has been timed.
+    fn outwaits(&self, ahead: usize) -> bool {
+        let service = self.service_us.load(Relaxed);
+        if service == 0 {
+            return false;
+        }
+        let turn = u128::try_from(ahead)
+            .unwrap_or(u128::MAX)
+            .saturating_add(1)
+            .saturating_mul(u128::from(service));
+        let limit = u128::from(self.limit.load(Relaxed));
+        turn > self.queue_timeout.as_micros().saturating_mul(limit)
+    }
+
+    /// Feeds one timed call to the average service time (weight 1/[`SERVICE_WEIGHT`]). Racing
+    /// updates may lose one another's sample, which an average can afford.
+    fn observe_service(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.service_us.load(Relaxed);
+        let new = match old {
+            0 => us,
+            _ => (old - old / SERVICE_WEIGHT).saturating_add(us / SERVICE_WEIGHT),
+        };
+        self.service_us.store(new.max(1), Relaxed);
     }
 
     /// Feeds one round trip to the adaptive limit, if any; skipped when another thread holds it.
@@ -534,24 +623,42 @@ impl fmt::Debug for Shared {
 /// One admitted request's slot; given back on drop.
 struct Slot {
     shared: Arc<Shared>,
-    /// When it was admitted, for the adaptive limit's samples.
+    /// When it was admitted, if timed: for the adaptive limit's samples (every call) and for
+    /// the service time (calls that filled their share or came through the queue).
     started: Option<Instant>,
+    /// Whether its time feeds the service time.
+    serviced: bool,
 }
 
 impl Slot {
-    fn new(shared: Arc<Shared>) -> Self {
-        let started = shared.gradient.is_some().then(Instant::now);
-        Self { shared, started }
+    /// A slot just taken; `contended` when it was the last of its share or came through the
+    /// queue, the admissions whose service time predicts queue waits.
+    fn new(shared: Arc<Shared>, contended: bool) -> Self {
+        let serviced = contended && shared.timing;
+        let started = (serviced || shared.gradient.is_some()).then(Instant::now);
+        Self {
+            shared,
+            started,
+            serviced,
+        }
     }
 
     /// The inner call resolved with `out`: sample its round trip, then release.
     fn finish(self, out: &Result<Response, ProxyError>) {
+        let Some(started) = self.started else {
+            return;
+        };
+        let took = started.elapsed();
+        // Any resolved call frees its slot, so all of them count for the expected wait.
+        if self.serviced {
+            self.shared.observe_service(took);
+        }
         let counts = match out {
             Ok(_) => true,
             Err(e) => Outcome::of_error(e) != Outcome::Ignored,
         };
-        if let (Some(started), true) = (self.started, counts) {
-            self.shared.sample(started.elapsed());
+        if counts {
+            self.shared.sample(took);
         }
     }
 }
@@ -614,7 +721,7 @@ impl Waiter {
     }
 
     fn slot(&self) -> Slot {
-        Slot::new(self.shared.clone())
+        Slot::new(self.shared.clone(), true)
     }
 
     /// Leaves the queue. If the entry is gone, the queue already decided: a dispatcher sent a
@@ -670,12 +777,8 @@ impl Waiters {
         self.critical.len() + self.default.len() + self.sheddable.len()
     }
 
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The rank of the best priority waiting.
-    fn best_rank(&self) -> Option<u8> {
+    /// The best priority waiting.
+    fn best(&self) -> Option<Priority> {
         [
             (&self.critical, Priority::Critical),
             (&self.default, Priority::Default),
@@ -683,7 +786,17 @@ impl Waiters {
         ]
         .into_iter()
         .find(|(q, _)| !q.is_empty())
-        .map(|(_, p)| p.rank())
+        .map(|(_, p)| p)
+    }
+
+    /// How many waiters an arrival of `prio` would queue behind: those of a higher priority,
+    /// and of the same one.
+    fn ahead_of(&self, prio: Priority) -> usize {
+        match prio {
+            Priority::Critical => self.critical.len(),
+            Priority::Default => self.critical.len() + self.default.len(),
+            Priority::Sheddable => self.len(),
+        }
     }
 
     /// The oldest waiter of the best priority.
@@ -719,6 +832,18 @@ impl Waiters {
     }
 }
 
+/// How many slots requests of `prio` may fill under `limit` (the share of `default`): with
+/// r = max(1, limit / 10), `critical` has a reserve of r above it and `sheddable` a margin of r
+/// below it (but at least 1 slot when the limit has one).
+fn share(limit: u32, prio: Priority) -> u32 {
+    let r = (limit / 10).max(1);
+    match prio {
+        Priority::Critical => limit.saturating_add(r),
+        Priority::Default => limit,
+        Priority::Sheddable => limit.saturating_sub(r).max(limit.min(1)),
+    }
+}
+
 fn priority_of(req: &Request) -> Priority {
     req.extensions()
         .get::<RequestContext>()
@@ -727,10 +852,14 @@ fn priority_of(req: &Request) -> Priority {
 
 /// `reason` of `weir_shed_total`: no slot and no queue place.
 const REASON_QUEUE_FULL: &str = "queue_full";
+/// `reason` of `weir_shed_total`: no slot, and the expected wait for one exceeds `queue_timeout`.
+const REASON_QUEUE_WAIT: &str = "queue_wait";
 /// `reason` of `weir_shed_total`: waited `queue_timeout` in vain.
 const REASON_QUEUE_TIMEOUT: &str = "queue_timeout";
 /// `reason` of `weir_shed_total`: pushed out of the queue by a higher priority.
 const REASON_EVICTED: &str = "evicted";
+/// The service time average gives each new sample a weight of 1 / this.
+const SERVICE_WEIGHT: u64 = 8;
 /// `policy` of `weir_dry_run_rejections_total`.
 const POLICY: &str = "shed";
 
@@ -920,16 +1049,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_queue_refuses_at_once_with_a_ready_future() {
         let (m, layer, leaf, svc) = setup(settings(Mode::Enforce, 1, 0, 50));
+        // The default slot, then the one critical reserve slot.
         let _hold = spawn(&svc, 1, Priority::Default);
+        let _reserve = spawn(&svc, 2, Priority::Critical);
         settle().await;
         for prio in [Priority::Critical, Priority::Default, Priority::Sheddable] {
             assert!(overloaded(
-                call_now(&svc, 2, prio).expect("ready on first poll")
+                call_now(&svc, 3, prio).expect("ready on first poll")
             ));
         }
         assert_eq!(shed_total(&m, "queue_full"), 3.0);
         assert_eq!(layer.handle().status().queued, 0);
-        assert_eq!(leaf.log(), [1]);
+        assert_eq!(leaf.log(), [1, 2]);
         assert_eq!(
             ProxyError::Overloaded.retry_after(),
             Some(Duration::from_secs(1))
@@ -938,8 +1069,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn free_slots_go_to_critical_then_default_then_sheddable() {
-        let (_m, _layer, leaf, svc) = setup(settings(Mode::Enforce, 1, 8, 10_000));
-        let mut tasks = vec![spawn(&svc, 1, Priority::Sheddable)];
+        let (_m, layer, leaf, svc) = setup(settings(Mode::Enforce, 1, 8, 10_000));
+        // Limit 1: one slot, and one more for critical requests.
+        let mut tasks = vec![
+            spawn(&svc, 1, Priority::Sheddable),
+            spawn(&svc, 8, Priority::Critical),
+        ];
         settle().await;
         let order = [
             (2, Priority::Sheddable),
@@ -953,12 +1088,12 @@ mod tests {
             tasks.push(spawn(&svc, id, prio));
             settle().await;
         }
-        for _ in order {
+        assert_eq!(layer.handle().status().queued, 6);
+        for _ in 0..tasks.len() {
             leaf.release(1);
             settle().await;
         }
-        assert_eq!(leaf.log(), [1, 4, 6, 3, 7, 2, 5]);
-        leaf.release(1);
+        assert_eq!(leaf.log(), [1, 8, 4, 6, 3, 7, 2, 5]);
         for t in tasks {
             assert!(t.await.unwrap().is_ok());
         }
@@ -967,7 +1102,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_critical_arrival_evicts_the_newest_sheddable_waiter() {
         let (m, layer, leaf, svc) = setup(settings(Mode::Enforce, 1, 3, 10_000));
-        let _hold = spawn(&svc, 1, Priority::Default);
+        let hold = [
+            spawn(&svc, 1, Priority::Default),
+            spawn(&svc, 10, Priority::Critical),
+        ];
         settle().await;
         let s2 = spawn(&svc, 2, Priority::Sheddable);
         let d3 = spawn(&svc, 3, Priority::Default);
@@ -987,10 +1125,10 @@ mod tests {
         assert_eq!(shed_total(&m, "evicted"), 2.0);
         assert_eq!(layer.handle().status().queued, 3);
 
-        leaf.release(4);
+        leaf.release(5);
         settle().await;
-        assert_eq!(leaf.log(), [1, 5, 3, 6]);
-        for t in [d3, c5, d6] {
+        assert_eq!(leaf.log(), [1, 10, 5, 3, 6]);
+        for t in hold.into_iter().chain([d3, c5, d6]) {
             assert!(t.await.unwrap().is_ok());
         }
         assert_eq!(shed_total(&m, "queue_full"), 0.0);
@@ -1000,8 +1138,9 @@ mod tests {
     async fn a_full_queue_refuses_arrivals_of_the_same_or_lower_priority() {
         let (m, layer, _leaf, svc) = setup(settings(Mode::Enforce, 1, 2, 10_000));
         let _hold = spawn(&svc, 1, Priority::Default);
-        let _c2 = spawn(&svc, 2, Priority::Critical);
+        let _reserve = spawn(&svc, 2, Priority::Critical);
         let _c3 = spawn(&svc, 3, Priority::Critical);
+        let _c4 = spawn(&svc, 4, Priority::Critical);
         settle().await;
         for prio in [Priority::Sheddable, Priority::Default, Priority::Critical] {
             assert!(overloaded(
@@ -1011,6 +1150,212 @@ mod tests {
         assert_eq!(shed_total(&m, "queue_full"), 3.0);
         assert_eq!(shed_total(&m, "evicted"), 0.0);
         assert_eq!(layer.handle().status().queued, 2);
+    }
+
+    #[test]
+    fn shares_leave_a_margin_below_the_limit_and_a_reserve_above() {
+        let shares = |limit| {
+            [Priority::Sheddable, Priority::Default, Priority::Critical].map(|p| share(limit, p))
+        };
+        assert_eq!(shares(100), [90, 100, 110]);
+        assert_eq!(shares(10), [9, 10, 11]);
+        assert_eq!(shares(19), [18, 19, 20]);
+        assert_eq!(shares(2), [1, 2, 3]);
+        // Never no slot at all for sheddable requests.
+        assert_eq!(shares(1), [1, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_queue_each_priority_has_its_share() {
+        let (m, layer, leaf, svc) = setup(settings(Mode::Enforce, 10, 0, 50));
+        let mut held: Vec<_> = (1..=9)
+            .map(|id| spawn(&svc, id, Priority::Default))
+            .collect();
+        settle().await;
+        assert_eq!(layer.handle().status().in_flight, 9);
+        // 9 in flight: the sheddable margin (limit − 1) is used up, the default limit is not.
+        assert!(overloaded(
+            call_now(&svc, 90, Priority::Sheddable).expect("ready on first poll")
+        ));
+        held.push(spawn(&svc, 10, Priority::Default));
+        settle().await;
+        // 10 in flight: only critical requests get in, into the reserve of 1.
+        for prio in [Priority::Sheddable, Priority::Default] {
+            assert!(overloaded(
+                call_now(&svc, 91, prio).expect("ready on first poll")
+            ));
+        }
+        held.push(spawn(&svc, 11, Priority::Critical));
+        settle().await;
+        assert!(overloaded(
+            call_now(&svc, 92, Priority::Critical).expect("ready on first poll")
+        ));
+        assert_eq!(leaf.log(), (1..=11).collect::<Vec<_>>());
+        let st = layer.handle().status();
+        assert_eq!((st.in_flight, st.limit, st.queued), (11, 10, 0));
+        assert_eq!(shed_total(&m, "queue_full"), 4.0);
+        assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(11.0));
+        leaf.release(11);
+        for t in held {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(layer.handle().status().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sheddable_waiter_gets_a_freed_slot_only_below_its_share() {
+        let (_m, layer, leaf, svc) = setup(settings(Mode::Enforce, 10, 4, 10_000));
+        let mut tasks: Vec<_> = (1..=10)
+            .map(|id| spawn(&svc, id, Priority::Default))
+            .collect();
+        settle().await;
+        let shed = spawn(&svc, 50, Priority::Sheddable);
+        settle().await;
+        leaf.release(1);
+        settle().await;
+        // 9 in flight: not below the sheddable share of 9, so the waiter keeps waiting, and a
+        // default arrival takes the slot before it.
+        let st = layer.handle().status();
+        assert_eq!((st.in_flight, st.queued), (9, 1));
+        tasks.push(spawn(&svc, 11, Priority::Default));
+        settle().await;
+        let st = layer.handle().status();
+        assert_eq!((st.in_flight, st.queued), (10, 1));
+        leaf.release(1);
+        settle().await;
+        assert_eq!(layer.handle().status().queued, 1);
+        leaf.release(1);
+        settle().await;
+        let st = layer.handle().status();
+        assert_eq!((st.in_flight, st.queued), (9, 0));
+        assert_eq!(leaf.log().last(), Some(&50));
+        leaf.release(9);
+        for t in tasks {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert!(shed.await.unwrap().is_ok());
+    }
+
+    /// The ids of the calls a leaf started, in order.
+    type Log = Arc<Mutex<Vec<u32>>>;
+
+    /// Like [`setup`], with a leaf that logs each call's id and answers after `service_ms`.
+    fn setup_timed(
+        s: ShedSettings,
+        service_ms: u64,
+    ) -> (
+        Metrics,
+        ShedLayer,
+        Log,
+        Shed<
+            impl Service<Request, Response = Response, Error = ProxyError, Future: Send>
+            + Clone
+            + Send
+            + 'static,
+        >,
+    ) {
+        let m = Metrics::new().unwrap();
+        let layer = ShedLayer::new("u".into(), &s, &m);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let svc = layer.layer(service_fn(move |req: Request| {
+            l.lock()
+                .unwrap()
+                .push(req.extensions().get::<u32>().copied().unwrap_or(0));
+            async move {
+                tokio::time::sleep(Duration::from_millis(service_ms)).await;
+                Ok::<_, ProxyError>(Response::new(Body::empty()))
+            }
+        }));
+        (m, layer, log, svc)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_arrival_that_cannot_be_served_in_time_is_refused_at_once() {
+        // Limit 2, 100ms per call: a slot frees every 50ms or so; the queue waits 120ms.
+        let (m, layer, log, svc) = setup_timed(settings(Mode::Enforce, 2, 8, 120), 100);
+        // No service time known yet: every arrival queues, as far as the queue holds.
+        let first: Vec<_> = (1..=5)
+            .map(|id| spawn(&svc, id, Priority::Default))
+            .collect();
+        settle().await;
+        assert_eq!(layer.handle().status().queued, 3);
+        let outs: Vec<_> = futures_util::future::join_all(first).await;
+        let served = outs.iter().filter(|o| o.as_ref().unwrap().is_ok()).count();
+        assert_eq!(served, 4);
+        assert_eq!(shed_total(&m, "queue_timeout"), 1.0);
+        assert_eq!(shed_total(&m, "queue_wait"), 0.0);
+
+        // Now about 100ms per call is known: the 3rd and 4th arrivals expect 50 and 100ms and
+        // queue; the 5th would wait about 150ms and is refused at once.
+        let started = Instant::now();
+        let mut tasks: Vec<_> = (6..=9)
+            .map(|id| spawn(&svc, id, Priority::Default))
+            .collect();
+        settle().await;
+        assert_eq!(layer.handle().status().queued, 2);
+        assert!(overloaded(
+            call_now(&svc, 10, Priority::Default).expect("ready on first poll")
+        ));
+        // A sheddable arrival queues behind everyone: refused without the queue's lock.
+        assert!(overloaded(
+            call_now(&svc, 11, Priority::Sheddable).expect("ready on first poll")
+        ));
+        assert_eq!(shed_total(&m, "queue_wait"), 2.0);
+        assert_eq!(shed_total(&m, "queue_full"), 0.0);
+        assert_eq!(layer.handle().status().queued, 2);
+        for t in tasks.drain(..) {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!(*log.lock().unwrap(), [1, 2, 3, 4, 6, 7, 8, 9]);
+        assert_eq!(shed_total(&m, "queue_timeout"), 1.0);
+        let text = m.render();
+        let line = "weir_shed_total{upstream=\"u\",reason=\"queue_wait\"} 2";
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_expected_wait_counts_only_the_waiters_ahead() {
+        let (m, layer, log, svc) = setup_timed(settings(Mode::Enforce, 2, 8, 120), 100);
+        let warm = [
+            spawn(&svc, 0, Priority::Default),
+            spawn(&svc, 0, Priority::Default),
+        ];
+        for t in warm {
+            assert!(t.await.unwrap().is_ok());
+        }
+        // Both slots and the critical reserve taken; two default waiters (50 and 100ms).
+        let mut tasks = vec![
+            spawn(&svc, 1, Priority::Default),
+            spawn(&svc, 2, Priority::Default),
+            spawn(&svc, 3, Priority::Critical),
+        ];
+        settle().await;
+        tasks.extend([4, 5].map(|id| spawn(&svc, id, Priority::Default)));
+        settle().await;
+        assert!(overloaded(
+            call_now(&svc, 6, Priority::Default).expect("ready on first poll")
+        ));
+        // A critical arrival queues ahead of the default waiters: it expects 50ms.
+        let c7 = spawn(&svc, 7, Priority::Critical);
+        settle().await;
+        let st = layer.handle().status();
+        assert_eq!((st.in_flight, st.queued), (3, 3));
+        assert_eq!(shed_total(&m, "queue_wait"), 1.0);
+
+        // The three calls end together: the critical waiter takes the reserve, the first default
+        // waiter the slot below the limit; the second one times out before the next frees.
+        assert!(c7.await.unwrap().is_ok());
+        let mut outs: Vec<Out> = futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert!(overloaded(outs.remove(4)), "the second default waiter");
+        assert!(outs.iter().all(Result::is_ok));
+        assert_eq!(log.lock().unwrap()[2..], [1, 2, 3, 7, 4]);
+        assert_eq!(shed_total(&m, "queue_timeout"), 1.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1299,7 +1644,8 @@ mod tests {
         assert_eq!((st.in_flight, st.queued), (0, 0));
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(0.0));
         let peak = peak.load(SeqCst);
-        assert!(peak <= LIMIT, "{peak}");
+        // The limit, and the one slot of the critical reserve above it.
+        assert!(peak <= LIMIT + 1, "{peak}");
         (peak, ok, refused)
     }
 
@@ -1356,7 +1702,7 @@ mod tests {
     async fn stress_with_room_for_every_task_nobody_is_refused_or_lost() {
         let (peak, ok, refused) = stress(48, 0).await;
         assert_eq!((ok, refused), (48 * 300, 0));
-        assert_eq!(peak, 8);
+        assert!(peak >= 8, "{peak}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
