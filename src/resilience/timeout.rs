@@ -86,7 +86,7 @@ where
             }
             let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
             req.headers_mut()
-                .insert(X_WEIR_DEADLINE_MS.clone(), HeaderValue::from(ms));
+                .insert(X_WEIR_DEADLINE_MS.clone(), millis_value(ms));
         } else {
             req.headers_mut().remove(&X_WEIR_DEADLINE_MS);
         }
@@ -96,6 +96,30 @@ where
             sleep: try_end.map(tokio::time::sleep_until),
         }
     }
+}
+
+thread_local! {
+    /// The last `x-weir-deadline-ms` value made on this thread. Fast requests under one route
+    /// timeout mostly send the same few values, and a cached one is shared, not allocated.
+    static LAST_MILLIS: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `ms` as a header value, reusing the last one made on this thread when it is the same.
+fn millis_value(ms: u64) -> HeaderValue {
+    LAST_MILLIS.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return HeaderValue::from(ms);
+        };
+        match &*last {
+            Some((cached, value)) if *cached == ms => value.clone(),
+            _ => {
+                let value = HeaderValue::from(ms);
+                *last = Some((ms, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 pin_project! {
@@ -196,6 +220,13 @@ mod tests {
             .insert(X_WEIR_DEADLINE_MS.clone(), HeaderValue::from_static("99"));
         let resp = none.oneshot(req).await.unwrap();
         assert!(resp.headers().get(&X_WEIR_DEADLINE_MS).is_none());
+    }
+
+    #[test]
+    fn millis_values_are_right_whether_cached_or_not() {
+        for ms in [1, 1, 15_000, 15_000, 14_999, 1] {
+            assert_eq!(millis_value(ms), HeaderValue::from(ms));
+        }
     }
 
     #[tokio::test(start_paused = true)]

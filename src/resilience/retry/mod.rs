@@ -20,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -85,9 +85,16 @@ pin_project! {
             #[pin]
             inner: F,
         },
+        // A request with an empty body: its first try runs inline; what a retry needs waits
+        // in `rest` (one small allocation), and the retries become `Retrying`.
+        First {
+            #[pin]
+            inner: F,
+            rest: Option<Box<dyn RetryLater>>,
+        },
         // Every try, backoff and budget decision of one request.
         Retrying {
-            inner: Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>,
+            inner: BoxFuture,
         },
     }
 }
@@ -226,22 +233,135 @@ where
             };
             return ResponseFuture { kind };
         }
-        let kind = Kind::Retrying {
-            inner: Box::pin(run(self.shared.clone(), self.inner.clone(), req)),
+        if !http_body::Body::is_end_stream(req.body()) {
+            let kind = Kind::Retrying {
+                inner: Box::pin(run(self.shared.clone(), self.inner.clone(), req)),
+            };
+            return ResponseFuture { kind };
+        }
+        // No body to buffer: the first try is called here and polled inline.
+        let started = Instant::now();
+        self.shared.budget.deposit(started);
+        let (mut head, body) = req.into_parts();
+        let (template, extensions) = Template::new(&self.shared, &mut head, Bytes::new());
+        head.extensions = extensions;
+        let rest: Box<dyn RetryLater> = Box::new(Rest {
+            shared: self.shared.clone(),
+            svc: self.inner.clone(),
+            template,
+            started,
+        });
+        let kind = Kind::First {
+            inner: self.inner.call(Request::from_parts(head, body)),
+            rest: Some(rest),
         };
         ResponseFuture { kind }
     }
 }
 
-/// One request: prepare the body, then try, judge, back off and try again.
+/// What a retry needs once the first try has failed: the saved head and body, and the request's
+/// context.
+struct Template {
+    /// Method, URI, version and headers of the request; no extensions.
+    head: http::request::Parts,
+    bytes: Bytes,
+    context: Option<RequestContext>,
+    route: Option<Arc<str>>,
+    deadline: Option<Instant>,
+    may_resend: bool,
+}
+
+impl Template {
+    /// Splits `head` into the template and the extensions the first try takes as they are,
+    /// after giving the context its endpoint memo.
+    fn new(
+        shared: &Shared,
+        head: &mut http::request::Parts,
+        bytes: Bytes,
+    ) -> (Self, http::Extensions) {
+        let (route, deadline) = match head.extensions.get_mut::<RequestContext>() {
+            Some(ctx) => {
+                if shared.endpoint_memo {
+                    ctx.last_endpoint = Some(Arc::new(AtomicUsize::new(usize::MAX)));
+                }
+                (Some(ctx.route.clone()), ctx.deadline)
+            }
+            None => (None, None),
+        };
+        let context = head.extensions.get::<RequestContext>().cloned();
+        let (mut saved, ()) = http::Request::new(()).into_parts();
+        saved.method = head.method.clone();
+        saved.uri = head.uri.clone();
+        saved.version = head.version;
+        saved.headers = head.headers.clone();
+        let template = Template {
+            may_resend: shared.policy.may_resend(&head.method, &head.headers),
+            head: saved,
+            bytes,
+            context,
+            route,
+            deadline,
+        };
+        (template, std::mem::take(&mut head.extensions))
+    }
+
+    /// The request of a retry: a copy of the head, the buffered body, and only the context
+    /// among the extensions (allocated when a retry happens, not on every request).
+    fn retry_request(&self) -> Request {
+        let mut req = Request::new(Body::full(self.bytes.clone()));
+        *req.method_mut() = self.head.method.clone();
+        *req.uri_mut() = self.head.uri.clone();
+        *req.version_mut() = self.head.version;
+        *req.headers_mut() = self.head.headers.clone();
+        if let Some(ctx) = &self.context {
+            req.extensions_mut().insert(ctx.clone());
+        }
+        req
+    }
+}
+
+/// What the inline first try of a request with an empty body keeps for a retry.
+struct Rest<S> {
+    shared: Arc<Shared>,
+    svc: S,
+    template: Template,
+    started: Instant,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>;
+
+/// The part of [`Rest`] the future sees, with the service type erased.
+trait RetryLater: Send {
+    /// Judges the first try's `result`: the retries to run instead of answering with it, or
+    /// `None` to answer.
+    fn after_first(self: Box<Self>, result: &Result<Response, ProxyError>) -> Option<BoxFuture>;
+}
+
+impl<S> RetryLater for Rest<S>
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    fn after_first(self: Box<Self>, result: &Result<Response, ProxyError>) -> Option<BoxFuture> {
+        let Rest {
+            shared,
+            svc,
+            template,
+            started,
+        } = *self;
+        let delay = shared.after_try(result, 0, &template, started)?;
+        Some(Box::pin(retries(shared, svc, template, delay)))
+    }
+}
+
+/// A request with a body: buffer it for replay (or stream it, never retried), then try.
 async fn run<S>(shared: Arc<Shared>, inner: S, req: Request) -> Result<Response, ProxyError>
 where
     S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send,
 {
     let (mut head, body) = req.into_parts();
-    // One clock read serves the budget deposit and the first try's start.
-    let mut started = Instant::now();
+    let started = Instant::now();
     shared.budget.deposit(started);
     let bytes = match Replay::prepare(body, shared.max_body).await? {
         Replay::Buffered(bytes) => bytes,
@@ -252,103 +372,110 @@ where
             return result;
         }
     };
-    let may_resend = shared.policy.may_resend(&head.method, &head.headers);
-    let (route, deadline) = match head.extensions.get_mut::<RequestContext>() {
-        Some(ctx) => {
-            if shared.endpoint_memo {
-                ctx.last_endpoint = Some(Arc::new(AtomicUsize::new(usize::MAX)));
-            }
-            (Some(ctx.route.clone()), ctx.deadline)
+    let (template, extensions) = Template::new(&shared, &mut head, bytes.clone());
+    head.extensions = extensions;
+    let first = Request::from_parts(head, Body::full(bytes));
+    let started = Instant::now();
+    let result = inner.clone().oneshot(first).await;
+    match shared.after_try(&result, 0, &template, started) {
+        None => result,
+        Some(delay) => {
+            drop(result);
+            retries(shared, inner, template, delay).await
         }
-        None => (None, None),
-    };
-    // The first try takes the request's own extensions; a retry gets a copy of the context
-    // only (allocated when a retry happens, not on every request).
-    let context = head.extensions.get::<RequestContext>().cloned();
-    let mut extensions = Some(std::mem::take(&mut head.extensions));
-    let mut retry = 0u32;
-    loop {
-        let ext = extensions.take().unwrap_or_else(|| {
-            let mut ext = http::Extensions::new();
-            if let Some(ctx) = &context {
-                ext.insert(ctx.clone());
-            }
-            ext
-        });
-        let result = inner.clone().oneshot(next_try(&head, &bytes, ext)).await;
-        let now = Instant::now();
-        shared
-            .latency
-            .record(now, now.saturating_duration_since(started));
-        let Some(reason) = shared.policy.classify(&result, may_resend) else {
-            return result;
-        };
-        if retry >= shared.max_retries {
-            return result;
-        }
-        let asked = match &result {
-            Ok(resp) => backoff::retry_after(resp),
-            Err(_) => None,
-        };
-        let Some(delay) = shared.backoff.delay(retry, asked) else {
-            tracing::debug!(
-                upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(),
-                retry_after = ?asked, "not retrying: Retry-After beyond the backoff cap"
-            );
-            return result;
-        };
-        if let Some(deadline) = deadline {
-            let median = shared.latency.median(now).unwrap_or(Duration::ZERO);
-            let left = deadline.saturating_duration_since(now);
-            if left < delay.saturating_add(median) {
-                tracing::debug!(
-                    upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(),
-                    ?delay, ?median, ?left, "not retrying: the deadline cannot hold another try"
-                );
-                return result;
-            }
-        }
-        if !shared.budget.try_withdraw(now) {
-            shared
-                .counter(route.as_ref(), Count::Exhausted)
-                .increment(1);
-            tracing::debug!(
-                upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(),
-                "not retrying: retry budget exhausted"
-            );
-            return result;
-        }
-        shared
-            .counter(route.as_ref(), Count::Retry(reason))
-            .increment(1);
-        tracing::debug!(
-            upstream = %shared.upstream, attempt = retry + 1, reason = reason.label(), ?delay,
-            "retrying"
-        );
-        // The failed answer (and its connection) is released before waiting.
-        drop(result);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        started = Instant::now();
-        retry += 1;
     }
 }
 
-/// A new request from the saved head, the buffered body and the try's extensions.
-fn next_try(head: &http::request::Parts, bytes: &Bytes, extensions: http::Extensions) -> Request {
-    let mut req = Request::new(Body::full(bytes.clone()));
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers.clone();
-    *req.extensions_mut() = extensions;
-    req
+/// The retries of one request, the first after `delay`: back off, try, judge, again.
+async fn retries<S>(
+    shared: Arc<Shared>,
+    inner: S,
+    template: Template,
+    mut delay: Duration,
+) -> Result<Response, ProxyError>
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let mut retry = 0u32;
+    loop {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        retry += 1;
+        let started = Instant::now();
+        let result = inner.clone().oneshot(template.retry_request()).await;
+        match shared.after_try(&result, retry, &template, started) {
+            None => return result,
+            Some(next) => {
+                // The failed answer (and its connection) is released before waiting.
+                drop(result);
+                delay = next;
+            }
+        }
+    }
 }
 
 // === impl Shared ===
 
 impl Shared {
+    /// Records the try that began at `started` (the `n`th retry; 0 is the first try) and
+    /// decides: `Some(delay)` to retry after `delay` (the budget is already charged), `None` to
+    /// answer with `result`.
+    fn after_try(
+        &self,
+        result: &Result<Response, ProxyError>,
+        n: u32,
+        t: &Template,
+        started: Instant,
+    ) -> Option<Duration> {
+        let now = Instant::now();
+        self.latency
+            .record(now, now.saturating_duration_since(started));
+        let reason = self.policy.classify(result, t.may_resend)?;
+        if n >= self.max_retries {
+            return None;
+        }
+        let asked = match result {
+            Ok(resp) => backoff::retry_after(resp),
+            Err(_) => None,
+        };
+        let Some(delay) = self.backoff.delay(n, asked) else {
+            tracing::debug!(
+                upstream = %self.upstream, attempt = n + 1, reason = reason.label(),
+                retry_after = ?asked, "not retrying: Retry-After beyond the backoff cap"
+            );
+            return None;
+        };
+        if let Some(deadline) = t.deadline {
+            let median = self.latency.median(now).unwrap_or(Duration::ZERO);
+            let left = deadline.saturating_duration_since(now);
+            if left < delay.saturating_add(median) {
+                tracing::debug!(
+                    upstream = %self.upstream, attempt = n + 1, reason = reason.label(),
+                    ?delay, ?median, ?left, "not retrying: the deadline cannot hold another try"
+                );
+                return None;
+            }
+        }
+        if !self.budget.try_withdraw(now) {
+            self.counter(t.route.as_ref(), Count::Exhausted)
+                .increment(1);
+            tracing::debug!(
+                upstream = %self.upstream, attempt = n + 1, reason = reason.label(),
+                "not retrying: retry budget exhausted"
+            );
+            return None;
+        }
+        self.counter(t.route.as_ref(), Count::Retry(reason))
+            .increment(1);
+        tracing::debug!(
+            upstream = %self.upstream, attempt = n + 1, reason = reason.label(), ?delay,
+            "retrying"
+        );
+        Some(delay)
+    }
+
     /// The counter `what` of `route` (absent: the empty label), resolved on first use.
     fn counter(&self, route: Option<&Arc<str>>, what: Count) -> Counter {
         let name = route.map_or("", |r| &**r);
@@ -401,10 +528,28 @@ where
 {
     type Output = Result<Response, ProxyError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Direct { inner } => inner.poll(cx),
-            KindProj::Retrying { inner } => inner.as_mut().poll(cx),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let retries = match self.as_mut().project().kind.project() {
+                KindProj::Direct { inner } => return inner.poll(cx),
+                KindProj::Retrying { inner } => return inner.as_mut().poll(cx),
+                KindProj::First { inner, rest } => {
+                    let result = ready!(inner.poll(cx));
+                    match rest.take().and_then(|rest| rest.after_first(&result)) {
+                        None => return Poll::Ready(result),
+                        Some(retries) => {
+                            // The failed answer (and its connection) is released before the
+                            // backoff.
+                            drop(result);
+                            retries
+                        }
+                    }
+                }
+            };
+            self.as_mut()
+                .project()
+                .kind
+                .set(Kind::Retrying { inner: retries });
         }
     }
 }
