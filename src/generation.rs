@@ -60,10 +60,12 @@ impl Generation {
 }
 
 impl Generation {
-    /// Sets the gauges that are sampled rather than kept current (the retry budgets).
+    /// Sets the gauges that are sampled rather than kept current per request (retry budgets,
+    /// requests in flight); the admin port calls it before each scrape and on a timer.
     pub fn publish_gauges(&self) {
         for u in &self.upstreams {
             u.retry.publish();
+            u.shed.publish();
         }
     }
 }

@@ -289,6 +289,15 @@ where
 // === impl ShedHandle ===
 
 impl ShedHandle {
+    /// Sets `weir_in_flight{upstream}` from the slot counter. The request path keeps only the
+    /// counter (no gauge update per request); call this on a timer and before a scrape.
+    pub fn publish(&self) {
+        let s = &self.shared;
+        s.metrics
+            .in_flight
+            .set(f64::from(s.in_flight.load(Relaxed)));
+    }
+
     /// The state now (each field read atomically, the whole not as one snapshot).
     pub fn status(&self) -> ShedStatus {
         let s = &self.shared;
@@ -432,7 +441,6 @@ impl Shared {
                 .compare_exchange_weak(cur, cur + 1, SeqCst, SeqCst)
             {
                 Ok(_) => {
-                    self.metrics.in_flight.increment(1.0);
                     return Some(cur + 1 >= most);
                 }
                 Err(now) => cur = now,
@@ -442,7 +450,6 @@ impl Shared {
 
     /// Takes a slot regardless of the limit; returns how many were taken before.
     fn admit_unlimited(&self) -> u32 {
-        self.metrics.in_flight.increment(1.0);
         self.in_flight.fetch_add(1, SeqCst)
     }
 
@@ -454,7 +461,6 @@ impl Shared {
     /// it (taking the lock), or the arrival sees the freed slot.
     fn release(&self) {
         self.in_flight.fetch_sub(1, SeqCst);
-        self.metrics.in_flight.decrement(1.0);
         if self.queued.load(SeqCst) > 0 {
             let mut q = self.lock_waiters();
             self.dispatch(&mut q);
@@ -481,7 +487,6 @@ impl Shared {
             // A waiter removes its entry (under the lock) before its receiver can go away, so
             // this is unreachable; give the slot back rather than leak it.
             self.in_flight.fetch_sub(1, SeqCst);
-            self.metrics.in_flight.decrement(1.0);
         }
     }
 
@@ -1194,6 +1199,7 @@ mod tests {
         let st = layer.handle().status();
         assert_eq!((st.in_flight, st.limit, st.queued), (11, 10, 0));
         assert_eq!(shed_total(&m, "queue_full"), 4.0);
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(11.0));
         leaf.release(11);
         for t in held {
@@ -1438,11 +1444,13 @@ mod tests {
         let dry = "weir_dry_run_rejections_total{upstream=\"u\",policy=\"shed\"}";
         assert_eq!(metric(&m, dry), Some(2.0));
         assert_eq!(shed_total(&m, "queue_full"), 0.0);
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(4.0));
         leaf.release(4);
         for t in tasks {
             assert!(t.await.unwrap().is_ok());
         }
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(0.0));
     }
 
@@ -1459,6 +1467,7 @@ mod tests {
             (st.in_flight, st.limit, st.mode, st.adaptive),
             (3, 0, Mode::Off, false)
         );
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(3.0));
         let text = m.render();
         assert!(!text.contains("weir_dry_run_rejections_total{"), "{text}");
@@ -1472,15 +1481,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn gauges_follow_admissions_and_refusals_are_counted_by_reason() {
-        let (m, _layer, leaf, svc) = setup(settings(Mode::Enforce, 2, 1, 50));
+        let (m, layer, leaf, svc) = setup(settings(Mode::Enforce, 2, 1, 50));
         assert_eq!(
             metric(&m, "weir_concurrency_limit{upstream=\"u\"}"),
             Some(2.0)
         );
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(0.0));
         let a = spawn(&svc, 1, Priority::Default);
         let b = spawn(&svc, 2, Priority::Default);
         settle().await;
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(2.0));
         let waiting = spawn(&svc, 3, Priority::Default);
         settle().await;
@@ -1496,6 +1507,7 @@ mod tests {
         }
         leaf.release(2);
         assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(0.0));
     }
 
@@ -1642,6 +1654,7 @@ mod tests {
         }
         let st = handle.status();
         assert_eq!((st.in_flight, st.queued), (0, 0));
+        layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(0.0));
         let peak = peak.load(SeqCst);
         // The limit, and the one slot of the critical reserve above it.

@@ -111,6 +111,9 @@ async fn handle(
                 None
             };
             hygiene::strip_hop_by_hop(&mut parts.headers, upgrade);
+            // Room for what weir adds (X-Forwarded-*, Via, x-request-id, traceparent, the
+            // deadline), so the map grows once instead of several times.
+            parts.headers.reserve(8);
             let authority = parts.uri.authority().map(|a| a.as_str());
             hygiene::add_forwarded(&mut parts.headers, client, l.proto, authority, version);
             parts

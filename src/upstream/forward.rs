@@ -107,12 +107,11 @@ impl Forward {
         if n == 0 {
             return None;
         }
+        if n == 1 {
+            return Some(0);
+        }
         let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % n;
-        Some(if n > 1 && avoid == Some(i) {
-            (i + 1) % n
-        } else {
-            i
-        })
+        Some(if avoid == Some(i) { (i + 1) % n } else { i })
     }
 
     fn send(&self, i: usize, req: Request) -> Result<BoxFuture, ProxyError> {
