@@ -361,7 +361,8 @@ pub enum Mode {
 pub struct ShedSettings {
     /// Enforce, count only (dry run), or off; default enforce.
     pub mode: Mode,
-    /// Most requests in flight (the upper limit when adaptive); default 1024.
+    /// Most `default` requests in flight (the upper limit when adaptive); `critical` requests
+    /// may use a reserve of 10 % above it, `sheddable` ones stop 10 % below. Default 1024.
     pub max_in_flight: u32,
     /// Requests that may wait for a slot; 0 = no queue. Default 256.
     pub queue: u32,
