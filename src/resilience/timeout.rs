@@ -93,7 +93,8 @@ where
         ResponseFuture {
             state: State::Running,
             inner: Some(self.inner.call(req)),
-            sleep: try_end.map(tokio::time::sleep_until),
+            // Boxed: only upstreams with a `try_timeout` pay for the timer's room.
+            sleep: try_end.map(|end| Box::pin(tokio::time::sleep_until(end))),
         }
     }
 }
@@ -128,8 +129,7 @@ pin_project! {
         state: State,
         #[pin]
         inner: Option<F>,
-        #[pin]
-        sleep: Option<Sleep>,
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -154,7 +154,7 @@ where
         {
             return Poll::Ready(out);
         }
-        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+        match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Err(ProxyError::UpstreamTimeout)),
             _ => Poll::Pending,
         }
