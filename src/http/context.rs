@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use http::HeaderValue;
-use rand::RngCore;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use tokio::time::Instant;
 
 use crate::config::Priority;
@@ -63,7 +64,7 @@ pub fn request_id(inbound: Option<&HeaderValue>) -> HeaderValue {
 /// id for this hop; a new trace (flags `00`, not sampled) when the inbound one is absent or
 /// malformed.
 pub fn traceparent(inbound: Option<&HeaderValue>) -> HeaderValue {
-    let mut rng = rand::rng();
+    let mut rng = FastRng;
     let mut span = [0u8; 8];
     rng.fill_bytes(&mut span);
     let mut out = [0u8; 55];
@@ -89,9 +90,27 @@ pub fn traceparent(inbound: Option<&HeaderValue>) -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+thread_local! {
+    /// Ids need to be unique and unpredictable enough to not collide, not secret: a small fast
+    /// generator per thread, seeded once from the OS, instead of a cryptographic one per id.
+    static ID_RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::from_os_rng());
+}
+
+/// The per-thread id generator ([`ID_RNG`]).
+struct FastRng;
+
+impl FastRng {
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        ID_RNG.with(|rng| match rng.try_borrow_mut() {
+            Ok(mut rng) => rng.fill_bytes(dst),
+            Err(_) => rand::rng().fill_bytes(dst),
+        });
+    }
+}
+
 fn new_request_id() -> HeaderValue {
     let mut b = [0u8; 16];
-    rand::rng().fill_bytes(&mut b);
+    FastRng.fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let mut out = [0u8; 36];

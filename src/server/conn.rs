@@ -6,7 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,12 +14,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::generation::Generation;
 use crate::http::hygiene::HeadScanner;
+use crate::route::{RouteService, Target};
 
 const NONE: u64 = u64::MAX;
 const H2_PREFACE_START: &[u8] = b"PRI ";
 
-/// Timing state of one connection; times are milliseconds since `epoch`.
+/// State of one connection: its timers (milliseconds since `epoch`) and the route stack its
+/// last request used.
 #[derive(Debug)]
 pub struct ConnState {
     epoch: Instant,
@@ -28,6 +31,17 @@ pub struct ConnState {
     head_since: AtomicU64,
     ambiguous: AtomicBool,
     upgraded: AtomicBool,
+    last_service: Mutex<Option<LastService>>,
+}
+
+/// The route stack a connection's last request used, kept for its next one: cloning an erased
+/// stack costs two allocations and an atomic per layer, and the requests of one connection
+/// mostly take the same route. It holds its generation, so a target's address stays its own.
+#[derive(Debug)]
+struct LastService {
+    generation: Arc<Generation>,
+    target: usize,
+    service: RouteService,
 }
 
 /// What the connection task should do now.
@@ -51,7 +65,33 @@ impl ConnState {
             head_since: AtomicU64::new(NONE),
             ambiguous: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            last_service: Mutex::new(None),
         })
+    }
+
+    /// The stack of `target` (of `generation`) for a request: the one this connection kept, or
+    /// a clone of the target's. A concurrent request (HTTP/2) that finds it taken clones.
+    pub fn take_service(&self, generation: &Arc<Generation>, target: &Target) -> RouteService {
+        let key = std::ptr::from_ref(target) as usize;
+        if let Ok(mut last) = self.last_service.try_lock()
+            && let Some(kept) = last.take()
+            && kept.target == key
+            && Arc::ptr_eq(&kept.generation, generation)
+        {
+            return kept.service;
+        }
+        target.service.clone()
+    }
+
+    /// Keeps `service`, the stack of `target`, for the connection's next request.
+    pub fn keep_service(&self, generation: Arc<Generation>, target: &Target, service: RouteService) {
+        if let Ok(mut last) = self.last_service.try_lock() {
+            *last = Some(LastService {
+                generation,
+                target: std::ptr::from_ref(target) as usize,
+                service,
+            });
+        }
     }
 
     /// A request head was parsed: the connection is busy.

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM};
 use crate::error::ProxyError;
@@ -131,7 +131,12 @@ async fn handle(
                 priority,
             ));
             let req = Request::from_parts(parts, Body::request(body, l.limits.max_body_bytes));
-            let result = target.service.0.clone().oneshot(req).await;
+            let mut service = conn.take_service(&generation, target);
+            let result = match service.0.ready().await {
+                Ok(ready) => ready.call(req).await,
+                Err(e) => Err(e),
+            };
+            conn.keep_service(generation.clone(), target, service);
             (
                 &*route.name,
                 &target.metrics,

@@ -18,7 +18,7 @@ pub(crate) struct Budget {
     ratio: f64,
     min_per_sec: f64,
     window: Duration,
-    slot_nanos: u128,
+    slot_nanos: u64,
     created: Instant,
     deposits: [AtomicU64; SLOTS_USIZE],
     withdrawals: [AtomicU64; SLOTS_USIZE],
@@ -33,7 +33,7 @@ impl Budget {
             ratio: ratio.max(0.0),
             min_per_sec: f64::from(min_per_sec),
             window,
-            slot_nanos: (window.as_nanos() / u128::from(SLOTS)).max(1),
+            slot_nanos: (u64::try_from(window.as_nanos()).unwrap_or(u64::MAX) / SLOTS).max(1),
             created: now,
             deposits: Default::default(),
             withdrawals: Default::default(),
@@ -124,9 +124,9 @@ impl Budget {
     }
 
     fn epoch(&self, now: Instant) -> u64 {
-        let since = now.saturating_duration_since(self.created).as_nanos();
-        // Epochs are compared modulo 2^32 (see `stamp`), so dropping high bits is harmless.
-        u64::try_from((since / self.slot_nanos) & u128::from(u64::MAX)).unwrap_or(0)
+        // u64 nanoseconds (584 years) keep the division out of 128-bit arithmetic.
+        let since = u64::try_from(now.saturating_duration_since(self.created).as_nanos());
+        since.unwrap_or(u64::MAX) / self.slot_nanos
     }
 
     fn slot<'a>(&self, slots: &'a [AtomicU64; SLOTS_USIZE], epoch: u64) -> &'a AtomicU64 {

@@ -91,8 +91,10 @@ impl Latency {
     }
 
     fn epoch(&self, now: Instant) -> u64 {
-        let since = now.saturating_duration_since(self.created).as_nanos();
-        u64::try_from(since / WINDOW.as_nanos()).unwrap_or(u64::MAX - 1)
+        // u64 nanoseconds (584 years) keep the division out of 128-bit arithmetic.
+        let since = u64::try_from(now.saturating_duration_since(self.created).as_nanos());
+        let window = u64::try_from(WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        (since.unwrap_or(u64::MAX) / window).min(u64::MAX - 1)
     }
 
     fn window(&self, epoch: u64) -> &Window {
