@@ -6,8 +6,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -84,7 +84,12 @@ impl ConnState {
     }
 
     /// Keeps `service`, the stack of `target`, for the connection's next request.
-    pub fn keep_service(&self, generation: Arc<Generation>, target: &Target, service: RouteService) {
+    pub fn keep_service(
+        &self,
+        generation: Arc<Generation>,
+        target: &Target,
+        service: RouteService,
+    ) {
         if let Ok(mut last) = self.last_service.try_lock() {
             *last = Some(LastService {
                 generation,
