@@ -252,3 +252,34 @@ impl Future for ResponseFuture {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(endpoints: &[&str]) -> Forward {
+        let cfg = UpstreamConfig {
+            name: "f".into(),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            ..UpstreamConfig::default()
+        };
+        Forward::new(&cfg, &Metrics::new().unwrap())
+    }
+
+    #[tokio::test]
+    async fn round_robin_steps_past_the_endpoint_to_avoid() {
+        let f = forward(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        assert_eq!(f.pick(None), Some(0));
+        // The next in turn is 1; the last try used 1, so 2 goes instead.
+        assert_eq!(f.pick(Some(1)), Some(2));
+        assert_eq!(f.pick(Some(0)), Some(2));
+        assert_eq!(f.pick(None), Some(0));
+        let one = forward(&["127.0.0.1:1"]);
+        assert_eq!(
+            one.pick(Some(0)),
+            Some(0),
+            "with one endpoint there is no other"
+        );
+        assert_eq!(forward(&[]).pick(None), None);
+    }
+}
