@@ -1064,6 +1064,59 @@ async fn most_refusals_under_overload_are_immediate() {
     );
 }
 
+/// With `adaptive = true`, a limit that latency moves: after a fast start that sets the
+/// baseline, the upstream slows down twelvefold and the limit in force falls from its ceiling.
+#[tokio::test]
+async fn the_adaptive_limit_falls_when_the_upstream_slows() {
+    let _heavy = HEAVY.lock().await;
+    let up = Upstream::http1()
+        .delay_first(2_500, ms(5))
+        .delay(ms(60))
+        .start()
+        .await;
+    let cfg = route_to(
+        "sh-adaptive",
+        "",
+        "sh-adaptive-up",
+        &[up.addr()],
+        "[upstreams.sh-adaptive-up.shed]\nadaptive = true\nmin_limit = 2\nmax_in_flight = 32\nqueue = 0\n",
+    );
+    let weir = Weir::start(&cfg).await;
+    let (addr, admin) = (weir.addr(), weir.admin());
+    let limit = || async move {
+        let status = status_json(admin).await;
+        status_entry(&status, "upstreams", "sh-adaptive-up")["shed"]["limit"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(limit().await, 32, "the limit starts at its ceiling");
+    let stop = Instant::now() + Duration::from_secs(12);
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                let c = Client::h1();
+                while Instant::now() < stop {
+                    let _ = c.try_get(addr, "/").await;
+                }
+            })
+        })
+        .collect();
+    let mut lowest = 32;
+    while Instant::now() < stop && lowest >= 32 {
+        tokio::time::sleep(ms(100)).await;
+        lowest = lowest.min(limit().await);
+    }
+    for w in workers {
+        w.abort();
+    }
+    assert!(
+        lowest < 32,
+        "the limit stayed at its ceiling after {} upstream requests",
+        up.hits()
+    );
+    assert!(up.hits() > 2_500, "the slow phase was reached");
+}
+
 // === rate limiting ===
 
 #[tokio::test]
