@@ -1117,6 +1117,68 @@ async fn the_adaptive_limit_falls_when_the_upstream_slows() {
     assert!(up.hits() > 2_500, "the slow phase was reached");
 }
 
+/// HTTP/2 `REFUSED_STREAM` means the server did not process the request (RFC 9113 §8.7): even a
+/// POST is retried, by weir's retry layer, and answered by the next stream.
+#[tokio::test]
+async fn a_post_refused_with_refused_stream_is_retried() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let seen = streams.clone();
+    let server = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(sock).await.unwrap();
+        while let Some(Ok((req, mut respond))) = conn.accept().await {
+            if seen.fetch_add(1, SeqCst) == 0 {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                continue;
+            }
+            drop(req);
+            let resp = http::Response::builder().status(200).body(()).unwrap();
+            let mut body = respond.send_response(resp, false).unwrap();
+            body.send_data(Bytes::from_static(b"second"), true).unwrap();
+        }
+    });
+    let cfg = route_to(
+        "h2-refused",
+        "",
+        "h2-refused-up",
+        &[addr],
+        "protocol = \"http2\"\n",
+    );
+    let weir = Weir::start(&cfg).await;
+    let r = Client::h1()
+        .send(
+            weir.addr(),
+            Method::POST,
+            "/",
+            &[],
+            Bytes::from_static(b"payload"),
+        )
+        .await;
+    assert_eq!(verdict(&r), (200, None));
+    assert_eq!(r.text(), "second");
+    assert_eq!(streams.load(SeqCst), 2, "one refused stream, one answered");
+    let m = scrape(weir.admin()).await;
+    assert_eq!(
+        m.get(
+            "weir_retries_total",
+            &[
+                ("route", "h2-refused"),
+                ("upstream", "h2-refused-up"),
+                ("reason", "upstream-connect")
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        m.text()
+    );
+    server.abort();
+}
+
 // === rate limiting ===
 
 #[tokio::test]
