@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::generation::{Current, Generation};
 use crate::route::BuildError;
 use crate::server::Listener;
+use crate::server::shutdown::Drain;
 
 /// Starts weir.
 #[derive(Debug)]
@@ -52,10 +53,27 @@ pub enum StartError {
 pub struct Running {
     listeners: Vec<(Arc<str>, SocketAddr)>,
     admin: SocketAddr,
+    /// Stops the listeners (and asks their connections to finish) and the upkeep task.
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Stops the admin port, last, so that `/readyz` answers 503 throughout the drain.
+    admin_stop: CancellationToken,
+    admin_tasks: TaskTracker,
     ready: Arc<AtomicBool>,
+    drain: Arc<Drain>,
+    drain_delay: Duration,
     drain_timeout: Duration,
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Every connection finished within `drain.timeout` (and no second signal came).
+    pub in_time: bool,
+    /// Requests that ended during the drain.
+    pub completed: u64,
+    /// Requests still in flight when the drain ended.
+    pub cut: u64,
 }
 
 impl App {
@@ -71,16 +89,16 @@ impl App {
         )?));
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
+        let drain = Arc::new(Drain::new(&metrics));
 
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let listener =
-                Listener::bind(l, current.clone(), &metrics, tasks.clone()).map_err(|source| {
-                    StartError::Bind {
+                Listener::bind(l, current.clone(), &metrics, tasks.clone(), drain.clone())
+                    .map_err(|source| StartError::Bind {
                         addr: l.listen,
                         source,
-                    }
-                })?;
+                    })?;
             let addr = listener.local_addr().map_err(|source| StartError::Bind {
                 addr: l.listen,
                 source,
@@ -110,7 +128,13 @@ impl App {
             current: current.clone(),
             ready: ready.clone(),
         });
-        tasks.spawn(admin::serve(admin_tcp, state, stop.clone(), tasks.clone()));
+        let (admin_stop, admin_tasks) = (CancellationToken::new(), TaskTracker::new());
+        admin_tasks.spawn(admin::serve(
+            admin_tcp,
+            state,
+            admin_stop.clone(),
+            admin_tasks.clone(),
+        ));
         tracing::info!(addr = %admin_addr, "admin listening");
         let upkeep_stop = stop.clone();
         tasks.spawn(async move {
@@ -130,7 +154,11 @@ impl App {
             admin: admin_addr,
             stop,
             tasks,
+            admin_stop,
+            admin_tasks,
             ready,
+            drain,
+            drain_delay: config.drain.delay,
             drain_timeout: config.drain.timeout,
         })
     }
@@ -181,19 +209,60 @@ impl Running {
         self.admin
     }
 
-    /// Stops weir: readiness goes false, listeners stop accepting, open connections are asked
-    /// to finish (HTTP/1 closes after the response in flight, HTTP/2 gets GOAWAY), and this
-    /// waits up to `drain.timeout` for them. Returns true when everything finished in time.
+    /// Stops weir as SIGTERM does ([`Running::drain`] without a second signal). Returns true
+    /// when everything finished in time.
     pub async fn shutdown(self) -> bool {
+        self.drain(std::future::pending()).await.in_time
+    }
+
+    /// Drains and stops weir:
+    /// 1. readiness goes false at once (`/readyz` answers 503) and HTTP/1 responses from now on
+    ///    carry `Connection: close`;
+    /// 2. weir keeps serving, and accepting, for `drain.delay` (load balancers and endpoint
+    ///    lists catch up; a sidecar's app still gets its last calls through);
+    /// 3. listeners stop accepting and open connections are asked to finish (HTTP/1 after the
+    ///    response in flight, HTTP/2 with GOAWAY); requests in flight get `drain.timeout`;
+    /// 4. the admin port stops last.
+    ///
+    /// `cut` (a second signal) ends the wait at once. Requests still in flight then are counted
+    /// as cut (`weir_drain_requests_total{result="cut"}`) and logged.
+    pub async fn drain(self, cut: impl Future<Output = ()>) -> Drained {
         self.ready.store(false, Ordering::Release);
+        self.drain.start();
+        tracing::info!(
+            delay = ?self.drain_delay,
+            timeout = ?self.drain_timeout,
+            in_flight = self.drain.in_flight(),
+            "draining"
+        );
+        let finish = async {
+            tokio::time::sleep(self.drain_delay).await;
+            self.stop.cancel();
+            self.tasks.close();
+            tokio::time::timeout(self.drain_timeout, self.tasks.wait())
+                .await
+                .is_ok()
+        };
+        let in_time = tokio::select! {
+            done = finish => done,
+            () = cut => false,
+        };
+        // After a second signal: stop accepting too (the process is about to end).
         self.stop.cancel();
-        self.tasks.close();
-        let done = tokio::time::timeout(self.drain_timeout, self.tasks.wait())
-            .await
-            .is_ok();
-        if !done {
-            tracing::warn!("drain timeout reached; connections still open were cut");
+        let cut = if in_time { 0 } else { self.drain.cut() };
+        let completed = self.drain.completed();
+        if in_time {
+            tracing::info!(completed, "drained");
+        } else {
+            tracing::warn!(completed, cut, "drain ended before every request finished");
         }
-        done
+        self.admin_stop.cancel();
+        self.admin_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tasks.wait()).await;
+        Drained {
+            in_time,
+            completed,
+            cut,
+        }
     }
 }

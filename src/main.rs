@@ -82,8 +82,20 @@ fn run(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => "SIGINT",
         };
         tracing::info!(signal = which, "stopping");
-        running.shutdown().await;
-        tracing::info!("stopped");
+        // A second signal ends the drain at once.
+        let again = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        let drained = running.drain(again).await;
+        tracing::info!(
+            in_time = drained.in_time,
+            completed = drained.completed,
+            cut = drained.cut,
+            "stopped"
+        );
         Ok(())
     })
 }

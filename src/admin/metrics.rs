@@ -40,6 +40,9 @@ pub const CONCURRENCY_LIMIT: &str = "weir_concurrency_limit";
 pub const DRY_RUN_REJECTIONS_TOTAL: &str = "weir_dry_run_rejections_total";
 /// `weir_rate_limited_total{route}`: requests refused by the route's rate limit.
 pub const RATE_LIMITED_TOTAL: &str = "weir_rate_limited_total";
+/// `weir_drain_requests_total{result}`: requests that ended during a drain (`completed`) or
+/// were still in flight when it ended (`cut`).
+pub const DRAIN_REQUESTS_TOTAL: &str = "weir_drain_requests_total";
 /// `weir_downstream_connections{listener}`: open downstream connections.
 pub const DOWNSTREAM_CONNECTIONS: &str = "weir_downstream_connections";
 /// `weir_build_info{version}`: always 1.
@@ -149,7 +152,11 @@ impl Metrics {
             None,
             "Requests being forwarded to an upstream.".into(),
         );
-        let counters: [(&'static str, &'static str); 6] = [
+        let counters: [(&'static str, &'static str); 7] = [
+            (
+                DRAIN_REQUESTS_TOTAL,
+                "Requests that ended during a drain, or were cut when it ended.",
+            ),
             (
                 RETRIES_TOTAL,
                 "Retries started, by the outcome of the failed try.",

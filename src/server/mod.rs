@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod service;
+pub mod shutdown;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::generation::Current;
 use crate::http::hygiene::Limits;
 use conn::{ConnIo, ConnState, Verdict};
 use service::ProxyService;
+use shutdown::Drain;
 
 /// hyper's own read buffer default (8 KiB + 100 × 4 KiB); raised when a listener allows
 /// larger heads, so weir's exact check (with its JSON 431) sees them first.
@@ -50,6 +52,8 @@ pub struct ListenerShared {
     connections: Gauge,
     /// Owner of upgrade tunnels spawned by requests on this listener.
     pub tasks: TaskTracker,
+    /// Request accounting for the drain, shared by every listener.
+    pub drain: Arc<Drain>,
 }
 
 /// A bound, not yet serving, listener.
@@ -67,6 +71,7 @@ impl Listener {
         current: Current,
         metrics: &Metrics,
         tasks: TaskTracker,
+        drain: Arc<Drain>,
     ) -> std::io::Result<Self> {
         let tcp = bind(cfg.listen)?;
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -102,6 +107,7 @@ impl Listener {
             builder,
             connections: metrics.gauge(DOWNSTREAM_CONNECTIONS, &[("listener", cfg.name.clone())]),
             tasks,
+            drain,
         };
         Ok(Self {
             tcp,

@@ -57,7 +57,8 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         self.conn.begin_request();
-        let guard = RequestGuard(self.conn.clone());
+        self.listener.drain.begin();
+        let guard = RequestGuard(self.conn.clone(), self.listener.clone());
         let listener = self.listener.clone();
         let (peer, client) = (self.peer, self.client.clone());
         Box::pin(async move {
@@ -68,12 +69,14 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
     }
 }
 
-/// Marks the request finished on its connection, also when the future is dropped.
-struct RequestGuard(Arc<ConnState>);
+/// Marks the request finished on its connection and for the drain, also when the future is
+/// dropped.
+struct RequestGuard(Arc<ConnState>, Arc<ListenerShared>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.end_request();
+        self.1.drain.end();
     }
 }
 
@@ -188,7 +191,12 @@ async fn handle(
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
-    if conn.ambiguous() {
+    // Ambiguous framing leaves the connection unusable; a drain closes HTTP/1 connections after
+    // their response in flight (HTTP/2 connections get GOAWAY from the listener).
+    let draining_h1 = l.drain.is_draining()
+        && version < http::Version::HTTP_2
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+    if conn.ambiguous() || draining_h1 {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use weir::{App, Config, Running};
+use weir::{App, Config, Drained, Running};
 
 /// A weir started for one test. Stop it with [`Weir::stop`]; dropping the test's runtime
 /// ends it too.
@@ -46,6 +46,15 @@ impl Weir {
     /// The admin port's address.
     pub fn admin(&self) -> SocketAddr {
         self.running().admin_addr()
+    }
+
+    /// Drains weir the way SIGTERM does; `cut` plays the second signal.
+    pub async fn drain(mut self, cut: impl std::future::Future<Output = ()>) -> Drained {
+        self.running
+            .take()
+            .expect("weir is running")
+            .drain(cut)
+            .await
     }
 
     /// Stops weir the way SIGTERM does; true when every connection finished in time.
