@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::metrics::CONFIG_RELOADS_TOTAL;
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::config::Config;
 use crate::generation::{Current, Generation};
@@ -63,6 +64,30 @@ pub struct Running {
     drain: Arc<Drain>,
     drain_delay: Duration,
     drain_timeout: Duration,
+    current: Current,
+    metrics: Metrics,
+    reloads: Reloads,
+}
+
+/// `weir_config_reloads_total` handles.
+#[derive(Debug)]
+struct Reloads {
+    success: metrics::Counter,
+    error: metrics::Counter,
+}
+
+/// Why a reload was refused; the running config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file cannot be read or is not a valid config (every error, with file:line:key).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigErrors),
+    /// The config does not compile into a generation.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The config asks for a feature this build cannot serve.
+    #[error("{0} is not supported by this version of weir")]
+    Unsupported(String),
 }
 
 /// How a drain ended.
@@ -123,6 +148,10 @@ impl App {
             tracing::info!(listener = %name, %addr, "listening");
             listeners.push((name, addr));
         }
+        let reloads = Reloads {
+            success: metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "success".into())]),
+            error: metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "error".into())]),
+        };
         let state = Arc::new(AdminState {
             metrics: metrics.clone(),
             current: current.clone(),
@@ -137,7 +166,9 @@ impl App {
         ));
         tracing::info!(addr = %admin_addr, "admin listening");
         let upkeep_stop = stop.clone();
+        let (upkeep_current, upkeep_metrics) = (current.clone(), metrics.clone());
         tasks.spawn(async move {
+            let (current, metrics) = (upkeep_current, upkeep_metrics);
             let stop = upkeep_stop;
             loop {
                 tokio::select! {
@@ -160,6 +191,9 @@ impl App {
             drain,
             drain_delay: config.drain.delay,
             drain_timeout: config.drain.timeout,
+            current,
+            metrics,
+            reloads,
         })
     }
 }
@@ -207,6 +241,54 @@ impl Running {
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// Swaps in `config`: parse and validation are done, so this builds the next generation
+    /// (upstreams whose settings did not change keep their state) and swaps it in atomically;
+    /// requests in flight finish on the generation they started on. On an error the running
+    /// generation stays. Counted in `weir_config_reloads_total{result}`.
+    ///
+    /// Listener settings (addresses, timeouts, limits) and `[admin]` and `[drain]` take effect
+    /// only at the next start.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = refuse_unsupported(&config)
+            .map_err(|e| match e {
+                StartError::Unsupported(what) => ReloadError::Unsupported(what),
+                other => ReloadError::Unsupported(other.to_string()),
+            })
+            .and_then(|()| {
+                let previous = self.current.load_full();
+                let next =
+                    Generation::build_after(Arc::new(config), &self.metrics, Some(&previous))?;
+                self.current.store(Arc::new(next));
+                Ok(())
+            });
+        match &result {
+            Ok(()) => {
+                self.reloads.success.increment(1);
+                tracing::info!("config reloaded; the new generation is live");
+            }
+            Err(e) => {
+                self.reloads.error.increment(1);
+                tracing::warn!(error = %e, "config reload refused; the running config stays");
+            }
+        }
+        result
+    }
+
+    /// Reads, validates and swaps in the config file at `path` (see [`Running::reload`]).
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), ReloadError> {
+        match Config::load(path) {
+            Ok(config) => self.reload(config),
+            Err(errors) => {
+                self.reloads.error.increment(1);
+                tracing::warn!(
+                    errors = %errors,
+                    "config reload refused; the running config stays"
+                );
+                Err(ReloadError::Config(errors))
+            }
+        }
     }
 
     /// Stops weir as SIGTERM does ([`Running::drain`] without a second signal). Returns true

@@ -34,10 +34,25 @@ pub struct Generation {
 impl Generation {
     /// Builds every upstream stack once, then every route over them.
     pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Self, BuildError> {
+        Self::build_after(config, metrics, None)
+    }
+
+    /// Builds the generation that follows `previous` (a reload). An upstream whose settings
+    /// did not change keeps its stack, and with it its state: breaker, retry budget and
+    /// latency, shedding slots, pooled connections. Routes are built anew.
+    pub fn build_after(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        previous: Option<&Generation>,
+    ) -> Result<Self, BuildError> {
         let built: Vec<Upstream> = config
             .upstreams
             .iter()
-            .map(|u| upstream::build(u, metrics))
+            .map(|u| {
+                previous
+                    .and_then(|p| p.kept_upstream(u))
+                    .unwrap_or_else(|| upstream::build(u, metrics))
+            })
             .collect();
         let upstreams: HashMap<_, _> = built
             .iter()
@@ -60,6 +75,12 @@ impl Generation {
 }
 
 impl Generation {
+    /// This generation's built upstream named like `cfg`, when its settings equal `cfg`.
+    fn kept_upstream(&self, cfg: &crate::config::UpstreamConfig) -> Option<Upstream> {
+        let i = self.config.upstreams.iter().position(|u| u == cfg)?;
+        self.upstreams.get(i).cloned()
+    }
+
     /// Sets the gauges that are sampled rather than kept current per request (retry budgets,
     /// requests in flight); the admin port calls it before each scrape and on a timer.
     pub fn publish_gauges(&self) {

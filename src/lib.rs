@@ -48,5 +48,5 @@ pub mod router;
 pub mod server;
 pub mod upstream;
 
-pub use app::{App, Drained, Running, StartError};
+pub use app::{App, Drained, ReloadError, Running, StartError};
 pub use config::Config;

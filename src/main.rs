@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    match run(config) {
+    match run(config, cli.config.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "weir stopped");
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, file: Option<&std::path::Path>) -> anyhow::Result<()> {
     // One runtime. With one core available (a pinned sidecar, a CPU limit of 1) a work-stealing
     // scheduler has nobody to steal from, and the current-thread flavour does the same work
     // with fewer atomic operations per task wake-up.
@@ -75,11 +75,19 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let running = App::start(config).await?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let which = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => match file {
+                    // Errors are logged and counted by `reload_file`; the running config stays.
+                    Some(file) => drop(running.reload_file(file)),
+                    None => tracing::warn!("SIGHUP: weir runs its embedded config; nothing to reload"),
+                },
+            }
         };
         tracing::info!(signal = which, "stopping");
         // A second signal ends the drain at once.

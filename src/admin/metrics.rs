@@ -43,6 +43,8 @@ pub const RATE_LIMITED_TOTAL: &str = "weir_rate_limited_total";
 /// `weir_drain_requests_total{result}`: requests that ended during a drain (`completed`) or
 /// were still in flight when it ended (`cut`).
 pub const DRAIN_REQUESTS_TOTAL: &str = "weir_drain_requests_total";
+/// `weir_config_reloads_total{result}`: config reloads, `success` or `error`.
+pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 /// `weir_downstream_connections{listener}`: open downstream connections.
 pub const DOWNSTREAM_CONNECTIONS: &str = "weir_downstream_connections";
 /// `weir_build_info{version}`: always 1.
@@ -152,7 +154,11 @@ impl Metrics {
             None,
             "Requests being forwarded to an upstream.".into(),
         );
-        let counters: [(&'static str, &'static str); 7] = [
+        let counters: [(&'static str, &'static str); 8] = [
+            (
+                CONFIG_RELOADS_TOTAL,
+                "Config reloads; an error keeps the running config.",
+            ),
             (
                 DRAIN_REQUESTS_TOTAL,
                 "Requests that ended during a drain, or were cut when it ended.",

@@ -130,3 +130,151 @@ async fn a_second_signal_cuts_the_drain_and_counts_what_was_cut() {
         started.elapsed()
     );
 }
+
+/// A config file in the temp directory, unique to this test and removed when dropped.
+struct TempConfig(std::path::PathBuf);
+
+impl TempConfig {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("weir-{}-{name}.toml", std::process::id()));
+        Self(path)
+    }
+
+    #[allow(clippy::unwrap_used)] // a helper of tests: failing to write fails the test
+    fn write(&self, toml: &str) -> &std::path::Path {
+        std::fs::write(&self.0, toml).unwrap();
+        &self.0
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn reloads_under_steady_load_fail_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    let (a, b, c) = (
+        Upstream::http1().start().await,
+        Upstream::http1().start().await,
+        Upstream::http1().start().await,
+    );
+    let v1 = format!(
+        "[[routes]]\nname = \"rl\"\nupstream = \"one\"\n[upstreams.one]\nendpoints = [\"{}\"]\n",
+        a.addr()
+    );
+    let weir = Weir::start(&v1).await;
+    let file = TempConfig::new("reload-load");
+    let addr = weir.addr();
+    let (stop, sent, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            tokio::spawn(async move {
+                let c = Client::h1();
+                while !stop.load(SeqCst) {
+                    sent.fetch_add(1, SeqCst);
+                    match c.try_get(addr, "/").await {
+                        Ok(r) if r.status == 200 => {}
+                        _ => {
+                            failed.fetch_add(1, SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(|| a.hits() > 50, Duration::from_secs(5)).await;
+
+    // 1. An endpoint is added.
+    let v2 = format!(
+        "[[routes]]\nname = \"rl\"\nupstream = \"one\"\n[upstreams.one]\nendpoints = [\"{}\", \"{}\"]\n",
+        a.addr(),
+        b.addr()
+    );
+    weir.reload_file(file.write(&v2)).unwrap();
+    eventually(|| b.hits() > 50, Duration::from_secs(5)).await;
+    // 2. The route becomes a split.
+    let v3 = format!(
+        "[[routes]]\nname = \"rl\"\nsplit = [{{ upstream = \"one\", weight = 1 }}, {{ upstream = \"two\", weight = 1 }}]\n\
+         [upstreams.one]\nendpoints = [\"{}\", \"{}\"]\n[upstreams.two]\nendpoints = [\"{}\"]\n",
+        a.addr(),
+        b.addr(),
+        c.addr()
+    );
+    weir.reload_file(file.write(&v3)).unwrap();
+    eventually(|| c.hits() > 50, Duration::from_secs(5)).await;
+    // 3. An invalid config is refused, with its file:line:key, and the old one keeps serving.
+    let err = weir
+        .reload_file(file.write("[[routes]]\nname = \"rl\"\ntimeout = \"fast\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(":3: routes[0].timeout"), "{err}");
+    let before = c.hits();
+    eventually(|| c.hits() > before + 50, Duration::from_secs(5)).await;
+
+    stop.store(true, SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(SeqCst), failed.load(SeqCst));
+    eprintln!("reload run: {sent} requests, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed across three reloads"
+    );
+    let m = crate::support::scrape(weir.admin()).await;
+    let reloads = |r: &str| m.get("weir_config_reloads_total", &[("result", r)]);
+    assert_eq!(
+        (reloads("success"), reloads("error")),
+        (Some(2.0), Some(1.0))
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_upstream_keeps_its_breaker_across_a_reload() {
+    let up = Upstream::http1().fail_first(5, 503).start().await;
+    let upstream = format!(
+        "[upstreams.kept]\nendpoints = [\"{}\"]\nretry = {{ max_retries = 0 }}\n\
+         breaker = {{ consecutive_failures = 5, open_for = \"30s\" }}\n",
+        up.addr()
+    );
+    let weir = Weir::start(&format!(
+        "[[routes]]\nname = \"r1\"\nupstream = \"kept\"\n{upstream}"
+    ))
+    .await;
+    let c = Client::h1();
+    for _ in 0..5 {
+        assert_eq!(c.get(weir.addr(), "/").await.status, 503);
+    }
+    let state = |weir_admin| async move {
+        let s = crate::support::status_json(weir_admin).await;
+        crate::support::status_entry(&s, "upstreams", "kept")["breaker"]["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(state(weir.admin()).await, "open");
+
+    // Only the route changes: the upstream keeps its open breaker.
+    let file = TempConfig::new("reload-keep");
+    let routes_changed = format!("[[routes]]\nname = \"r2\"\nupstream = \"kept\"\n{upstream}");
+    weir.reload_file(file.write(&routes_changed)).unwrap();
+    assert_eq!(state(weir.admin()).await, "open");
+    let r = c.get(weir.addr(), "/").await;
+    assert_eq!(r.header("x-weir-error"), Some("circuit-open"));
+
+    // The upstream's settings change: a new stack, a closed breaker.
+    let changed = routes_changed.replace("open_for = \"30s\"", "open_for = \"20s\"");
+    weir.reload_file(file.write(&changed)).unwrap();
+    assert_eq!(state(weir.admin()).await, "closed");
+    assert_eq!(c.get(weir.addr(), "/").await.status, 200);
+}

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use weir::{App, Config, Drained, Running};
+use weir::{App, Config, Drained, ReloadError, Running};
 
 /// A weir started for one test. Stop it with [`Weir::stop`]; dropping the test's runtime
 /// ends it too.
@@ -46,6 +46,11 @@ impl Weir {
     /// The admin port's address.
     pub fn admin(&self) -> SocketAddr {
         self.running().admin_addr()
+    }
+
+    /// Reloads weir from the config file `path`, as SIGHUP does.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), ReloadError> {
+        self.running().reload_file(path)
     }
 
     /// Drains weir the way SIGTERM does; `cut` plays the second signal.
