@@ -13,10 +13,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::metrics::CONFIG_RELOADS_TOTAL;
 use crate::admin::{self, AdminState, metrics::Metrics};
 use crate::config::Config;
 use crate::generation::{Current, Generation};
+use crate::reload::{self, ReloadError, Reloader};
 use crate::route::BuildError;
 use crate::server::Listener;
 use crate::server::shutdown::Drain;
@@ -64,30 +64,7 @@ pub struct Running {
     drain: Arc<Drain>,
     drain_delay: Duration,
     drain_timeout: Duration,
-    current: Current,
-    metrics: Metrics,
-    reloads: Reloads,
-}
-
-/// `weir_config_reloads_total` handles.
-#[derive(Debug)]
-struct Reloads {
-    success: metrics::Counter,
-    error: metrics::Counter,
-}
-
-/// Why a reload was refused; the running config keeps serving.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The file cannot be read or is not a valid config (every error, with file:line:key).
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigErrors),
-    /// The config does not compile into a generation.
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    /// The config asks for a feature this build cannot serve.
-    #[error("{0} is not supported by this version of weir")]
-    Unsupported(String),
+    reloader: Arc<Reloader>,
 }
 
 /// How a drain ended.
@@ -148,10 +125,6 @@ impl App {
             tracing::info!(listener = %name, %addr, "listening");
             listeners.push((name, addr));
         }
-        let reloads = Reloads {
-            success: metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "success".into())]),
-            error: metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "error".into())]),
-        };
         let state = Arc::new(AdminState {
             metrics: metrics.clone(),
             current: current.clone(),
@@ -191,11 +164,18 @@ impl App {
             drain,
             drain_delay: config.drain.delay,
             drain_timeout: config.drain.timeout,
-            current,
-            metrics,
-            reloads,
+            reloader: Arc::new(Reloader::new(current, metrics)),
         })
     }
+}
+
+/// The first key of `config` that parses (the config contract) but whose feature this build
+/// lacks, described; `None` when there is none.
+pub(crate) fn unsupported(config: &Config) -> Option<String> {
+    refuse_unsupported(config).err().map(|e| match e {
+        StartError::Unsupported(what) => what,
+        other => other.to_string(),
+    })
 }
 
 /// Keys that parse (they are the config contract) but whose feature this build lacks.
@@ -243,52 +223,25 @@ impl Running {
         self.admin
     }
 
-    /// Swaps in `config`: parse and validation are done, so this builds the next generation
-    /// (upstreams whose settings did not change keep their state) and swaps it in atomically;
-    /// requests in flight finish on the generation they started on. On an error the running
-    /// generation stays. Counted in `weir_config_reloads_total{result}`.
-    ///
-    /// Listener settings (addresses, timeouts, limits) and `[admin]` and `[drain]` take effect
-    /// only at the next start.
+    /// Swaps in `config` (see [`Reloader::reload`]); on an error the running generation stays.
+    /// Listener settings (addresses, timeouts, limits), `[admin]` and `[drain]` take effect only
+    /// at the next start.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let result = refuse_unsupported(&config)
-            .map_err(|e| match e {
-                StartError::Unsupported(what) => ReloadError::Unsupported(what),
-                other => ReloadError::Unsupported(other.to_string()),
-            })
-            .and_then(|()| {
-                let previous = self.current.load_full();
-                let next =
-                    Generation::build_after(Arc::new(config), &self.metrics, Some(&previous))?;
-                self.current.store(Arc::new(next));
-                Ok(())
-            });
-        match &result {
-            Ok(()) => {
-                self.reloads.success.increment(1);
-                tracing::info!("config reloaded; the new generation is live");
-            }
-            Err(e) => {
-                self.reloads.error.increment(1);
-                tracing::warn!(error = %e, "config reload refused; the running config stays");
-            }
-        }
-        result
+        self.reloader.reload(config)
     }
 
-    /// Reads, validates and swaps in the config file at `path` (see [`Running::reload`]).
+    /// Reads, validates and swaps in the config file at `path`, as SIGHUP does.
     pub fn reload_file(&self, path: &std::path::Path) -> Result<(), ReloadError> {
-        match Config::load(path) {
-            Ok(config) => self.reload(config),
-            Err(errors) => {
-                self.reloads.error.increment(1);
-                tracing::warn!(
-                    errors = %errors,
-                    "config reload refused; the running config stays"
-                );
-                Err(ReloadError::Config(errors))
-            }
-        }
+        self.reloader.reload_file(path)
+    }
+
+    /// Reloads `file` whenever it changes (see [`crate::reload::watch`]), until weir stops.
+    pub fn watch(&self, file: std::path::PathBuf) {
+        self.tasks.spawn(reload::watch(
+            self.reloader.clone(),
+            file,
+            self.stop.clone(),
+        ));
     }
 
     /// Stops weir as SIGTERM does ([`Running::drain`] without a second signal). Returns true

@@ -42,11 +42,13 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod http;
+pub mod reload;
 pub mod resilience;
 pub mod route;
 pub mod router;
 pub mod server;
 pub mod upstream;
 
-pub use app::{App, Drained, ReloadError, Running, StartError};
+pub use app::{App, Drained, Running, StartError};
 pub use config::Config;
+pub use reload::ReloadError;

@@ -77,6 +77,9 @@ fn run(config: Config, file: Option<&std::path::Path>) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let running = App::start(config).await?;
+        if let Some(file) = file {
+            running.watch(file.to_path_buf());
+        }
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
         let which = loop {
             tokio::select! {

@@ -278,3 +278,49 @@ async fn an_unchanged_upstream_keeps_its_breaker_across_a_reload() {
     assert_eq!(state(weir.admin()).await, "closed");
     assert_eq!(c.get(weir.addr(), "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_config_file_replaced_by_rename_is_reloaded_by_itself() {
+    let up = Upstream::http1().start().await;
+    let cfg = |status: u16| {
+        format!(
+            "[[routes]]\nname = \"w-direct\"\nmatch = {{ path_prefix = \"/direct\" }}\nrespond = {{ status = {status} }}\n\
+             [[routes]]\nname = \"w-up\"\nupstream = \"w-up\"\n[upstreams.w-up]\nendpoints = [\"{}\"]\n",
+            up.addr()
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("weir-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("weir.toml");
+    std::fs::write(&file, cfg(201)).unwrap();
+    let weir = Weir::start(&cfg(201)).await;
+    weir.watch(&file);
+    let addr = weir.addr();
+    assert_eq!(Client::h1().get(addr, "/direct").await.status, 201);
+
+    // Saved as editors and ConfigMaps do: a new file renamed over the old one.
+    let next = dir.join(".weir.toml.new");
+    std::fs::write(&next, cfg(202)).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    eventually_async(
+        || async move { Client::h1().get(addr, "/direct").await.status == 202 },
+        Duration::from_secs(5),
+    )
+    .await;
+    // A broken save is refused; the running config stays.
+    std::fs::write(&next, "[[routes]]\nname = 3\n").unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    let admin = weir.admin();
+    eventually_async(
+        || async move {
+            crate::support::scrape(admin)
+                .await
+                .get("weir_config_reloads_total", &[("result", "error")])
+                == Some(1.0)
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(Client::h1().get(addr, "/direct").await.status, 202);
+    let _ = std::fs::remove_dir_all(&dir);
+}

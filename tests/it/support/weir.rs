@@ -53,6 +53,11 @@ impl Weir {
         self.running().reload_file(path)
     }
 
+    /// Reloads weir whenever the config file `path` changes.
+    pub fn watch(&self, path: &std::path::Path) {
+        self.running().watch(path.to_path_buf());
+    }
+
     /// Drains weir the way SIGTERM does; `cut` plays the second signal.
     pub async fn drain(mut self, cut: impl std::future::Future<Output = ()>) -> Drained {
         self.running
