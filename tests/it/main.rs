@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod config;
+mod deploy;
 mod lifecycle;
 mod proxy;
 mod resilience;
