@@ -82,7 +82,9 @@ impl App {
     /// Builds the first generation, binds every listener and the admin port (all before
     /// serving, so a bind error leaves nothing running), then serves them.
     pub async fn start(config: Config) -> Result<Running, StartError> {
-        refuse_unsupported(&config)?;
+        if let Some(what) = unsupported(&config) {
+            return Err(StartError::Unsupported(what));
+        }
         let metrics = Metrics::new()?;
         let config = Arc::new(config);
         let current: Current = Arc::new(ArcSwap::from_pointee(Generation::build(
@@ -169,39 +171,22 @@ impl App {
     }
 }
 
-/// The first key of `config` that parses (the config contract) but whose feature this build
-/// lacks, described; `None` when there is none.
+/// The first key of `config` that parses (it is the config contract) but whose feature this
+/// build lacks, described; `None` when there is none. Weir refuses such a config at start and
+/// on reload rather than serve something else (plaintext where TLS was asked for, say).
 pub(crate) fn unsupported(config: &Config) -> Option<String> {
-    refuse_unsupported(config).err().map(|e| match e {
-        StartError::Unsupported(what) => what,
-        other => other.to_string(),
-    })
-}
-
-/// Keys that parse (they are the config contract) but whose feature this build lacks.
-fn refuse_unsupported(config: &Config) -> Result<(), StartError> {
-    for (i, l) in config.listeners.iter().enumerate() {
-        if l.tls.is_some() {
-            return Err(StartError::Unsupported(format!(
-                "listeners[{i}].tls (TLS termination)"
-            )));
-        }
+    if let Some(i) = config.listeners.iter().position(|l| l.tls.is_some()) {
+        return Some(format!("listeners[{i}].tls (TLS termination)"));
     }
-    for u in &config.upstreams {
+    config.upstreams.iter().find_map(|u| {
         if u.tls.is_some() {
-            return Err(StartError::Unsupported(format!(
-                "upstreams.{}.tls (TLS to upstreams)",
-                u.name
-            )));
+            Some(format!("upstreams.{}.tls (TLS to upstreams)", u.name))
+        } else {
+            u.dns
+                .as_ref()
+                .map(|_| format!("upstreams.{}.dns (DNS discovery)", u.name))
         }
-        if u.dns.is_some() {
-            return Err(StartError::Unsupported(format!(
-                "upstreams.{}.dns (DNS discovery)",
-                u.name
-            )));
-        }
-    }
-    Ok(())
+    })
 }
 
 impl Running {

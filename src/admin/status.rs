@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{Mode, RouteAction};
+use crate::config::RouteAction;
 use crate::generation::Generation;
 
 /// The status document of `generation`, as JSON.
@@ -70,7 +70,7 @@ pub fn json(generation: &Generation) -> String {
         out.push_str("],\"breaker\":{\"state\":");
         string(&mut out, b.state.as_str());
         out.push_str(",\"mode\":");
-        string(&mut out, mode(b.mode));
+        string(&mut out, b.mode.as_str());
         let _ = write!(
             out,
             ",\"in_state_seconds\":{:.3},\"trips\":{}",
@@ -91,7 +91,7 @@ pub fn json(generation: &Generation) -> String {
         }
         let s = u.shed.status();
         out.push_str("},\"shed\":{\"mode\":");
-        string(&mut out, mode(s.mode));
+        string(&mut out, s.mode.as_str());
         let _ = write!(
             out,
             ",\"adaptive\":{},\"in_flight\":{},\"limit\":{},\"queued\":{}}}",
@@ -112,14 +112,6 @@ pub fn json(generation: &Generation) -> String {
     }
     out.push_str("]}\n");
     out
-}
-
-fn mode(m: Mode) -> &'static str {
-    match m {
-        Mode::Enforce => "enforce",
-        Mode::DryRun => "dry_run",
-        Mode::Off => "off",
-    }
 }
 
 /// Appends `s` as a JSON string.

@@ -268,9 +268,8 @@ struct Template {
     /// The request's headers, flattened.
     headers: FlatHeaders,
     bytes: Bytes,
+    /// The request's context (route label, deadline), when it has one.
     context: Option<RequestContext>,
-    route: Option<Arc<str>>,
-    deadline: Option<Instant>,
     may_resend: bool,
 }
 
@@ -282,16 +281,12 @@ impl Template {
         head: &mut http::request::Parts,
         bytes: Bytes,
     ) -> (Self, http::Extensions) {
-        let (route, deadline) = match head.extensions.get_mut::<RequestContext>() {
-            Some(ctx) => {
-                if shared.endpoint_memo {
-                    ctx.last_endpoint = Some(Arc::new(AtomicUsize::new(usize::MAX)));
-                }
-                (Some(ctx.route.clone()), ctx.deadline)
+        let context = head.extensions.get_mut::<RequestContext>().map(|ctx| {
+            if shared.endpoint_memo {
+                ctx.last_endpoint = Some(Arc::new(AtomicUsize::new(usize::MAX)));
             }
-            None => (None, None),
-        };
-        let context = head.extensions.get::<RequestContext>().cloned();
+            ctx.clone()
+        });
         let (mut saved, ()) = http::Request::new(()).into_parts();
         saved.method = head.method.clone();
         saved.uri = head.uri.clone();
@@ -302,10 +297,13 @@ impl Template {
             headers: FlatHeaders::new(&head.headers),
             bytes,
             context,
-            route,
-            deadline,
         };
         (template, std::mem::take(&mut head.extensions))
+    }
+
+    /// The route label of the request, when it has a context.
+    fn route(&self) -> Option<&Arc<str>> {
+        self.context.as_ref().map(|c| &c.route)
     }
 
     /// The request of a retry: a copy of the head, the buffered body, and only the context
@@ -528,7 +526,7 @@ impl Shared {
             );
             return None;
         };
-        if let Some(deadline) = t.deadline {
+        if let Some(deadline) = t.context.as_ref().and_then(|c| c.deadline) {
             let median = self.latency.median(now).unwrap_or(Duration::ZERO);
             let left = deadline.saturating_duration_since(now);
             if left < delay.saturating_add(median) {
@@ -540,16 +538,14 @@ impl Shared {
             }
         }
         if !self.budget.try_withdraw(now) {
-            self.counter(t.route.as_ref(), Count::Exhausted)
-                .increment(1);
+            self.counter(t.route(), Count::Exhausted).increment(1);
             tracing::debug!(
                 upstream = %self.upstream, attempt = n + 1, reason = reason.label(),
                 "not retrying: retry budget exhausted"
             );
             return None;
         }
-        self.counter(t.route.as_ref(), Count::Retry(reason))
-            .increment(1);
+        self.counter(t.route(), Count::Retry(reason)).increment(1);
         tracing::debug!(
             upstream = %self.upstream, attempt = n + 1, reason = reason.label(), ?delay,
             "retrying"
