@@ -47,6 +47,7 @@ pub mod resilience;
 pub mod route;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{App, Drained, Running, StartError};

@@ -13,21 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use http::header::HOST;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Uri, Version};
 use metrics::Counter;
 use tower::Service;
 
 use crate::admin::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
-use crate::config::{Protocol, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
-use crate::http::{Body, Request, Response};
-use crate::upstream::client::{self, HttpClient};
-use crate::upstream::pool::{Pool, sent_error};
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>;
+use crate::http::{Request, Response};
+use crate::upstream::client::{EndpointConn, SendFuture, Transport};
 
 /// Sends a request to one endpoint of the upstream. Always ready; clones share state.
 #[derive(Clone, Debug)]
@@ -36,18 +30,9 @@ pub struct Forward {
 }
 
 struct Shared {
-    endpoints: Vec<Authority>,
-    transport: Transport,
+    endpoints: Vec<EndpointConn>,
     next: AtomicUsize,
     outcomes: Outcomes,
-}
-
-/// How requests reach the endpoints.
-enum Transport {
-    /// One pool per endpoint, in the order of `endpoints`.
-    Http1(Vec<Pool>),
-    /// One client for every endpoint; HTTP/2 with prior knowledge multiplexes each connection.
-    Http2(Box<HttpClient>),
 }
 
 impl std::fmt::Debug for Shared {
@@ -74,18 +59,13 @@ impl Forward {
         let outcome = |o: &'static str| {
             metrics.counter(UPSTREAM_ATTEMPTS_TOTAL, &[up(), ("outcome", Arc::from(o))])
         };
-        let transport = match cfg.protocol {
-            Protocol::Http1 => Transport::Http1(
-                cfg.endpoints
-                    .iter()
-                    .map(|ep| Pool::new(ep.clone(), cfg.connect_timeout, cfg.pool_idle_timeout))
-                    .collect(),
-            ),
-            Protocol::Http2 => Transport::Http2(Box::new(client::build(cfg))),
-        };
+        let transport = Transport::new(cfg);
         let shared = Shared {
-            endpoints: cfg.endpoints.clone(),
-            transport,
+            endpoints: cfg
+                .endpoints
+                .iter()
+                .map(|ep| transport.endpoint(ep.clone()))
+                .collect(),
             next: AtomicUsize::new(0),
             outcomes: Outcomes {
                 response: outcome("response"),
@@ -114,53 +94,12 @@ impl Forward {
         Some(if avoid == Some(i) { (i + 1) % n } else { i })
     }
 
-    fn send(&self, i: usize, req: Request) -> Result<BoxFuture, ProxyError> {
-        let endpoint = self
-            .shared
+    fn send(&self, i: usize, req: Request) -> Result<SendFuture, ProxyError> {
+        self.shared
             .endpoints
             .get(i)
-            .ok_or(ProxyError::NoHealthyEndpoint)?;
-        let (mut parts, body) = req.into_parts();
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        match &self.shared.transport {
-            Transport::Http1(pools) => {
-                let pool = pools.get(i).ok_or(ProxyError::NoHealthyEndpoint)?.clone();
-                if !parts.headers.contains_key(HOST) {
-                    // An HTTP/2 request carries its host in :authority; HTTP/1.1 needs the
-                    // header. Without either, the endpoint is the host.
-                    let host = parts.uri.authority().unwrap_or(endpoint).as_str();
-                    if let Ok(host) = HeaderValue::from_str(host) {
-                        parts.headers.insert(HOST, host);
-                    }
-                }
-                parts.uri = Uri::from(pq);
-                parts.version = Version::HTTP_11;
-                Ok(Box::pin(pool.send(Request::from_parts(parts, body))))
-            }
-            Transport::Http2(client) => {
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(Scheme::HTTP);
-                uri.authority = Some(endpoint.clone());
-                uri.path_and_query = Some(pq);
-                parts.uri = Uri::from_parts(uri)
-                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-                parts.version = Version::HTTP_2;
-                let fut = client.request(Request::from_parts(parts, body));
-                Ok(Box::pin(async move {
-                    match fut.await {
-                        Ok(resp) => Ok(resp.map(Body::incoming)),
-                        Err(e) if e.is_connect() || refused_stream(&e) => {
-                            Err(ProxyError::UpstreamConnect(Box::new(e)))
-                        }
-                        Err(e) => Err(sent_error(e)),
-                    }
-                }))
-            }
-        }
+            .ok_or(ProxyError::NoHealthyEndpoint)?
+            .send(req)
     }
 }
 
@@ -202,19 +141,6 @@ impl Service<Request> for Forward {
     }
 }
 
-/// Whether an HTTP/2 stream was refused by the server (`REFUSED_STREAM`): RFC 9113 §8.7 says
-/// the request was not processed, so any method may be retried.
-fn refused_stream(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cur = e.source();
-    }
-    false
-}
-
 /// The future of [`Forward`]. Dropping it cancels the upstream request (hyper closes an
 /// HTTP/1.1 connection whose request future is dropped; HTTP/2 resets the stream).
 pub struct ResponseFuture {
@@ -222,7 +148,10 @@ pub struct ResponseFuture {
 }
 
 enum State {
-    Sending { fut: BoxFuture, shared: Arc<Shared> },
+    Sending {
+        fut: SendFuture,
+        shared: Arc<Shared>,
+    },
     Failed(Option<ProxyError>),
 }
 

@@ -12,6 +12,7 @@
     clippy::panic
 )]
 
+pub mod certs;
 pub mod client;
 pub mod metrics;
 pub mod upstream;
