@@ -70,7 +70,8 @@ fn stack(toml: &str, metrics: &Metrics) -> weir::route::RouteService {
         .upstreams
         .iter()
         .map(|u| {
-            let built = weir::upstream::with_leaf(u, metrics, leaf());
+            let set = weir::upstream::endpoint_set(u, metrics);
+            let built = weir::upstream::with_leaf(u, metrics, set, leaf());
             (u.name.clone(), built.service)
         })
         .collect();

@@ -40,6 +40,13 @@ pub const CONCURRENCY_LIMIT: &str = "weir_concurrency_limit";
 pub const DRY_RUN_REJECTIONS_TOTAL: &str = "weir_dry_run_rejections_total";
 /// `weir_rate_limited_total{route}`: requests refused by the route's rate limit.
 pub const RATE_LIMITED_TOTAL: &str = "weir_rate_limited_total";
+/// `weir_endpoint_healthy{upstream,endpoint}`: 1 while the endpoint may serve (neither ejected
+/// nor failing its active checks), else 0.
+pub const ENDPOINT_HEALTHY: &str = "weir_endpoint_healthy";
+/// `weir_endpoint_ejections_total{upstream}`: endpoints ejected by outlier detection.
+pub const ENDPOINT_EJECTIONS_TOTAL: &str = "weir_endpoint_ejections_total";
+/// `weir_panic_mode{upstream}`: 1 while every endpoint is down and all serve anyway.
+pub const PANIC_MODE: &str = "weir_panic_mode";
 /// `weir_drain_requests_total{result}`: requests that ended during a drain (`completed`) or
 /// were still in flight when it ended (`cut`).
 pub const DRAIN_REQUESTS_TOTAL: &str = "weir_drain_requests_total";
@@ -154,7 +161,7 @@ impl Metrics {
             None,
             "Requests being forwarded to an upstream.".into(),
         );
-        let counters: [(&'static str, &'static str); 8] = [
+        let counters: [(&'static str, &'static str); 9] = [
             (
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads; an error keeps the running config.",
@@ -184,11 +191,23 @@ impl Metrics {
                 RATE_LIMITED_TOTAL,
                 "Requests refused by the route's rate limit.",
             ),
+            (
+                ENDPOINT_EJECTIONS_TOTAL,
+                "Endpoints ejected by outlier detection.",
+            ),
         ];
         for (name, help) in counters {
             r.describe_counter(d(name), None, help.into());
         }
-        let gauges: [(&'static str, &'static str); 3] = [
+        let gauges: [(&'static str, &'static str); 5] = [
+            (
+                ENDPOINT_HEALTHY,
+                "1 while the endpoint may serve (not ejected, not failing its checks).",
+            ),
+            (
+                PANIC_MODE,
+                "1 while every endpoint of the upstream is down and all serve anyway.",
+            ),
             (
                 RETRY_BUDGET_REMAINING,
                 "Retries the upstream's retry budget would allow now.",

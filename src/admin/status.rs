@@ -60,11 +60,11 @@ pub fn json(generation: &Generation) -> String {
         out.push_str("{\"name\":");
         string(&mut out, &u.name);
         out.push_str(",\"endpoints\":[");
-        for (j, e) in u.endpoints.iter().enumerate() {
+        for (j, e) in u.endpoints.load().endpoints().iter().enumerate() {
             if j > 0 {
                 out.push(',');
             }
-            string(&mut out, e.as_str());
+            string(&mut out, e.addr().as_str());
         }
         let b = u.breaker.status();
         out.push_str("],\"breaker\":{\"state\":");

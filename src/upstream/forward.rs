@@ -1,19 +1,21 @@
-//! The leaf of every upstream stack: pick an endpoint (round robin over the static list,
-//! avoiding the one the previous try of the same request used), send through its connection
-//! pool (HTTP/1.1) or the upstream's multiplexed client (HTTP/2), and map failures to
-//! `upstream-connect` (the request never left: connect failure, HTTP/2 `REFUSED_STREAM`) /
-//! `upstream-reset`, or to the client's request body (`payload-too-large`, `bad-request`).
+//! The leaf of every upstream stack: pick an endpoint from the upstream's endpoint set with its
+//! balancer (avoiding the one the previous try of the same request used), send through that
+//! endpoint's connection ([`crate::upstream::client`]), and record on the endpoint how the try
+//! went: in flight, latency (peak EWMA), pushback from `Retry-After`, and the verdict outlier
+//! detection counts.
 //!
-//! Position: step 6 of the walk. Config: `upstreams.<name>.endpoints`, `protocol`.
-//! Metrics: `weir_upstream_attempts_total{upstream,outcome}`.
+//! Position: step 6 of the walk. Config: `upstreams.<name>.endpoints`, `dns`, `balance`,
+//! `hash_on`, `protocol`. Metrics: `weir_upstream_attempts_total{upstream,outcome}`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+use http::StatusCode;
 use metrics::Counter;
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::admin::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
@@ -21,7 +23,10 @@ use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
 use crate::http::{Request, Response};
-use crate::upstream::client::{EndpointConn, SendFuture, Transport};
+use crate::resilience::retry::backoff::retry_after;
+use crate::upstream::balance::Balancer;
+use crate::upstream::client::SendFuture;
+use crate::upstream::endpoints::{Endpoint, EndpointSet, Verdict};
 
 /// Sends a request to one endpoint of the upstream. Always ready; clones share state.
 #[derive(Clone, Debug)]
@@ -29,48 +34,39 @@ pub struct Forward {
     shared: Arc<Shared>,
 }
 
+#[derive(Debug)]
 struct Shared {
-    endpoints: Vec<EndpointConn>,
-    next: AtomicUsize,
+    set: EndpointSet,
+    balancer: Balancer,
     outcomes: Outcomes,
 }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forward")
-            .field("endpoints", &self.endpoints)
-            .finish_non_exhaustive()
-    }
-}
-
 /// `weir_upstream_attempts_total` handles, one per outcome (a closed set).
+#[derive(Debug)]
 struct Outcomes {
     response: Counter,
     connect: Counter,
     reset: Counter,
+    tls: Counter,
     too_large: Counter,
     bad_request: Counter,
 }
 
 impl Forward {
-    /// The leaf for upstream `cfg`, with its own connections.
-    pub fn new(cfg: &UpstreamConfig, metrics: &Metrics) -> Self {
+    /// The leaf for upstream `cfg` over its endpoint set.
+    pub fn new(cfg: &UpstreamConfig, set: EndpointSet, metrics: &Metrics) -> Self {
         let up = || ("upstream", cfg.name.clone());
         let outcome = |o: &'static str| {
             metrics.counter(UPSTREAM_ATTEMPTS_TOTAL, &[up(), ("outcome", Arc::from(o))])
         };
-        let transport = Transport::new(cfg);
         let shared = Shared {
-            endpoints: cfg
-                .endpoints
-                .iter()
-                .map(|ep| transport.endpoint(ep.clone()))
-                .collect(),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(cfg.balance, &cfg.hash_on, cfg.outlier.ramp),
+            set,
             outcomes: Outcomes {
                 response: outcome("response"),
                 connect: outcome("upstream-connect"),
                 reset: outcome("upstream-reset"),
+                tls: outcome("upstream-tls"),
                 too_large: outcome("payload-too-large"),
                 bad_request: outcome("bad-request"),
             },
@@ -80,26 +76,42 @@ impl Forward {
         }
     }
 
-    /// Round robin over the static endpoint list, stepping past `avoid` (the endpoint the
-    /// previous try of this request went to) when there is another.
-    fn pick(&self, avoid: Option<usize>) -> Option<usize> {
-        let n = self.shared.endpoints.len();
-        if n == 0 {
-            return None;
+    /// Picks the endpoint for `req` and starts the try on it.
+    fn start(&self, req: Request) -> Result<ResponseFuture, ProxyError> {
+        let ctx = req.extensions().get::<RequestContext>();
+        let memo = ctx.and_then(|c| c.last_endpoint.clone());
+        let client = ctx.map(|c| c.client);
+        let avoid = memo.as_ref().map(|m| m.load(Ordering::Relaxed));
+        let snap = self.shared.set.load();
+        let i = self
+            .shared
+            .balancer
+            .pick(&snap, &req, client, avoid)
+            .ok_or(ProxyError::NoHealthyEndpoint)?;
+        let endpoint = snap.get(i).ok_or(ProxyError::NoHealthyEndpoint)?.clone();
+        drop(snap);
+        if let Some(m) = &memo {
+            m.store(i, Ordering::Relaxed);
         }
-        if n == 1 {
-            return Some(0);
+        endpoint.begin();
+        let try_ = Try {
+            endpoint,
+            started: Instant::now(),
+            ended: false,
+        };
+        match try_.endpoint.conn().send(req) {
+            Ok(fut) => Ok(ResponseFuture {
+                state: State::Sending {
+                    fut,
+                    shared: self.shared.clone(),
+                    try_,
+                },
+            }),
+            Err(e) => {
+                try_.end(Verdict::Unjudged, None);
+                Err(e)
+            }
         }
-        let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % n;
-        Some(if avoid == Some(i) { (i + 1) % n } else { i })
-    }
-
-    fn send(&self, i: usize, req: Request) -> Result<SendFuture, ProxyError> {
-        self.shared
-            .endpoints
-            .get(i)
-            .ok_or(ProxyError::NoHealthyEndpoint)?
-            .send(req)
     }
 }
 
@@ -113,31 +125,62 @@ impl Service<Request> for Forward {
     }
 
     fn call(&mut self, req: Request) -> ResponseFuture {
-        let memo = req
-            .extensions()
-            .get::<RequestContext>()
-            .and_then(|c| c.last_endpoint.clone());
-        let avoid = memo.as_ref().map(|m| m.load(Ordering::Relaxed));
-        let sent = match self.pick(avoid) {
-            Some(i) => {
-                if let Some(m) = &memo {
-                    m.store(i, Ordering::Relaxed);
-                }
-                self.send(i, req)
-            }
-            None => Err(ProxyError::NoHealthyEndpoint),
-        };
-        match sent {
-            Ok(fut) => ResponseFuture {
-                state: State::Sending {
-                    fut,
-                    shared: self.shared.clone(),
-                },
-            },
-            Err(e) => ResponseFuture {
-                state: State::Failed(Some(e)),
-            },
+        self.start(req).unwrap_or_else(|e| ResponseFuture {
+            state: State::Failed(Some(e)),
+        })
+    }
+}
+
+/// A try on one endpoint: its in-flight count is held until the try ends or is dropped.
+struct Try {
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+    ended: bool,
+}
+
+impl Try {
+    fn end(mut self, verdict: Verdict, pushback: Option<std::time::Duration>) {
+        self.ended = true;
+        self.endpoint.end(self.started.elapsed(), verdict, pushback);
+    }
+}
+
+impl Drop for Try {
+    fn drop(&mut self) {
+        // Abandoned (per-try timeout, deadline, client gone): the time it took still counts
+        // as latency; the endpoint is not judged.
+        if !self.ended {
+            self.endpoint
+                .end(self.started.elapsed(), Verdict::Unjudged, None);
         }
+    }
+}
+
+/// How a try's result counts for outlier detection, and the pushback it carries.
+fn judge(result: &Result<Response, ProxyError>) -> (Verdict, Option<std::time::Duration>) {
+    match result {
+        Ok(resp) => {
+            let status = resp.status();
+            let verdict = match status {
+                StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT => Verdict::GatewayFailure,
+                _ => Verdict::Success,
+            };
+            let pushback = match status {
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                    retry_after(resp)
+                }
+                _ => None,
+            };
+            (verdict, pushback)
+        }
+        Err(
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamTls(_),
+        ) => (Verdict::GatewayFailure, None),
+        Err(_) => (Verdict::Unjudged, None),
     }
 }
 
@@ -151,6 +194,7 @@ enum State {
     Sending {
         fut: SendFuture,
         shared: Arc<Shared>,
+        try_: Try,
     },
     Failed(Option<ProxyError>),
 }
@@ -159,11 +203,12 @@ impl Future for ResponseFuture {
     type Output = Result<Response, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().state {
+        let this = self.get_mut();
+        match &mut this.state {
             State::Failed(err) => {
                 Poll::Ready(Err(err.take().unwrap_or(ProxyError::NoHealthyEndpoint)))
             }
-            State::Sending { fut, shared } => {
+            State::Sending { fut, shared, .. } => {
                 let result = match fut.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => r,
@@ -172,43 +217,19 @@ impl Future for ResponseFuture {
                 match &result {
                     Ok(_) => o.response.increment(1),
                     Err(ProxyError::UpstreamConnect(_)) => o.connect.increment(1),
+                    Err(ProxyError::UpstreamTls(_)) => o.tls.increment(1),
                     Err(ProxyError::PayloadTooLarge) => o.too_large.increment(1),
                     Err(ProxyError::BadRequest(_)) => o.bad_request.increment(1),
                     Err(_) => o.reset.increment(1),
                 }
+                let (verdict, pushback) = judge(&result);
+                if let State::Sending { try_, .. } =
+                    std::mem::replace(&mut this.state, State::Failed(None))
+                {
+                    try_.end(verdict, pushback);
+                }
                 Poll::Ready(result)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn forward(endpoints: &[&str]) -> Forward {
-        let cfg = UpstreamConfig {
-            name: "f".into(),
-            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
-            ..UpstreamConfig::default()
-        };
-        Forward::new(&cfg, &Metrics::new().unwrap())
-    }
-
-    #[tokio::test]
-    async fn round_robin_steps_past_the_endpoint_to_avoid() {
-        let f = forward(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
-        assert_eq!(f.pick(None), Some(0));
-        // The next in turn is 1; the last try used 1, so 2 goes instead.
-        assert_eq!(f.pick(Some(1)), Some(2));
-        assert_eq!(f.pick(Some(0)), Some(2));
-        assert_eq!(f.pick(None), Some(0));
-        let one = forward(&["127.0.0.1:1"]);
-        assert_eq!(
-            one.pick(Some(0)),
-            Some(0),
-            "with one endpoint there is no other"
-        );
-        assert_eq!(forward(&[]).pick(None), None);
     }
 }

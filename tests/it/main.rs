@@ -1,6 +1,7 @@
 //! Integration tests: real upstreams and real weir listeners on 127.0.0.1 port 0.
 
 mod admin;
+mod balance;
 mod cli;
 mod config;
 mod deploy;

@@ -269,7 +269,13 @@ endpoints = ["{}"]
 async fn endpoints_are_picked_round_robin() {
     let a = Upstream::http1().start().await;
     let b = Upstream::http1().start().await;
-    let weir = Weir::start(&one_route("rr", "rr-up", &[a.addr(), b.addr()], "")).await;
+    let weir = Weir::start(&one_route(
+        "rr",
+        "rr-up",
+        &[a.addr(), b.addr()],
+        "balance = \"round_robin\"",
+    ))
+    .await;
     let c = Client::h1();
     for _ in 0..10 {
         assert_eq!(c.get(weir.addr(), "/").await.status, 200);

@@ -1,0 +1,240 @@
+//! Which endpoint a try goes to (`balance`): `p2c` over peak-EWMA latency (the default),
+//! `round_robin`, `least_request`, or `hash` on `hash_on` (consistent hashing for affinity).
+//!
+//! Every balancer picks among the endpoints that serve (see [`crate::upstream::endpoints`]),
+//! steps past the one the previous try of the same request used when another serves, and
+//! weighs an endpoint ramping back by its ramp share:
+//! - `p2c`: two distinct serving endpoints at random; the one with the lower cost wins, where
+//!   cost = (peak-EWMA latency + pushback) × (in flight + 1) ÷ ramp share. Pushback: while an
+//!   endpoint's `Retry-After` (on a 429 or 503) runs, 1 s is added to its latency, so a fast
+//!   failing endpoint does not attract traffic (Linkerd's load biaser does the same).
+//! - `round_robin`: the next in turn; a ramping endpoint keeps its turn with probability equal
+//!   to its share.
+//! - `least_request`: the fewest requests in flight (÷ ramp share), scanning every serving
+//!   endpoint from a rotating start so ties spread; the cost grows with the endpoint count.
+//! - `hash`: the key (`client_ip`, `header:NAME`, `cookie:NAME`) on a ring over every member
+//!   (see [`crate::upstream::hash`]): a key whose endpoint does not serve goes to the next one
+//!   on the ring, so the keys of the other endpoints never move. A request without the key is
+//!   balanced round robin. Ramps are not weighed (affinity first).
+//!
+//! Position: inside [`crate::upstream::forward`], on every try. Config:
+//! `upstreams.<name>.balance`, `hash_on`. Metrics: none (endpoint state is on `/status`).
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::header::COOKIE;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Balance, HashOn};
+use crate::http::Request;
+use crate::upstream::endpoints::{Endpoint, Snapshot, micros};
+use crate::upstream::hash::hash_bytes;
+
+/// Added to a pushed-back endpoint's latency in p2c, in nanoseconds (1 s).
+const PUSHBACK_PENALTY_NS: f64 = 1e9;
+
+/// One upstream's balancer. Shared by every try; its only state is a rotation counter.
+#[derive(Debug)]
+pub struct Balancer {
+    kind: Kind,
+    next: AtomicUsize,
+    /// `outlier.ramp` in µs.
+    ramp: u64,
+}
+
+#[derive(Debug)]
+enum Kind {
+    P2c,
+    RoundRobin,
+    LeastRequest,
+    Hash(HashOn),
+}
+
+impl Balancer {
+    /// The balancer `balance` (with `hash_on` for `hash`), weighing ramps over `ramp`.
+    pub fn new(balance: Balance, hash_on: &HashOn, ramp: std::time::Duration) -> Self {
+        let kind = match balance {
+            Balance::P2c => Kind::P2c,
+            Balance::RoundRobin => Kind::RoundRobin,
+            Balance::LeastRequest => Kind::LeastRequest,
+            Balance::Hash => Kind::Hash(hash_on.clone()),
+        };
+        Self {
+            kind,
+            next: AtomicUsize::new(0),
+            ramp: micros(ramp),
+        }
+    }
+
+    /// The member of `snap` the next try of `req` (from `client`) goes to, avoiding member
+    /// `avoid` when another serves. `None` when no member serves (an empty set).
+    pub fn pick(
+        &self,
+        snap: &Snapshot,
+        req: &Request,
+        client: Option<IpAddr>,
+        avoid: Option<usize>,
+    ) -> Option<usize> {
+        let serving = snap.serving();
+        match serving {
+            [] => return None,
+            [only] => return Some(*only),
+            _ => {}
+        }
+        match &self.kind {
+            Kind::P2c => self.p2c(snap, serving, avoid),
+            Kind::RoundRobin => self.round_robin(snap, serving, avoid),
+            Kind::LeastRequest => self.least_request(snap, serving, avoid),
+            Kind::Hash(on) => match key(on, req, client) {
+                Some(h) => snap
+                    .ring()
+                    .and_then(|ring| {
+                        ring.pick(h, |i| snap.serves(i) && Some(i) != avoid)
+                            .or_else(|| ring.pick(h, |i| snap.serves(i)))
+                    })
+                    .or_else(|| self.round_robin(snap, serving, avoid)),
+                None => self.round_robin(snap, serving, avoid),
+            },
+        }
+    }
+
+    fn p2c(&self, snap: &Snapshot, serving: &[usize], avoid: Option<usize>) -> Option<usize> {
+        let n = serving.len();
+        let (a, b) = with_rng(|rng| {
+            let a = rng.random_range(0..n);
+            let b = rng.random_range(0..n - 1);
+            (a, if b >= a { b + 1 } else { b })
+        });
+        let (ia, ib) = (*serving.get(a)?, *serving.get(b)?);
+        if Some(ia) == avoid {
+            return Some(ib);
+        }
+        if Some(ib) == avoid {
+            return Some(ia);
+        }
+        let (ea, eb) = (snap.get(ia)?, snap.get(ib)?);
+        let now = ea.now();
+        let ramping = snap.ramping();
+        let cost = |e: &Endpoint| {
+            let mut latency = e.ewma_at(now) + 1.0;
+            if e.penalized(now) {
+                latency += PUSHBACK_PENALTY_NS;
+            }
+            let load = latency * (f64::from(e.in_flight()) + 1.0);
+            if ramping {
+                load / e.ramp_weight(now, self.ramp)
+            } else {
+                load
+            }
+        };
+        Some(if cost(eb) < cost(ea) { ib } else { ia })
+    }
+
+    fn round_robin(
+        &self,
+        snap: &Snapshot,
+        serving: &[usize],
+        avoid: Option<usize>,
+    ) -> Option<usize> {
+        let n = serving.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let ramping = snap.ramping();
+        let now = if ramping {
+            snap.get(*serving.first()?)?.now()
+        } else {
+            0
+        };
+        for k in 0..n {
+            let i = *serving.get(start.wrapping_add(k) % n)?;
+            if Some(i) == avoid {
+                continue;
+            }
+            if ramping {
+                let w = snap.get(i)?.ramp_weight(now, self.ramp);
+                if w < 1.0 && with_rng(|r| r.random::<f64>()) >= w {
+                    continue;
+                }
+            }
+            return Some(i);
+        }
+        serving
+            .iter()
+            .copied()
+            .find(|&i| Some(i) != avoid)
+            .or_else(|| serving.first().copied())
+    }
+
+    fn least_request(
+        &self,
+        snap: &Snapshot,
+        serving: &[usize],
+        avoid: Option<usize>,
+    ) -> Option<usize> {
+        let n = serving.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let ramping = snap.ramping();
+        let now = if ramping {
+            snap.get(*serving.first()?)?.now()
+        } else {
+            0
+        };
+        let mut best: Option<(f64, usize)> = None;
+        for k in 0..n {
+            let i = *serving.get(start.wrapping_add(k) % n)?;
+            if Some(i) == avoid {
+                continue;
+            }
+            let e = snap.get(i)?;
+            let mut score = f64::from(e.in_flight()) + 1.0;
+            if ramping {
+                score /= e.ramp_weight(now, self.ramp);
+            }
+            if best.is_none_or(|(s, _)| score < s) {
+                best = Some((score, i));
+            }
+        }
+        best.map(|(_, i)| i).or_else(|| serving.first().copied())
+    }
+}
+
+/// The hash of the request's affinity key, when it has one.
+fn key(on: &HashOn, req: &Request, client: Option<IpAddr>) -> Option<u64> {
+    match on {
+        HashOn::ClientIp => match client? {
+            IpAddr::V4(ip) => Some(hash_bytes(&ip.octets())),
+            IpAddr::V6(ip) => Some(hash_bytes(&ip.octets())),
+        },
+        HashOn::Header(name) => req.headers().get(name).map(|v| hash_bytes(v.as_bytes())),
+        HashOn::Cookie(name) => req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .find_map(|v| cookie(v.as_bytes(), name.as_bytes()))
+            .map(hash_bytes),
+    }
+}
+
+/// The value of cookie `name` in one `Cookie` header (`a=1; b=2`).
+fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (k, v) = pair.split_at(eq);
+        (k.trim_ascii() == name).then(|| v.get(1..).unwrap_or_default().trim_ascii())
+    })
+}
+
+thread_local! {
+    /// p2c needs fast, not secret, randomness: a small generator per thread.
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+}
+
+fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
+    RNG.with(|rng| match rng.try_borrow_mut() {
+        Ok(mut rng) => f(&mut rng),
+        Err(_) => f(&mut SmallRng::from_os_rng()),
+    })
+}
