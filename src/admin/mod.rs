@@ -1,5 +1,5 @@
-//! The admin side port: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status.json`,
-//! `/config`.
+//! The admin side port: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status` (HTML
+//! for a person), `/status.json` (the same facts for tools), `/config`.
 //!
 //! Position: off the request path; it only reads (metrics, the live generation, readiness).
 //! Config: `[admin].listen`.
@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::header::CONTENT_TYPE;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,7 +29,7 @@ use metrics::Metrics;
 pub struct AdminState {
     /// The instance's metrics.
     pub metrics: Metrics,
-    /// The live generation (for `/config`).
+    /// The live generation (for `/status`, `/status.json` and `/config`).
     pub current: Current,
     /// False once shutdown starts: `/readyz` answers 503.
     pub ready: Arc<AtomicBool>,
@@ -99,11 +99,16 @@ fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
             text(StatusCode::OK, "ready\n", "text/plain")
         }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain"),
-        "/status.json" => text(
+        "/status" => no_store(text(
             StatusCode::OK,
-            status::json(&state.current.load()),
+            status::html(&status::StatusSnapshot::collect(&state.current.load())),
+            "text/html; charset=utf-8",
+        )),
+        "/status.json" => no_store(text(
+            StatusCode::OK,
+            status::json(&status::StatusSnapshot::collect(&state.current.load())),
             "application/json",
-        ),
+        )),
         "/config" => text(
             StatusCode::OK,
             state.current.load().config.to_toml(),
@@ -111,10 +116,17 @@ fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz, /status.json or /config\n",
+            "not found; try /metrics, /healthz, /readyz, /status, /status.json or /config\n",
             "text/plain",
         ),
     }
+}
+
+/// Marks `resp` as live state that caches must not keep.
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response {

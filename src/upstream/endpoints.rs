@@ -267,19 +267,24 @@ impl Endpoint {
         (from != NEVER).then(|| from.saturating_add(ramp))
     }
 
-    /// What the status page shows of it, as of now.
-    pub fn view(&self, ramp: Duration) -> EndpointView {
+    /// What the status page shows of it, as of now; `serving` as the snapshot says, `checked`
+    /// when active checks run.
+    pub fn view(&self, ramp: Duration, serving: bool, checked: bool) -> EndpointView {
         let now = self.now();
         let left =
             |until: u64| (until > now).then(|| Duration::from_micros(until.saturating_sub(now)));
         let weight = self.ramp_weight(now, micros(ramp));
         EndpointView {
             address: self.addr().to_string(),
-            usable: self.usable(now),
-            check_failing: self.check_failing(),
+            serving,
+            health: match (checked, self.check_failing()) {
+                (false, _) => "unchecked",
+                (true, false) => "healthy",
+                (true, true) => "failing",
+            },
             ejected_for: left(self.ejected_until()),
             ejections: self.ejections(),
-            ramp_share: (weight < 1.0).then_some(weight),
+            ramp_share: (serving && weight < 1.0).then_some(weight),
             ewma_ms: self.ewma_at(now) / 1e6,
             in_flight: self.in_flight(),
             penalized_for: left(self.penalty_until.load(Ordering::Relaxed)),
@@ -287,26 +292,27 @@ impl Endpoint {
     }
 }
 
-/// One endpoint as the admin port shows it.
+/// One endpoint as the admin port shows it (`/status`, `/status.json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointView {
-    /// Its address.
+    /// The configured or resolved address (`host:port`).
     pub address: String,
-    /// Neither ejected nor failing its checks (in panic mode it serves anyway).
-    pub usable: bool,
-    /// Active checks say it is down.
-    pub check_failing: bool,
-    /// Time left in its ejection.
+    /// Whether the balancer sends it traffic now (in panic mode, every endpoint does).
+    pub serving: bool,
+    /// Active health checks: `healthy`, `failing`, or `unchecked` (no checks configured).
+    pub health: &'static str,
+    /// Time left in outlier ejection; `None` when not ejected.
     pub ejected_for: Option<Duration>,
-    /// Times ejected so far.
+    /// How many times it has been ejected so far.
     pub ejections: u32,
-    /// Its traffic share while ramping back, `0.1..1`.
+    /// Its share of full traffic (0.1..1) while ramping back after ejection or failed
+    /// checks; `None` when not ramping.
     pub ramp_share: Option<f64>,
-    /// Peak-EWMA latency, ms.
+    /// Peak-EWMA latency, in milliseconds (decaying while idle).
     pub ewma_ms: f64,
-    /// Requests in flight on it.
+    /// Requests in flight to it.
     pub in_flight: u32,
-    /// Time left of a `Retry-After` penalty.
+    /// Time left of the penalty from the endpoint's `Retry-After` pushback; `None` when none.
     pub penalized_for: Option<Duration>,
 }
 
@@ -391,6 +397,8 @@ pub(crate) struct SetInner {
     transport: Transport,
     pub(crate) outlier: OutlierSettings,
     hashed: bool,
+    /// Active health checks run on it.
+    checked: bool,
     signal: Arc<Notify>,
     /// Serializes the writers of the snapshot (upkeep and discovery); off the request path.
     write: Mutex<()>,
@@ -417,13 +425,14 @@ impl Drop for SetInner {
 
 impl EndpointSet {
     /// The set of upstream `name` over `addrs`, reaching them through `transport`, and its
-    /// upkeep task (ejections, restorations, ramps, panic mode). `hashed` builds a hash ring.
+    /// upkeep task (ejections, restorations, ramps, panic mode). `hashed` builds a hash ring;
+    /// `checked` says active health checks will run (shown on the status page).
     pub fn new(
         name: Arc<str>,
         addrs: &[Authority],
         transport: Transport,
         outlier: &OutlierSettings,
-        hashed: bool,
+        (hashed, checked): (bool, bool),
         metrics: &Metrics,
     ) -> Self {
         let up = || ("upstream", name.clone());
@@ -440,6 +449,7 @@ impl EndpointSet {
             transport,
             outlier: outlier.clone(),
             hashed,
+            checked,
             signal: Arc::new(Notify::new()),
             write: Mutex::new(()),
             metrics: metrics.clone(),
@@ -480,6 +490,19 @@ impl EndpointSet {
     /// A weak handle for a background task.
     pub fn downgrade(&self) -> WeakEndpointSet {
         WeakEndpointSet(Arc::downgrade(&self.inner))
+    }
+
+    /// Every member as the admin port shows it, and whether the set is in panic mode.
+    pub fn views(&self) -> (Vec<EndpointView>, bool) {
+        let snap = self.load_full();
+        let ramp = self.inner.outlier.ramp;
+        let views = snap
+            .endpoints()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.view(ramp, snap.serves(i), self.inner.checked))
+            .collect();
+        (views, snap.panic())
     }
 
     /// The recovery ramp (`outlier.ramp`).
@@ -700,5 +723,211 @@ fn to_u64(x: f64) -> u64 {
         x as u64
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamConfig;
+
+    fn addrs(list: &[&str]) -> Vec<Authority> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn set(list: &[&str], outlier: OutlierSettings) -> EndpointSet {
+        let cfg = UpstreamConfig::default();
+        EndpointSet::new(
+            "up".into(),
+            &addrs(list),
+            Transport::new(&cfg),
+            &outlier,
+            (false, false),
+            &Metrics::new().unwrap(),
+        )
+    }
+
+    fn outlier(failures: u32, base: u64, ramp: u64) -> OutlierSettings {
+        OutlierSettings {
+            consecutive_failures: failures,
+            base_ejection: Duration::from_secs(base),
+            ramp: Duration::from_secs(ramp),
+            ..OutlierSettings::default()
+        }
+    }
+
+    /// Lets the upkeep task run.
+    async fn settle() {
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn fail(e: &Endpoint) {
+        e.begin();
+        e.end(Duration::from_millis(1), Verdict::GatewayFailure, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_until_the_time_is_up_then_the_endpoint_ramps_back() {
+        let s = set(&["127.0.0.1:1", "127.0.0.1:2"], outlier(3, 1, 10));
+        let e0 = s.load().get(0).unwrap().clone();
+        fail(&e0);
+        fail(&e0);
+        e0.begin();
+        e0.end(Duration::from_millis(1), Verdict::Success, None);
+        fail(&e0);
+        fail(&e0);
+        settle().await;
+        assert_eq!(s.load().serving(), &[0, 1], "a success resets the count");
+        fail(&e0);
+        settle().await;
+        assert_eq!(s.load().serving(), &[1]);
+        assert_eq!(e0.ejections(), 1);
+
+        tokio::time::advance(Duration::from_millis(999)).await;
+        settle().await;
+        assert_eq!(s.load().serving(), &[1], "still ejected");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        settle().await;
+        let snap = s.load_full();
+        assert_eq!(snap.serving(), &[0, 1], "back after base_ejection × 1");
+        assert!(snap.ramping());
+        let ramp = micros(Duration::from_secs(10));
+        let w = e0.ramp_weight(e0.now(), ramp);
+        assert!((w - RAMP_FLOOR).abs() < 0.01, "starts at the floor: {w}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let w = e0.ramp_weight(e0.now(), ramp);
+        assert!((w - 0.55).abs() < 0.01, "halfway: {w}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(e0.ramp_weight(e0.now(), ramp), 1.0);
+        assert!(!s.load().ramping(), "the ramp's end is republished");
+
+        // The second ejection lasts twice as long.
+        for _ in 0..3 {
+            fail(&e0);
+        }
+        settle().await;
+        assert_eq!(s.load().serving(), &[1]);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        settle().await;
+        assert_eq!(s.load().serving(), &[1]);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        settle().await;
+        assert_eq!(s.load().serving(), &[0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_the_cap_is_ejected_and_the_next_waits_for_room() {
+        let s = set(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"],
+            OutlierSettings {
+                max_ejection_percent: 25,
+                ..outlier(1, 1, 0)
+            },
+        );
+        let snap = s.load_full();
+        fail(snap.get(0).unwrap());
+        settle().await;
+        fail(snap.get(1).unwrap());
+        settle().await;
+        assert_eq!(s.load().serving(), &[1, 2, 3], "25 % of 4: one at a time");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        settle().await;
+        assert_eq!(
+            s.load().serving(),
+            &[0, 2, 3],
+            "when the first comes back, the waiting one is ejected"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dry_run_and_off_eject_nothing() {
+        for mode in [Mode::DryRun, Mode::Off] {
+            let s = set(
+                &["127.0.0.1:1", "127.0.0.1:2"],
+                OutlierSettings {
+                    mode,
+                    ..outlier(1, 1, 0)
+                },
+            );
+            fail(s.load().get(0).unwrap());
+            settle().await;
+            assert_eq!(s.load().serving(), &[0, 1], "{mode:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_endpoint_is_down_all_serve_in_panic_mode() {
+        let s = set(&["127.0.0.1:1", "127.0.0.1:2"], outlier(5, 30, 0));
+        let snap = s.load_full();
+        for e in snap.endpoints() {
+            e.set_check_failing(true);
+        }
+        s.changed();
+        settle().await;
+        let now = s.load_full();
+        assert!(now.panic());
+        assert_eq!(now.serving(), &[0, 1]);
+        snap.get(1).unwrap().set_check_failing(false);
+        s.check_changed(snap.get(1).unwrap(), false);
+        settle().await;
+        let now = s.load_full();
+        assert!(!now.panic());
+        assert_eq!(now.serving(), &[1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_keeps_the_endpoints_that_remain_and_ramps_the_new_ones() {
+        let s = set(&["127.0.0.1:1", "127.0.0.1:2"], outlier(5, 30, 10));
+        let kept = s.load().get(1).unwrap().clone();
+        kept.begin();
+        kept.end(Duration::from_millis(80), Verdict::Success, None);
+        s.update(&addrs(&["127.0.0.1:2", "127.0.0.1:3"]));
+        let snap = s.load_full();
+        assert_eq!(snap.endpoints().len(), 2);
+        assert!(Arc::ptr_eq(snap.get(0).unwrap(), &kept), "same endpoint");
+        assert!(
+            snap.get(0).unwrap().ewma_at(kept.now()) > 70e6,
+            "its EWMA kept"
+        );
+        let new = snap.get(1).unwrap();
+        assert_eq!(new.addr().as_str(), "127.0.0.1:3");
+        assert!(new.ramp_weight(new.now(), micros(Duration::from_secs(10))) < 0.2);
+        assert!(snap.ramping());
+        // The same list again publishes nothing new.
+        s.update(&addrs(&["127.0.0.1:2", "127.0.0.1:3"]));
+        assert!(Arc::ptr_eq(&snap, &s.load_full()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_jumps_up_at_once_and_decays_slowly() {
+        let s = set(&["127.0.0.1:1"], outlier(5, 30, 0));
+        let e = s.load().get(0).unwrap().clone();
+        e.begin();
+        e.end(Duration::from_millis(100), Verdict::Success, None);
+        assert!(
+            (e.ewma_at(e.now()) - 100e6).abs() < 1e3,
+            "peak taken at once"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        e.begin();
+        e.end(Duration::from_millis(10), Verdict::Success, None);
+        let v = e.ewma_at(e.now());
+        // exp(-1/10) = 0.905: 0.905 × 100 + 0.095 × 10 = 91.4 ms.
+        assert!((v - 91.4e6).abs() < 0.2e6, "{v}");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(e.ewma_at(e.now()) < 34e6, "an idle estimate decays");
+        assert_eq!(e.in_flight(), 0);
+        e.begin();
+        e.end(
+            Duration::from_millis(1),
+            Verdict::Success,
+            Some(Duration::from_secs(2)),
+        );
+        assert!(e.penalized(e.now()));
+        tokio::time::advance(Duration::from_millis(2001)).await;
+        assert!(!e.penalized(e.now()));
     }
 }

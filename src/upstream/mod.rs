@@ -93,7 +93,7 @@ pub fn endpoint_set(cfg: &UpstreamConfig, metrics: &Metrics) -> EndpointSet {
         &cfg.endpoints,
         Transport::new(cfg),
         &cfg.outlier,
-        cfg.balance == Balance::Hash,
+        (cfg.balance == Balance::Hash, cfg.health.is_some()),
         metrics,
     )
 }

@@ -8,5 +8,6 @@ mod deploy;
 mod lifecycle;
 mod proxy;
 mod resilience;
+mod status_page;
 mod support;
 mod support_selftest;

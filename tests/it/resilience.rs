@@ -1353,8 +1353,10 @@ async fn status_json_shows_an_open_breaker() {
     );
     let status = status_json(weir.admin()).await;
     let u = status_entry(&status, "upstreams", "st-up");
-    let endpoints = u["endpoints"].to_string();
-    assert!(endpoints.contains(&up.addr().to_string()), "{u:#}");
+    let e = &u["endpoints"][0];
+    assert_eq!(e["address"], up.addr().to_string(), "{u:#}");
+    assert_eq!(e["serving"], true, "{u:#}");
+    assert_eq!(u["endpoints"].as_array().map(Vec::len), Some(1), "{u:#}");
 
     let b = &u["breaker"];
     assert_eq!(b["state"], "open", "{u:#}");
