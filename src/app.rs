@@ -179,13 +179,9 @@ pub(crate) fn unsupported(config: &Config) -> Option<String> {
         return Some(format!("listeners[{i}].tls (TLS termination)"));
     }
     config.upstreams.iter().find_map(|u| {
-        if u.tls.is_some() {
-            Some(format!("upstreams.{}.tls (TLS to upstreams)", u.name))
-        } else {
-            u.dns
-                .as_ref()
-                .map(|_| format!("upstreams.{}.dns (DNS discovery)", u.name))
-        }
+        u.tls
+            .as_ref()
+            .map(|_| format!("upstreams.{}.tls (TLS to upstreams)", u.name))
     })
 }
 

@@ -52,6 +52,10 @@ pub const PANIC_MODE: &str = "weir_panic_mode";
 pub const DRAIN_REQUESTS_TOTAL: &str = "weir_drain_requests_total";
 /// `weir_config_reloads_total{result}`: config reloads, `success` or `error`.
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
+/// `weir_dns_resolutions_total{upstream,result}`: DNS resolutions of an upstream's `dns` name,
+/// `ok` (the answer became its endpoints) or `error` (failed, empty or timed out; the last
+/// endpoints stay).
+pub const DNS_RESOLUTIONS_TOTAL: &str = "weir_dns_resolutions_total";
 /// `weir_downstream_connections{listener}`: open downstream connections.
 pub const DOWNSTREAM_CONNECTIONS: &str = "weir_downstream_connections";
 /// `weir_build_info{version}`: always 1.
@@ -161,7 +165,7 @@ impl Metrics {
             None,
             "Requests being forwarded to an upstream.".into(),
         );
-        let counters: [(&'static str, &'static str); 9] = [
+        let counters: [(&'static str, &'static str); 10] = [
             (
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads; an error keeps the running config.",
@@ -194,6 +198,10 @@ impl Metrics {
             (
                 ENDPOINT_EJECTIONS_TOTAL,
                 "Endpoints ejected by outlier detection.",
+            ),
+            (
+                DNS_RESOLUTIONS_TOTAL,
+                "DNS resolutions of an upstream's name; an error keeps the last endpoints.",
             ),
         ];
         for (name, help) in counters {

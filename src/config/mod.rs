@@ -219,6 +219,9 @@ pub struct UpstreamConfig {
     pub dns: Option<Authority>,
     /// How often `dns` is resolved again; default 5s.
     pub dns_refresh: Duration,
+    /// DNS servers (`ip:port`) that resolve `dns`, in order of preference; only with `dns`.
+    /// Empty (the default) means the system configuration (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
     /// Protocol spoken to the upstream; default HTTP/1.1.
     pub protocol: Protocol,
     /// TCP (and TLS) connect timeout; default 1s.
@@ -545,6 +548,7 @@ impl Default for UpstreamConfig {
             endpoints: Vec::new(),
             dns: None,
             dns_refresh: Duration::from_secs(5),
+            dns_servers: Vec::new(),
             protocol: Protocol::default(),
             connect_timeout: Duration::from_secs(1),
             try_timeout: Duration::ZERO,
@@ -960,6 +964,7 @@ pub(crate) mod tests {
         assert_eq!(u.balance, Balance::P2c);
         assert_eq!(u.hash_on, HashOn::ClientIp);
         assert_eq!((u.tls, u.health, u.dns), (None, None, None));
+        assert_eq!(u.dns_servers, Vec::<SocketAddr>::new());
 
         let r = RetrySettings::default();
         assert_eq!(

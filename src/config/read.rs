@@ -429,6 +429,9 @@ impl<'s> Reader<'s> {
             dns_refresh: self
                 .get(&mut f, "dns_refresh", Self::duration_positive)
                 .unwrap_or(d.dns_refresh),
+            dns_servers: self
+                .get(&mut f, "dns_servers", Self::dns_servers)
+                .unwrap_or(d.dns_servers),
             protocol: self
                 .get(&mut f, "protocol", Self::protocol)
                 .unwrap_or(d.protocol),
@@ -1090,6 +1093,36 @@ impl<'s> Reader<'s> {
         Some(out)
     }
 
+    fn dns_servers(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<SocketAddr>> {
+        let items = self.array(v, path)?;
+        if items.is_empty() {
+            self.c.at_span(
+                &v.span(),
+                path,
+                "expected at least one DNS server such as \"10.96.0.10:53\" (leave \
+                 `dns_servers` out for the system resolver) (got [])"
+                    .into(),
+            );
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = self.item(path, i, item);
+            let parsed = match item.get_ref() {
+                DeValue::String(s) => SocketAddr::from_str(s).ok().filter(|a| a.port() != 0),
+                _ => None,
+            };
+            match parsed {
+                Some(a) => out.push(a),
+                None => self.type_error(
+                    item,
+                    &p,
+                    "an ip:port address with a port from 1 to 65535 such as \"10.96.0.10:53\"",
+                ),
+            }
+        }
+        Some(out)
+    }
+
     fn methods(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<Method>> {
         let items = self.array(v, path)?;
         let mut out = Vec::new();
@@ -1381,9 +1414,9 @@ mod tests {
         );
         assert_eq!(
             all[4].message,
-            "unknown key (expected one of: endpoints, dns, dns_refresh, protocol, connect_timeout, \
-             try_timeout, pool_idle_timeout, balance, hash_on, tls, retry, breaker, shed, health, \
-             outlier)"
+            "unknown key (expected one of: endpoints, dns, dns_refresh, dns_servers, protocol, \
+             connect_timeout, try_timeout, pool_idle_timeout, balance, hash_on, tls, retry, \
+             breaker, shed, health, outlier)"
         );
         assert_eq!(
             all[2].message,
@@ -1690,6 +1723,43 @@ mod tests {
             "{}",
             all[2].message
         );
+    }
+
+    #[test]
+    fn dns_servers_are_ip_port_addresses() {
+        let src = doc(&[
+            "[upstreams.a]",                                                        // 1
+            "dns = \"a.svc:80\"",                                                   // 2
+            "dns_servers = [\"10.0.0.1:53\", \"ns.local:53\", \"10.0.0.2:0\", 53]", // 3
+            "[upstreams.b]",                                                        // 4
+            "dns = \"b.svc:80\"",                                                   // 5
+            "dns_servers = []",                                                     // 6
+            "[upstreams.c]",                                                        // 7
+            "dns = \"c.svc:80\"",                                                   // 8
+            "dns_servers = \"10.0.0.1:53\"",                                        // 9
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(3, "upstreams.a.dns_servers[1]"),
+                at(3, "upstreams.a.dns_servers[2]"),
+                at(3, "upstreams.a.dns_servers[3]"),
+                at(6, "upstreams.b.dns_servers"),
+                at(9, "upstreams.c.dns_servers"),
+            ]
+        );
+        let all = error_list(&src);
+        assert_eq!(
+            all[0].message,
+            "expected an ip:port address with a port from 1 to 65535 such as \"10.96.0.10:53\" \
+             (got \"ns.local:53\")"
+        );
+        assert!(
+            all[3].message.contains("at least one DNS server"),
+            "{}",
+            all[3].message
+        );
+        assert_eq!(all[4].message, "expected an array (got \"10.0.0.1:53\")");
     }
 
     #[test]

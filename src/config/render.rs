@@ -1,7 +1,8 @@
 //! Renders a `Config` back to weir TOML with every key spelled out: the effective config.
 //!
 //! Position: `Config` → text, for `weir check` and the admin `/config` page; no I/O.
-//! Keys: all of them; optional ones (`tls`, `dns`, `health`, `rate_limit`, …) only when set.
+//! Keys: all of them; optional ones (`tls`, `dns`, `dns_servers`, `health`, `rate_limit`, …)
+//! only when set.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -165,6 +166,12 @@ fn upstream(out: &mut Toml, u: &UpstreamConfig) {
         ),
     }
     out.kv("dns_refresh", duration(u.dns_refresh));
+    if !u.dns_servers.is_empty() {
+        out.kv(
+            "dns_servers",
+            array(u.dns_servers.iter().map(|s| quote(&s.to_string()))),
+        );
+    }
     out.kv("protocol", quote(u.protocol.as_str()));
     out.kv("connect_timeout", duration(u.connect_timeout));
     out.kv("try_timeout", duration(u.try_timeout));
@@ -400,6 +407,10 @@ mod tests {
         let mut u = UpstreamConfig {
             name: "u.v".into(),
             dns: Some(Authority::from_static("svc.local:8443")),
+            dns_servers: vec![
+                "10.96.0.10:53".parse().unwrap(),
+                "[fd00::a]:5353".parse().unwrap(),
+            ],
             protocol: Protocol::Http2,
             balance: Balance::Hash,
             hash_on: HashOn::Cookie("sid".into()),

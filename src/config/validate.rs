@@ -1,7 +1,8 @@
 //! Validation: cross-key checks on a read `Config` (references, duplicates, clashes, orderings).
 //!
 //! Position: file → validated `Config` (second half, after `read`); no I/O. Keys: listener names
-//! and addresses, `admin.listen`, route names and upstreams, backoff, open_for, shed limits.
+//! and addresses, `admin.listen`, route names and upstreams, `dns_servers` only with `dns`,
+//! backoff, open_for, shed limits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -137,6 +138,16 @@ fn reference(config: &Config, c: &mut Collector, path: &str, name: &str) {
 
 fn upstream(u: &UpstreamConfig, c: &mut Collector) {
     let path = join("upstreams", &u.name);
+    // With neither or both of `endpoints` and `dns`, reading has reported that already.
+    let servers = join(&path, "dns_servers");
+    if c.seen(&servers) && c.seen(&join(&path, "endpoints")) && !c.seen(&join(&path, "dns")) {
+        c.at_path(
+            &servers,
+            "`dns_servers` only applies with `dns = \"host:port\"` (this upstream has static \
+             `endpoints`)"
+                .into(),
+        );
+    }
     let r = &u.retry;
     if r.backoff_base > r.backoff_cap {
         let lo = (Value::Duration(r.backoff_base), "backoff_base");
@@ -406,6 +417,39 @@ mod tests {
         // Without `adaptive`, `min_limit` is unused: a fixed limit below it (default 8) is fine.
         ok("[upstreams.a]\nendpoints = [\"a:1\"]\nshed = { max_in_flight = 4 }");
         ok("[upstreams.a]\nendpoints = [\"a:1\"]\nshed = { max_in_flight = 4, min_limit = 5 }");
+    }
+
+    #[test]
+    fn dns_servers_only_with_dns() {
+        let src = doc(&[
+            "[upstreams.a]",                     // 1
+            "endpoints = [\"a:1\"]",             // 2
+            "dns_servers = [\"10.96.0.10:53\"]", // 3
+            "[upstreams.b]",                     // 4
+            "dns_servers = [\"10.96.0.10:53\"]", // 5
+            "[upstreams.c]",                     // 6
+            "dns = \"c.svc:80\"",                // 7
+            "dns_servers = [\"10.96.0.10:53\"]", // 8
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![at(3, "upstreams.a.dns_servers"), at(4, "upstreams.b")]
+        );
+        assert_eq!(
+            error_list(&src)[0].to_string(),
+            "weir.toml:3: upstreams.a.dns_servers: `dns_servers` only applies with \
+             `dns = \"host:port\"` (this upstream has static `endpoints`)"
+        );
+        let c = ok(
+            "[upstreams.c]\ndns = \"c.svc:80\"\ndns_servers = [\"10.0.0.1:53\", \"[::1]:5353\"]",
+        );
+        assert_eq!(
+            c.upstreams[0].dns_servers,
+            vec![
+                "10.0.0.1:53".parse().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

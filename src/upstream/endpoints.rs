@@ -29,6 +29,7 @@ use http::uri::Authority;
 use metrics::{Counter, Gauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::metrics::{
     DRY_RUN_REJECTIONS_TOTAL, ENDPOINT_EJECTIONS_TOTAL, ENDPOINT_HEALTHY, Metrics, PANIC_MODE,
@@ -403,6 +404,8 @@ pub(crate) struct SetInner {
     /// Serializes the writers of the snapshot (upkeep and discovery); off the request path.
     write: Mutex<()>,
     metrics: Metrics,
+    /// Cancelled when the set is dropped: ends its background tasks at once.
+    stop: CancellationToken,
     panic_gauge: Gauge,
     pub(crate) ejections: Counter,
     pub(crate) dry_run: Counter,
@@ -418,8 +421,9 @@ impl std::fmt::Debug for SetInner {
 
 impl Drop for SetInner {
     fn drop(&mut self) {
-        // Wakes the upkeep task so it sees the set is gone and ends.
+        // Wakes the upkeep task so it sees the set is gone and ends; ends the others.
         self.signal.notify_one();
+        self.stop.cancel();
     }
 }
 
@@ -453,6 +457,7 @@ impl EndpointSet {
             signal: Arc::new(Notify::new()),
             write: Mutex::new(()),
             metrics: metrics.clone(),
+            stop: CancellationToken::new(),
             panic_gauge: metrics.gauge(PANIC_MODE, &[up()]),
             ejections: metrics.counter(ENDPOINT_EJECTIONS_TOTAL, &[up()]),
             dry_run: match outlier.mode {
@@ -480,6 +485,11 @@ impl EndpointSet {
     /// The current snapshot (a cheap guard; hold it only for one pick).
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.inner.current.load()
+    }
+
+    /// A token cancelled when the set is gone, for its background tasks.
+    pub fn stopped(&self) -> CancellationToken {
+        self.inner.stop.clone()
     }
 
     /// The current snapshot, owned (for background tasks that hold it across an await).

@@ -43,6 +43,9 @@ struct Streak {
 
 async fn run(set: WeakEndpointSet, s: HealthSettings) {
     let mut streaks: HashMap<String, Streak> = HashMap::new();
+    let Some(stop) = set.upgrade().map(|s| s.stopped()) else {
+        return;
+    };
     loop {
         let Some(live) = set.upgrade() else { return };
         let snap = live.load_full();
@@ -76,7 +79,13 @@ async fn run(set: WeakEndpointSet, s: HealthSettings) {
         streaks = kept;
         drop(snap);
         drop(live);
-        tokio::time::sleep(jittered(s.interval)).await;
+        if stop
+            .run_until_cancelled(tokio::time::sleep(jittered(s.interval)))
+            .await
+            .is_none()
+        {
+            return;
+        }
     }
 }
 

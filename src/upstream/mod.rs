@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod client;
+pub mod discovery;
 pub mod endpoints;
 pub mod forward;
 pub mod hash;
@@ -83,7 +84,52 @@ pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> Upstream {
     if let Some(h) = &cfg.health {
         health::spawn(set.downgrade(), h.clone());
     }
+    if let Some(target) = &cfg.dns {
+        discover(cfg, target.clone(), &set, metrics);
+    }
     with_leaf(cfg, metrics, set.clone(), Forward::new(cfg, set, metrics))
+}
+
+/// Starts the DNS discovery of `target` for `set`: its first answer fills the set (until then
+/// requests answer `no-healthy-endpoint`), later ones replace the members, keeping the
+/// endpoints that remain. The task ends with the set.
+fn discover(
+    cfg: &UpstreamConfig,
+    target: http::uri::Authority,
+    set: &EndpointSet,
+    metrics: &Metrics,
+) {
+    let resolver = if cfg.dns_servers.is_empty() {
+        discovery::HickoryResolver::system()
+    } else {
+        discovery::HickoryResolver::with_servers(&cfg.dns_servers)
+    };
+    let resolver: Arc<dyn discovery::Resolve> = match resolver {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::error!(upstream = %cfg.name, error = %e, "DNS discovery cannot start: the upstream has no endpoints");
+            return;
+        }
+    };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = set.downgrade();
+    rt.spawn(discovery::run(
+        cfg.name.clone(),
+        target,
+        cfg.dns_refresh,
+        resolver,
+        metrics.clone(),
+        set.stopped(),
+        move |addrs| match weak.upgrade() {
+            Some(set) => {
+                set.update(&addrs);
+                true
+            }
+            None => false,
+        },
+    ));
 }
 
 /// The endpoint set of upstream `cfg` over its configured endpoints (no background checks).

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::support::dns::DnsServer;
 use crate::support::{Client, Weir, eventually_async, scrape, status_json};
 
 /// A real upstream whose answers the test switches at run time.
@@ -43,6 +44,7 @@ struct SwitchState {
     delay_ms: AtomicU64,
     hits: AtomicUsize,
     checks: AtomicUsize,
+    connections: AtomicUsize,
 }
 
 impl Switch {
@@ -57,6 +59,7 @@ impl Switch {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                st.connections.fetch_add(1, SeqCst);
                 let st = st.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -532,4 +535,73 @@ async fn a_split_route_shares_traffic_by_weight() {
         (57..=143).contains(&canary),
         "canary got {canary} of {n} at weight 10 %"
     );
+}
+
+#[tokio::test]
+async fn dns_discovery_follows_the_resolver_keeps_endpoints_that_remain_and_the_last_good_set() {
+    let dns = DnsServer::start().await;
+    let up = Switch::start().await;
+    let port = up.addr().port();
+    dns.set("backend.weir.test", vec![std::net::Ipv4Addr::LOCALHOST]);
+    let toml = format!(
+        "[[routes]]\nname = \"r\"\nupstream = \"up\"\n\n[upstreams.up]\ndns = \"backend.weir.test:{port}\"\n\
+         dns_refresh = \"100ms\"\ndns_servers = [\"{}\"]\n",
+        dns.addr()
+    );
+    let weir = Weir::start(&toml).await;
+    let c = Client::h1();
+    eventually_async(
+        || async { c.get(weir.addr(), "/").await.status == 200 },
+        Duration::from_secs(5),
+    )
+    .await;
+    let status = status_json(weir.admin()).await;
+    assert_eq!(
+        status["upstreams"][0]["endpoints"][0]["address"],
+        format!("127.0.0.1:{port}")
+    );
+    assert_eq!(
+        status["upstreams"][0]["discovery"],
+        format!("backend.weir.test:{port}")
+    );
+    assert_eq!(send(&weir, &c, 10, &[]).await, 10);
+    let conns = up.state.connections.load(SeqCst);
+    // Several refreshes with the same answer: the endpoint, and its pooled connection, stay.
+    let q = dns.queries();
+    eventually_async(|| async { dns.queries() >= q + 3 }, Duration::from_secs(5)).await;
+    assert_eq!(send(&weir, &c, 10, &[]).await, 10);
+    assert_eq!(
+        up.state.connections.load(SeqCst),
+        conns,
+        "no new connection"
+    );
+    // The resolver fails: the last good set keeps serving, and the failures are counted.
+    dns.fail(true);
+    eventually_async(
+        || async {
+            let m = scrape(weir.admin()).await;
+            m.get(
+                "weir_dns_resolutions_total",
+                &[("upstream", "up"), ("result", "error")],
+            )
+            .is_some_and(|n| n >= 2.0)
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(send(&weir, &c, 10, &[]).await, 10);
+    let m = scrape(weir.admin()).await;
+    assert!(
+        m.get(
+            "weir_dns_resolutions_total",
+            &[("upstream", "up"), ("result", "ok")]
+        )
+        .is_some_and(|n| n >= 2.0)
+    );
+    // The name goes away for good (answered, but with no address): still the last set.
+    dns.fail(false);
+    dns.remove("backend.weir.test");
+    let q = dns.queries();
+    eventually_async(|| async { dns.queries() >= q + 2 }, Duration::from_secs(5)).await;
+    assert_eq!(send(&weir, &c, 5, &[]).await, 5);
 }

@@ -5,6 +5,7 @@ mod balance;
 mod cli;
 mod config;
 mod deploy;
+mod discovery;
 mod lifecycle;
 mod proxy;
 mod resilience;

@@ -14,6 +14,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod dns;
 pub mod metrics;
 pub mod upstream;
 pub mod weir;
