@@ -10,8 +10,9 @@
 //!   failing endpoint does not attract traffic (Linkerd's load biaser does the same).
 //! - `round_robin`: the next in turn; a ramping endpoint keeps its turn with probability equal
 //!   to its share.
-//! - `least_request`: the fewest requests in flight (÷ ramp share), scanning every serving
-//!   endpoint from a rotating start so ties spread; the cost grows with the endpoint count.
+//! - `least_request`: the fewest requests in flight (÷ ramp share). Up to 16 serving endpoints
+//!   it scans them all from a rotating start, so ties spread; above that it takes the best of
+//!   4 drawn at random (Envoy's `choice_count`), so a pick costs the same at 1000 endpoints.
 //! - `hash`: the key (`client_ip`, `header:NAME`, `cookie:NAME`) on a ring over every member
 //!   (see [`crate::upstream::hash`]): a key whose endpoint does not serve goes to the next one
 //!   on the ring, so the keys of the other endpoints never move. A request without the key is
@@ -32,6 +33,11 @@ use crate::config::{Balance, HashOn};
 use crate::http::Request;
 use crate::upstream::endpoints::{Endpoint, Snapshot, micros};
 use crate::upstream::hash::hash_bytes;
+
+/// Up to this many serving endpoints, `least_request` scans them all.
+const LEAST_REQUEST_EXACT: usize = 16;
+/// Above it, the best of this many random ones.
+const LEAST_REQUEST_CHOICES: usize = 4;
 
 /// Added to a pushed-back endpoint's latency in p2c, in nanoseconds (1 s).
 const PUSHBACK_PENALTY_NS: f64 = 1e9;
@@ -182,8 +188,15 @@ impl Balancer {
             0
         };
         let mut best: Option<(f64, usize)> = None;
-        for k in 0..n {
-            let i = *serving.get(start.wrapping_add(k) % n)?;
+        let sampled = n > LEAST_REQUEST_EXACT;
+        let rounds = if sampled { LEAST_REQUEST_CHOICES } else { n };
+        for k in 0..rounds {
+            let at = if sampled {
+                with_rng(|r| r.random_range(0..n))
+            } else {
+                start.wrapping_add(k) % n
+            };
+            let i = *serving.get(at)?;
             if Some(i) == avoid {
                 continue;
             }
