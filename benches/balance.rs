@@ -56,7 +56,7 @@ fn benches(c: &mut Criterion) {
                 hash_on: hash_on.clone(),
                 ..UpstreamConfig::default()
             };
-            let set = weir::upstream::endpoint_set(&cfg, &metrics);
+            let set = weir::upstream::endpoint_set(&cfg, &metrics).expect("endpoint set");
             let balancer = Balancer::new(balance, &hash_on, cfg.outlier.ramp);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {

@@ -70,7 +70,7 @@ fn stack(toml: &str, metrics: &Metrics) -> weir::route::RouteService {
         .upstreams
         .iter()
         .map(|u| {
-            let set = weir::upstream::endpoint_set(u, metrics);
+            let set = weir::upstream::endpoint_set(u, metrics).expect("endpoint set");
             let built = weir::upstream::with_leaf(u, metrics, set, leaf());
             (u.name.clone(), built.service)
         })

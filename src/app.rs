@@ -178,11 +178,7 @@ pub(crate) fn unsupported(config: &Config) -> Option<String> {
     if let Some(i) = config.listeners.iter().position(|l| l.tls.is_some()) {
         return Some(format!("listeners[{i}].tls (TLS termination)"));
     }
-    config.upstreams.iter().find_map(|u| {
-        u.tls
-            .as_ref()
-            .map(|_| format!("upstreams.{}.tls (TLS to upstreams)", u.name))
-    })
+    None
 }
 
 impl Running {

@@ -48,12 +48,14 @@ impl Generation {
         let built: Vec<Upstream> = config
             .upstreams
             .iter()
-            .map(|u| {
-                previous
-                    .and_then(|p| p.kept_upstream(u))
-                    .unwrap_or_else(|| upstream::build(u, metrics))
+            .map(|u| match previous.and_then(|p| p.kept_upstream(u)) {
+                Some(kept) => Ok(kept),
+                None => upstream::build(u, metrics).map_err(|source| BuildError::UpstreamTls {
+                    upstream: u.name.clone(),
+                    source,
+                }),
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let upstreams: HashMap<_, _> = built
             .iter()
             .map(|u| (u.name.clone(), u.service.clone()))

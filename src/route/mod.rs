@@ -69,7 +69,8 @@ impl Route {
     }
 }
 
-/// A route that cannot be built (config validation rules both cases out).
+/// A generation that cannot be built: a route (config validation rules those cases out) or an
+/// upstream's TLS files.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The route names an upstream the generation does not have.
@@ -85,6 +86,15 @@ pub enum BuildError {
     EmptySplit {
         /// The route.
         route: Arc<str>,
+    },
+    /// An upstream's TLS settings cannot be loaded (a missing or unreadable file, bad PEM).
+    #[error("upstreams.{upstream}.tls: {source}")]
+    UpstreamTls {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// The file (or setting) at fault, and why.
+        #[source]
+        source: crate::tls::TlsError,
     },
 }
 

@@ -5,6 +5,8 @@
 //! Position: the listener's handshake (step 1 of the walk) and the upstream connector (step 6).
 //! Config: `listeners[].tls`, `upstreams.<name>.tls`.
 
+pub mod client;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -750,7 +750,7 @@ mod tests {
         EndpointSet::new(
             "up".into(),
             &addrs(list),
-            Transport::new(&cfg),
+            Transport::new(&cfg).unwrap(),
             &outlier,
             (false, false),
             &Metrics::new().unwrap(),

@@ -27,6 +27,7 @@ use crate::resilience::breaker::{BreakerHandle, CircuitBreakerLayer};
 use crate::resilience::retry::{RetryHandle, RetryLayer};
 use crate::resilience::shed::{ShedHandle, ShedLayer};
 use crate::resilience::timeout::AttemptTimeoutLayer;
+use crate::tls::TlsError;
 use client::Transport;
 use endpoints::EndpointSet;
 use forward::Forward;
@@ -78,16 +79,21 @@ pub struct Upstream {
 }
 
 /// Builds one upstream: its endpoint set (with the active health checks of `health`), and
-/// the stack over its forwarding leaf.
-pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> Upstream {
-    let set = endpoint_set(cfg, metrics);
+/// the stack over its forwarding leaf. Fails when its TLS settings cannot be loaded.
+pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, TlsError> {
+    let set = endpoint_set(cfg, metrics)?;
     if let Some(h) = &cfg.health {
         health::spawn(set.downgrade(), h.clone());
     }
     if let Some(target) = &cfg.dns {
         discover(cfg, target.clone(), &set, metrics);
     }
-    with_leaf(cfg, metrics, set.clone(), Forward::new(cfg, set, metrics))
+    Ok(with_leaf(
+        cfg,
+        metrics,
+        set.clone(),
+        Forward::new(cfg, set, metrics),
+    ))
 }
 
 /// Starts the DNS discovery of `target` for `set`: its first answer fills the set (until then
@@ -133,15 +139,16 @@ fn discover(
 }
 
 /// The endpoint set of upstream `cfg` over its configured endpoints (no background checks).
-pub fn endpoint_set(cfg: &UpstreamConfig, metrics: &Metrics) -> EndpointSet {
-    EndpointSet::new(
+/// Fails when its TLS settings cannot be loaded.
+pub fn endpoint_set(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<EndpointSet, TlsError> {
+    Ok(EndpointSet::new(
         cfg.name.clone(),
         &cfg.endpoints,
-        Transport::new(cfg),
+        Transport::new(cfg)?,
         &cfg.outlier,
         (cfg.balance == Balance::Hash, cfg.health.is_some()),
         metrics,
-    )
+    ))
 }
 
 /// Builds the stack of one upstream over `leaf` (the forwarding leaf in weir; a stand-in in

@@ -1,9 +1,9 @@
 //! The HTTP/1.1 connection pool of one endpoint: idle keep-alive connections in a lock-free
-//! queue, new ones made with the upstream's `connect_timeout`, each returned to the queue when
-//! its response body has been read to the end.
+//! queue, new ones made with the upstream's `connect_timeout` (TCP connect and, with `tls`, the
+//! TLS handshake), each returned to the queue when its response body has been read to the end.
 //!
 //! Position: under [`crate::upstream::forward`], which picks the endpoint. Config:
-//! `upstreams.<name>.connect_timeout`, `pool_idle_timeout`. HTTP/2 upstreams use
+//! `upstreams.<name>.connect_timeout`, `pool_idle_timeout`, `tls`. HTTP/2 upstreams use
 //! [`crate::upstream::client`] instead (one multiplexed connection serves many requests).
 
 use std::error::Error as StdError;
@@ -19,11 +19,14 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error::{BoxError, ProxyError};
 use crate::http::{Body, BodyTooLarge, Request, RequestBodyError, Response};
+use crate::tls::client::{ClientTls, is_tls_failure};
 
 /// Idle connections kept per endpoint; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -40,6 +43,18 @@ struct Shared {
     connect_timeout: Duration,
     idle_timeout: Duration,
     builder: Builder,
+    tls: Option<EndpointTls>,
+}
+
+/// TLS toward one endpoint: the upstream's client settings and the name the endpoint's
+/// certificate is verified against.
+#[derive(Clone, Debug)]
+pub struct EndpointTls {
+    /// The upstream's TLS settings.
+    pub tls: ClientTls,
+    /// The name to verify (and send as SNI when it is a DNS name); `None` when the endpoint's
+    /// host is no valid server name and `tls.sni` is not set, so every handshake fails.
+    pub name: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -57,9 +72,15 @@ struct Idle {
 }
 
 impl Pool {
-    /// A pool for `endpoint`. Starts a sweeper that closes connections idle for longer than
-    /// `idle_timeout`; it ends by itself when the pool is dropped.
-    pub fn new(endpoint: Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    /// A pool for `endpoint`, speaking TLS when `tls` is set. Starts a sweeper that closes
+    /// connections idle for longer than `idle_timeout`; it ends by itself when the pool is
+    /// dropped.
+    pub fn new(
+        endpoint: Authority,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<EndpointTls>,
+    ) -> Self {
         let mut builder = Builder::new();
         // One write per request head and small body (see the listener's http1 settings).
         builder.max_buf_size(8192 + 4096 * 100).writev(false);
@@ -69,6 +90,7 @@ impl Pool {
             connect_timeout,
             idle_timeout,
             builder,
+            tls,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&shared)));
@@ -80,8 +102,10 @@ impl Pool {
     ///
     /// A request that an idle connection hands back unsent (it closed meanwhile) goes to the
     /// next one, so a keep-alive race never fails a request. Errors: `upstream-connect` when no
-    /// connection could be made (the request never left), `payload-too-large` when the
-    /// request body outgrew the listener's limit, `upstream-reset` otherwise.
+    /// connection could be made (the request never left), `upstream-tls` when the TLS handshake
+    /// failed or the upstream refused it right after (TLS 1.3 reports a refused client
+    /// certificate only when the first request is read), `payload-too-large` when the request
+    /// body outgrew the listener's limit, `upstream-reset` otherwise.
     pub async fn send(self, mut req: Request) -> Result<Response, ProxyError> {
         let shared = &self.shared;
         while let Some(Idle { mut tx, since }) = shared.idle.pop() {
@@ -99,28 +123,58 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.connect().await?;
-        match tx.send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, tx)),
-            Err(e) => Err(sent_error(e)),
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Body>, ProxyError> {
-        let shared = &self.shared;
-        let connect = TcpStream::connect(shared.endpoint.as_str());
-        let stream = match tokio::time::timeout(shared.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(Box::new(e))),
+        let mut tx = match tokio::time::timeout(shared.connect_timeout, self.connect()).await {
+            Ok(connected) => connected?,
             Err(_) => {
                 let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
                 return Err(ProxyError::UpstreamConnect(Box::new(e)));
             }
         };
+        match tx.send_request(req).await {
+            Ok(resp) => Ok(self.wrap(resp, tx)),
+            // A TLS error on a new connection's first exchange is the handshake's outcome: the
+            // upstream refused it (a TLS 1.3 server rejects a client certificate after the
+            // client considers the handshake done) and never saw the request.
+            Err(e) if shared.tls.is_some() && is_tls_failure(&e) => {
+                Err(ProxyError::UpstreamTls(Box::new(e)))
+            }
+            Err(e) => Err(sent_error(e)),
+        }
+    }
+
+    /// A new connection: TCP, then the TLS handshake when the upstream has `tls`. Unbounded in
+    /// time: the caller applies the connect timeout.
+    async fn connect(&self) -> Result<SendRequest<Body>, ProxyError> {
+        let shared = &self.shared;
+        let stream = TcpStream::connect(shared.endpoint.as_str())
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(Box::new(e)))?;
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = shared
+        let Some(tls) = &shared.tls else {
+            return self.handshake(stream).await;
+        };
+        let Some(name) = tls.name.clone() else {
+            let e = std::io::Error::other(format!(
+                "endpoint host {} is no valid TLS server name: set tls.sni",
+                shared.endpoint.host()
+            ));
+            return Err(ProxyError::UpstreamTls(Box::new(e)));
+        };
+        match tls.tls.connect(name, stream).await {
+            Ok(stream) => self.handshake(stream).await,
+            Err(e) => Err(ProxyError::UpstreamTls(Box::new(e))),
+        }
+    }
+
+    /// Starts HTTP/1.1 on a connected stream.
+    async fn handshake<T>(&self, io: T) -> Result<SendRequest<Body>, ProxyError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, conn) = self
+            .shared
             .builder
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProxyError::UpstreamConnect(Box::new(e)))?;
         // The connection task ends when its `SendRequest` is dropped (by the pool, the sweeper

@@ -12,3 +12,4 @@ mod resilience;
 mod status_page;
 mod support;
 mod support_selftest;
+mod tls_upstream;

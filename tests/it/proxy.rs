@@ -572,14 +572,6 @@ async fn keys_whose_feature_is_missing_refuse_to_start_instead_of_serving_plaint
             "[[listeners]]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n",
             "listeners[0].tls",
         ),
-        (
-            "[upstreams.t]\nendpoints = [\"127.0.0.1:1\"]\ntls = { sni = \"x\" }\n",
-            "upstreams.t.tls",
-        ),
-        (
-            "[upstreams.d]\ndns = \"backend.local:80\"\n",
-            "upstreams.d.dns",
-        ),
     ];
     for (toml, key) in cases {
         let cfg = weir::Config::from_toml(toml, "t.toml").unwrap();

@@ -18,6 +18,12 @@
 //!
 //! Every response carries the `header(..)`s. A request whose handler is dropped before it
 //! produced its response (the peer went away) is counted in `cancelled()`.
+//!
+//! With [`UpstreamBuilder::tls`] every connection starts with a TLS handshake (rustls, ring):
+//! `client_ca(..)` requires a client certificate signed by that CA, `alpn(..)` sets the
+//! protocols offered. Each handshake is recorded in `handshakes()` (SNI, ALPN, whether a client
+//! certificate came), each failed one counted in `tls_failures()`; the protocol spoken after it
+//! is the builder's (`auto()` follows the h2 preface, whatever ALPN chose).
 
 #![allow(
     dead_code,
@@ -30,6 +36,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -46,6 +53,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
@@ -80,6 +88,28 @@ pub struct UpstreamBuilder {
     echo: bool,
     upgrade: bool,
     headers: HeaderMap,
+    tls: Option<TlsSettings>,
+}
+
+/// TLS settings of an upstream: its certificate, the CA client certificates must be signed by
+/// (none: no client certificate asked for), the ALPN protocols offered (none: no ALPN).
+#[derive(Clone, Debug)]
+struct TlsSettings {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    alpn: Vec<Vec<u8>>,
+}
+
+/// One completed TLS handshake as the upstream saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// The SNI the client sent (`None`: no SNI, as for an IP address).
+    pub sni: Option<String>,
+    /// The ALPN protocol agreed (`None`: no ALPN).
+    pub alpn: Option<String>,
+    /// Whether the client presented a certificate.
+    pub client_cert: bool,
 }
 
 /// One request as the upstream received it.
@@ -144,7 +174,33 @@ impl UpstreamBuilder {
             echo: false,
             upgrade: false,
             headers: HeaderMap::new(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS with the certificate chain and key in these PEM files.
+    pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.tls = Some(TlsSettings {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: None,
+            alpn: Vec::new(),
+        });
+        self
+    }
+
+    /// With [`Self::tls`]: requires a client certificate signed by the CA in this PEM file.
+    pub fn client_ca(mut self, ca: &Path) -> Self {
+        self.tls.as_mut().expect("tls(..) first").client_ca = Some(ca.to_path_buf());
+        self
+    }
+
+    /// With [`Self::tls`]: offers these ALPN protocols (e.g. `["h2", "http/1.1"]`), in order
+    /// of preference; a client that offers none of them fails the handshake.
+    pub fn alpn(mut self, protocols: &[&str]) -> Self {
+        self.tls.as_mut().expect("tls(..) first").alpn =
+            protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self
     }
 
     /// Answers requests for exactly `path` with `status` and `body` (others get 200 `"ok"`).
@@ -239,7 +295,11 @@ impl UpstreamBuilder {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
+        let acceptor = self.tls.as_ref().map(tls_acceptor);
         let shared = Arc::new(Shared {
+            acceptor,
+            handshakes: Mutex::new(Vec::new()),
+            tls_failures: AtomicUsize::new(0),
             cfg: self,
             hits: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
@@ -282,6 +342,16 @@ impl RunningUpstream {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    /// Every completed TLS handshake so far, in order.
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.shared.handshakes.lock().unwrap().clone()
+    }
+
+    /// TLS handshakes that failed (certificate refused either way, no common protocol, ...).
+    pub fn tls_failures(&self) -> usize {
+        self.shared.tls_failures.load(SeqCst)
+    }
+
     /// The most recent request; panics if there was none.
     pub fn last_request(&self) -> Recorded {
         self.requests().pop().expect("upstream received no request")
@@ -302,6 +372,9 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 struct Shared {
     cfg: UpstreamBuilder,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    handshakes: Mutex<Vec<Handshake>>,
+    tls_failures: AtomicUsize,
     hits: AtomicUsize,
     connections: AtomicUsize,
     cancelled: AtomicUsize,
@@ -367,28 +440,27 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let svc = hyper::service::service_fn(move |req| {
             handle(svc_shared.clone(), svc_kill.clone(), req)
         });
-        let io = TokioIo::new(stream);
-        let exec = Exec(shared.clone());
-        let conn: Pin<Box<dyn Future<Output = ()> + Send>> = match shared.cfg.protocol {
-            Protocol::Http1 => Box::pin(async move {
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(io, svc);
-                let _ = conn.with_upgrades().await;
-            }),
-            Protocol::Http2 => Box::pin(async move {
-                let mut builder = http2::Builder::new(exec);
-                let _ = builder
-                    .timer(TokioTimer::new())
-                    .serve_connection(io, svc)
-                    .await;
-            }),
-            Protocol::Auto => Box::pin(async move {
-                let mut builder = auto::Builder::new(exec);
-                builder.http1().timer(TokioTimer::new());
-                builder.http2().timer(TokioTimer::new());
-                let _ = builder.serve_connection_with_upgrades(io, svc).await;
-            }),
+        let conn: Pin<Box<dyn Future<Output = ()> + Send>> = match shared.acceptor.clone() {
+            None => serve(stream, shared.clone(), svc),
+            Some(acceptor) => {
+                let shared = shared.clone();
+                Box::pin(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        shared.tls_failures.fetch_add(1, SeqCst);
+                        return;
+                    };
+                    let (_, session) = tls.get_ref();
+                    let seen = Handshake {
+                        sni: session.server_name().map(str::to_owned),
+                        alpn: session
+                            .alpn_protocol()
+                            .map(|p| String::from_utf8_lossy(p).into_owned()),
+                        client_cert: session.peer_certificates().is_some_and(|c| !c.is_empty()),
+                    };
+                    shared.handshakes.lock().unwrap().push(seen);
+                    serve(tls, shared.clone(), svc).await;
+                })
+            }
         };
         shared.spawn(async move {
             tokio::select! {
@@ -397,6 +469,76 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         });
     }
+}
+
+/// Serves one connection (plain or TLS) with the builder's protocol.
+fn serve<I, S>(stream: I, shared: Arc<Shared>, svc: S) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    let exec = Exec(shared.clone());
+    match shared.cfg.protocol {
+        Protocol::Http1 => Box::pin(async move {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc);
+            let _ = conn.with_upgrades().await;
+        }),
+        Protocol::Http2 => Box::pin(async move {
+            let mut builder = http2::Builder::new(exec);
+            let _ = builder
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc)
+                .await;
+        }),
+        Protocol::Auto => Box::pin(async move {
+            let mut builder = auto::Builder::new(exec);
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
+            let _ = builder.serve_connection_with_upgrades(io, svc).await;
+        }),
+    }
+}
+
+/// The rustls acceptor of `tls` (ring provider, TLS 1.2 and 1.3).
+fn tls_acceptor(tls: &TlsSettings) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&tls.key).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).unwrap();
+    config.alpn_protocols = tls.alpn.clone();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 async fn handle(
