@@ -1,7 +1,17 @@
-//! `App`: binds every listener and the admin port for a config, runs them, and stops them.
+//! `App`: binds every listener and the admin port for a config, runs them, reloads them, and
+//! stops them.
 //!
 //! Position: the top of the library; `main.rs` and the integration tests start weir through it.
 //! Config: all of it. Owns the task tracker and the stop token of the process.
+//!
+//! What a reload ([`Running::reload`], SIGHUP, a changed config file) changes: routes and
+//! upstreams (a new generation), and listeners ([`Listeners::apply`]): a listener whose address
+//! is unchanged keeps its socket and applies its new settings (timeouts, limits, TLS) to the
+//! connections it accepts from then on; one whose address changed is bound anew first (a bind
+//! failure refuses the reload) and its old socket stops accepting while its connections finish;
+//! a removed listener stops the same way, and a new one starts. Listener certificates are read
+//! again on every reload, and also whenever their files change. `[admin]` and `[drain]` take
+//! effect at the next start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +28,8 @@ use crate::config::Config;
 use crate::generation::{Current, Generation};
 use crate::reload::{self, ReloadError, Reloader};
 use crate::route::BuildError;
-use crate::server::Listener;
 use crate::server::shutdown::Drain;
+use crate::server::{ListenerError, Listeners, pin};
 
 /// Starts weir.
 #[derive(Debug)]
@@ -28,7 +38,7 @@ pub struct App;
 /// Why weir could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A listener or the admin port could not be bound.
+    /// The admin port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
@@ -43,16 +53,16 @@ pub enum StartError {
     /// The config does not compile into a generation.
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// The config asks for a feature this build cannot serve; weir refuses to start rather
-    /// than serve something else (plaintext where TLS was asked for, say).
-    #[error("{0} is not supported by this version of weir")]
-    Unsupported(String),
+    /// A listener could not be bound, or its certificate, key or client CA could not be
+    /// loaded; the error names the listener and the address or file at fault.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
 }
 
 /// A running weir: its bound addresses and the handle that stops it.
 #[derive(Debug)]
 pub struct Running {
-    listeners: Vec<(Arc<str>, SocketAddr)>,
+    listeners: Arc<Listeners>,
     admin: SocketAddr,
     /// Stops the listeners (and asks their connections to finish) and the upkeep task.
     stop: CancellationToken,
@@ -79,13 +89,23 @@ pub struct Drained {
 }
 
 impl App {
-    /// Builds the first generation, binds every listener and the admin port (all before
-    /// serving, so a bind error leaves nothing running), then serves them.
+    /// Builds the first generation, binds every listener and the admin port and loads the
+    /// listeners' TLS files (all before serving, so an error leaves nothing running), then
+    /// serves them.
     pub async fn start(config: Config) -> Result<Running, StartError> {
-        if let Some(what) = unsupported(&config) {
-            return Err(StartError::Unsupported(what));
-        }
+        Self::start_pinned(config, Vec::new()).await
+    }
+
+    /// Like [`App::start`], with listener addresses that the caller owns: each `(name, addr)`
+    /// replaces the address of the listener called `name`, in `config` and in every config
+    /// reloaded later, so that no reload moves that listener. For programs that embed weir and
+    /// pick its ports themselves (tests bind port 0).
+    pub async fn start_pinned(
+        mut config: Config,
+        pins: Vec<(Arc<str>, SocketAddr)>,
+    ) -> Result<Running, StartError> {
         let metrics = Metrics::new()?;
+        pin(&pins, &mut config.listeners);
         let config = Arc::new(config);
         let current: Current = Arc::new(ArcSwap::from_pointee(Generation::build(
             config.clone(),
@@ -94,21 +114,15 @@ impl App {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let drain = Arc::new(Drain::new(&metrics));
+        let listeners = Arc::new(Listeners::new(
+            current.clone(),
+            metrics.clone(),
+            tasks.clone(),
+            drain.clone(),
+            stop.clone(),
+            pins,
+        ));
 
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            let listener =
-                Listener::bind(l, current.clone(), &metrics, tasks.clone(), drain.clone())
-                    .map_err(|source| StartError::Bind {
-                        addr: l.listen,
-                        source,
-                    })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: l.listen,
-                source,
-            })?;
-            bound.push((l.name.clone(), addr, listener));
-        }
         let admin_tcp = TcpListener::bind(config.admin.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -119,14 +133,11 @@ impl App {
             addr: config.admin.listen,
             source,
         })?;
+        listeners
+            .apply(&config.listeners, || ())
+            .map_err(StartError::from)?;
 
         let ready = Arc::new(AtomicBool::new(true));
-        let mut listeners = Vec::with_capacity(bound.len());
-        for (name, addr, listener) in bound {
-            tasks.spawn(listener.serve(stop.clone()));
-            tracing::info!(listener = %name, %addr, "listening");
-            listeners.push((name, addr));
-        }
         let state = Arc::new(AdminState {
             metrics: metrics.clone(),
             current: current.clone(),
@@ -156,7 +167,6 @@ impl App {
             }
         });
         Ok(Running {
-            listeners,
             admin: admin_addr,
             stop,
             tasks,
@@ -166,33 +176,28 @@ impl App {
             drain,
             drain_delay: config.drain.delay,
             drain_timeout: config.drain.timeout,
-            reloader: Arc::new(Reloader::new(current, metrics)),
+            reloader: Arc::new(Reloader::new(current, metrics, listeners.clone())),
+            listeners,
         })
     }
 }
 
-/// The first key of `config` that parses (it is the config contract) but whose feature this
-/// build lacks, described; `None` when there is none. Weir refuses such a config at start and
-/// on reload rather than serve something else (plaintext where TLS was asked for, say).
-pub(crate) fn unsupported(config: &Config) -> Option<String> {
-    if let Some(i) = config.listeners.iter().position(|l| l.tls.is_some()) {
-        return Some(format!("listeners[{i}].tls (TLS termination)"));
-    }
-    None
-}
-
 impl Running {
-    /// The bound address of the first listener.
+    /// The bound address of the first listener (after a reload, of the reloaded config).
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.listeners.first().map_or(self.admin, |(_, a)| *a)
+        self.listeners
+            .addrs()
+            .first()
+            .map_or(self.admin, |(_, a)| *a)
     }
 
-    /// The bound address of the listener called `name`.
+    /// The bound address of the listener called `name` (after a reload, where it is now).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
-            .iter()
+            .addrs()
+            .into_iter()
             .find(|(n, _)| &**n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
     /// The bound admin address.
@@ -200,9 +205,9 @@ impl Running {
         self.admin
     }
 
-    /// Swaps in `config` (see [`Reloader::reload`]); on an error the running generation stays.
-    /// Listener settings (addresses, timeouts, limits), `[admin]` and `[drain]` take effect only
-    /// at the next start.
+    /// Swaps in `config` (see [`Reloader::reload`]): routes, upstreams and listeners (see the
+    /// module docs); on an error nothing changes. `[admin]` and `[drain]` take effect only at
+    /// the next start.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
         self.reloader.reload(config)
     }

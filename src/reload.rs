@@ -1,13 +1,16 @@
 //! Hot reload: a config file (on SIGHUP, or when the file changes) → parse, validate, build the
-//! next generation, swap it in atomically. An invalid config is refused, its errors logged with
-//! file:line:key, and the running generation keeps serving.
+//! next generation, bind and load what the listeners need, then swap it all in. An invalid
+//! config, or one whose listeners cannot be bound or whose TLS files cannot be loaded, is
+//! refused, its errors logged (file:line:key, or the address or file at fault), and everything
+//! running keeps serving as it was.
 //!
-//! Position: off the request path; writes only the `Current` pointer. Config: the whole file
-//! (routes and upstreams take effect; listener, `[admin]` and `[drain]` settings at the next
-//! start). Metrics: `weir_config_reloads_total{result}`.
+//! Position: off the request path; writes the `Current` pointer and moves the listeners
+//! ([`crate::server::Listeners::apply`]). Config: the whole file (routes, upstreams and
+//! listeners take effect; `[admin]` and `[drain]` at the next start).
+//! Metrics: `weir_config_reloads_total{result}`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -19,6 +22,7 @@ use crate::admin::metrics::{CONFIG_RELOADS_TOTAL, Metrics};
 use crate::config::{Config, ConfigErrors};
 use crate::generation::{Current, Generation};
 use crate::route::BuildError;
+use crate::server::{ListenerError, Listeners};
 
 /// Why a reload was refused; the running config keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -29,46 +33,55 @@ pub enum ReloadError {
     /// The config does not compile into a generation.
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// The config asks for a feature this build cannot serve.
-    #[error("{0} is not supported by this version of weir")]
-    Unsupported(String),
+    /// A listener cannot be bound at its new address, or its TLS files cannot be loaded.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
 }
 
 /// Swaps configs into the live generation. Shared by the SIGHUP handler and the file watcher.
 #[derive(Debug)]
 pub struct Reloader {
     current: Current,
+    listeners: Arc<Listeners>,
     metrics: Metrics,
+    /// One reload at a time (SIGHUP and the file watch may fire together).
+    serial: Mutex<()>,
     success: Counter,
     error: Counter,
 }
 
 impl Reloader {
-    /// A reloader for `current`, counting into `metrics`.
-    pub fn new(current: Current, metrics: Metrics) -> Self {
+    /// A reloader for `current` and `listeners`, counting into `metrics`.
+    pub fn new(current: Current, metrics: Metrics, listeners: Arc<Listeners>) -> Self {
         let result =
             |r: &'static str| metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", r.into())]);
         Self {
             success: result("success"),
             error: result("error"),
             current,
+            listeners,
             metrics,
+            serial: Mutex::new(()),
         }
     }
 
     /// Swaps in `config`, parsed and validated already: builds the next generation (upstreams
-    /// whose settings did not change keep their state) and swaps it in atomically; requests in
-    /// flight finish on the generation they started on.
-    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let result = crate::app::unsupported(&config)
-            .map_or(Ok(()), |what| Err(ReloadError::Unsupported(what)))
-            .and_then(|()| {
-                let previous = self.current.load_full();
-                let next =
-                    Generation::build_after(Arc::new(config), &self.metrics, Some(&previous))?;
+    /// whose settings did not change keep their state), binds the listeners whose address
+    /// changed and reads every listener's TLS files; then swaps the generation in atomically
+    /// and moves the listeners (see [`Listeners::apply`]). Requests in flight finish on the
+    /// generation they started on. On an error nothing changes.
+    pub fn reload(&self, mut config: Config) -> Result<(), ReloadError> {
+        let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = (|| {
+            self.listeners.pin(&mut config.listeners);
+            let config = Arc::new(config);
+            let previous = self.current.load_full();
+            let next = Generation::build_after(config.clone(), &self.metrics, Some(&previous))?;
+            self.listeners.apply(&config.listeners, || {
                 self.current.store(Arc::new(next));
-                Ok(())
-            });
+            })?;
+            Ok(())
+        })();
         self.count(&result);
         result
     }

@@ -1,5 +1,8 @@
-//! The downstream side: bind, accept under a connection limit, and serve HTTP/1.1 and HTTP/2
-//! (h2c prior knowledge) on the same port, with header-read and idle timeouts.
+//! The downstream side: bind, accept under a connection limit, run the TLS handshake when the
+//! listener has `tls`, and serve HTTP/1.1 and HTTP/2 (by ALPN with TLS, h2c prior knowledge
+//! without) on the same port, with header-read and idle timeouts. [`Listeners`] holds the
+//! listeners of a running weir by name and moves them to a reloaded config: a listener whose
+//! address did not change keeps its socket, one whose address changed is bound anew.
 //!
 //! Position: step 1 of the walk. Config: `listeners[]`.
 //! Metrics: `weir_downstream_connections{listener}`.
@@ -9,22 +12,27 @@ pub mod service;
 pub mod shutdown;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::metrics::{DOWNSTREAM_CONNECTIONS, Metrics};
 use crate::config::ListenerConfig;
 use crate::generation::Current;
 use crate::http::hygiene::Limits;
+use crate::tls::TlsError;
+use crate::tls::server::{self as tls_server, Certs, Loaded};
 use conn::{ConnIo, ConnState, Verdict};
 use service::ProxyService;
 use shutdown::Drain;
@@ -35,7 +43,8 @@ const HYPER_DEFAULT_BUF: usize = 8192 + 4096 * 100;
 /// hyper's inline header array (`DEFAULT_MAX_HEADERS`).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-/// What every connection of one listener shares.
+/// What every connection of one listener shares: the listener's settings as they were when
+/// the connection was accepted (a reload swaps in new ones for the connections after).
 #[derive(Debug)]
 pub struct ListenerShared {
     /// The listener's name (the `listener` label).
@@ -44,36 +53,39 @@ pub struct ListenerShared {
     pub limits: Limits,
     /// The live generation.
     pub current: Current,
-    /// `X-Forwarded-Proto` of this listener.
+    /// `X-Forwarded-Proto` of this listener: `https` with TLS, else `http`.
     pub proto: &'static str,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     builder: auto::Builder<TokioExecutor>,
     connections: Gauge,
+    /// The TLS settings of the handshake, when the listener has `tls`.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// `max_connections` permits, kept across a reload that does not change the number.
+    limit: Arc<Semaphore>,
+    max_connections: usize,
     /// Owner of upgrade tunnels spawned by requests on this listener.
     pub tasks: TaskTracker,
     /// Request accounting for the drain, shared by every listener.
     pub drain: Arc<Drain>,
 }
 
-/// A bound, not yet serving, listener.
-#[derive(Debug)]
-pub struct Listener {
-    tcp: TcpListener,
-    shared: Arc<ListenerShared>,
-    max_connections: usize,
+/// What the listeners of one weir share: where connections go, and who owns their tasks.
+#[derive(Clone, Debug)]
+struct Env {
+    current: Current,
+    metrics: Metrics,
+    tasks: TaskTracker,
+    drain: Arc<Drain>,
 }
 
-impl Listener {
-    /// Binds `cfg.listen` (with `SO_REUSEADDR` and a 1024 backlog).
-    pub fn bind(
+impl ListenerShared {
+    fn new(
         cfg: &ListenerConfig,
-        current: Current,
-        metrics: &Metrics,
-        tasks: TaskTracker,
-        drain: Arc<Drain>,
-    ) -> std::io::Result<Self> {
-        let tcp = bind(cfg.listen)?;
+        env: &Env,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        limit: Arc<Semaphore>,
+    ) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         let mut h1 = builder.http1();
         h1.timer(TokioTimer::new())
@@ -93,42 +105,47 @@ impl Listener {
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
-        let shared = ListenerShared {
+        Self {
             name: cfg.name.clone(),
             limits: Limits {
                 max_header_bytes: cfg.max_header_bytes,
                 max_headers: cfg.max_headers,
                 max_body_bytes: cfg.max_body_bytes,
             },
-            current,
-            proto: if cfg.tls.is_some() { "https" } else { "http" },
+            current: env.current.clone(),
+            proto: if tls.is_some() { "https" } else { "http" },
             header_read_timeout: cfg.header_read_timeout,
             idle_timeout: cfg.idle_timeout,
             builder,
-            connections: metrics.gauge(DOWNSTREAM_CONNECTIONS, &[("listener", cfg.name.clone())]),
-            tasks,
-            drain,
-        };
-        Ok(Self {
-            tcp,
-            shared: Arc::new(shared),
+            connections: env
+                .metrics
+                .gauge(DOWNSTREAM_CONNECTIONS, &[("listener", cfg.name.clone())]),
+            tls,
+            limit,
             max_connections: cfg.max_connections,
-        })
+            tasks: env.tasks.clone(),
+            drain: env.drain.clone(),
+        }
     }
+}
 
-    /// The bound address (port 0 resolved).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
+/// A bound listener: its socket and the settings its next connections get.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    shared: Arc<ArcSwap<ListenerShared>>,
+}
 
-    /// Accepts until `stop` is cancelled; each connection is a task tracked by `tasks` and
-    /// asked to finish gracefully when `stop` fires. At `max_connections` open connections it
-    /// stops accepting (new ones wait in the kernel backlog), as HAProxy's `maxconn` does.
+impl Listener {
+    /// Accepts until `stop` is cancelled, then closes the socket; each connection is a task
+    /// tracked by the listener's task tracker and asked to finish gracefully when `stop` fires.
+    /// At `max_connections` open connections it stops accepting (new ones wait in the kernel
+    /// backlog), as HAProxy's `maxconn` does.
     pub async fn serve(self, stop: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(self.max_connections));
         loop {
+            let limit = self.shared.load().limit.clone();
             let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 () = stop.cancelled() => return,
             };
             let (stream, peer) = tokio::select! {
@@ -136,16 +153,17 @@ impl Listener {
                     Ok(conn) => conn,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        warn!(listener = %self.shared.name, error = %e, "accept failed");
+                        warn!(listener = %self.shared.load().name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
                 () = stop.cancelled() => return,
             };
-            let shared = self.shared.clone();
+            // Loaded after the accept: a reload while it waited (TLS turned on, say) applies.
+            let shared = self.shared.load_full();
             let stop = stop.clone();
-            self.shared.tasks.spawn(async move {
+            shared.tasks.clone().spawn(async move {
                 shared.connections.increment(1.0);
                 serve_connection(&shared, stream, peer, stop).await;
                 shared.connections.decrement(1.0);
@@ -155,6 +173,363 @@ impl Listener {
     }
 }
 
+/// Why listeners could not be started or moved to a new config; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// The listener's address could not be bound (taken, not local, not permitted).
+    #[error("listeners[{index}].listen (listener {listener}): cannot listen on {addr}: {source}")]
+    Bind {
+        /// The listener's place in `listeners` (from 0).
+        index: usize,
+        /// The listener's name.
+        listener: Arc<str>,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listener's certificate, key or client CA could not be loaded.
+    #[error("listeners[{index}].tls (listener {listener}): {source}")]
+    Tls {
+        /// The listener's place in `listeners` (from 0).
+        index: usize,
+        /// The listener's name.
+        listener: Arc<str>,
+        /// The file at fault and what is wrong with it.
+        #[source]
+        source: TlsError,
+    },
+    /// Called outside a tokio runtime: there is nothing to serve the listeners on.
+    #[error("listeners can only be started from within weir's tokio runtime")]
+    NoRuntime,
+}
+
+/// The listeners of a running weir, by name. [`Listeners::apply`] starts them and, on a
+/// reload, moves them to the new config.
+#[derive(Debug)]
+pub struct Listeners {
+    env: Env,
+    /// Stops every listener (the drain); each listener's own token is a child of it.
+    stop: CancellationToken,
+    /// Addresses that override the config's, by listener name (see [`Listeners::pin`]).
+    pins: Vec<(Arc<str>, SocketAddr)>,
+    live: Mutex<Vec<Live>>,
+}
+
+/// One serving listener.
+#[derive(Debug)]
+struct Live {
+    /// As configured (pins applied).
+    cfg: ListenerConfig,
+    /// As bound (port 0 resolved).
+    addr: SocketAddr,
+    shared: Arc<ArcSwap<ListenerShared>>,
+    /// Stops this listener's accept loop and closes its connections gracefully.
+    stop: CancellationToken,
+    tls: Option<LiveTls>,
+}
+
+/// A listener's certificate and the task that reloads it when its files change.
+#[derive(Debug)]
+struct LiveTls {
+    certs: Arc<Certs>,
+    watch: CancellationToken,
+}
+
+/// What [`Listeners::apply`] will do for one configured listener, all of it loaded and bound.
+struct Step {
+    cfg: ListenerConfig,
+    socket: Socket,
+    shared: ListenerShared,
+    tls: TlsStep,
+}
+
+enum Socket {
+    /// The socket of `live[i]` serves on.
+    Keep(usize),
+    /// A socket bound anew.
+    New { tcp: TcpListener, addr: SocketAddr },
+}
+
+enum TlsStep {
+    Plain,
+    /// The certificate of `live[from]` (same files) goes on with what was just read from them.
+    Reuse {
+        from: usize,
+        certs: Arc<Certs>,
+        loaded: Loaded,
+    },
+    /// Certificate files the listener did not have before.
+    New(Arc<Certs>),
+}
+
+impl Listeners {
+    /// No listeners yet, serving into `current`; their tasks (accept loops, connections,
+    /// certificate watches) belong to `tasks` and stop with `stop`. `pins` override the
+    /// configured address of the listeners they name, at start and on every reload.
+    pub fn new(
+        current: Current,
+        metrics: Metrics,
+        tasks: TaskTracker,
+        drain: Arc<Drain>,
+        stop: CancellationToken,
+        pins: Vec<(Arc<str>, SocketAddr)>,
+    ) -> Self {
+        Self {
+            env: Env {
+                current,
+                metrics,
+                tasks,
+                drain,
+            },
+            stop,
+            pins,
+            live: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Replaces the address of every listener in `configs` that a pin of these listeners
+    /// names (see [`pin`]).
+    pub fn pin(&self, configs: &mut [ListenerConfig]) {
+        pin(&self.pins, configs);
+    }
+
+    /// Each listener's name and bound address, in config order.
+    pub fn addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        self.lock()
+            .iter()
+            .map(|l| (l.cfg.name.clone(), l.addr))
+            .collect()
+    }
+
+    /// Moves the listeners to `configs` (matched by name):
+    /// - a listener whose address is unchanged (the configured one, the bound one, or port 0
+    ///   on the bound IP) keeps its socket; its new settings (timeouts, limits, TLS) apply to
+    ///   the connections accepted from now on, and the connections already open keep theirs;
+    /// - a listener whose address changed is bound to the new address, then the old socket
+    ///   stops accepting and its open connections are asked to finish, as in the drain;
+    /// - a listener no longer configured stops the same way; a new one starts. A new listener
+    ///   at the address of one that is no longer configured takes over its socket.
+    ///
+    /// TLS files are read anew, also for unchanged paths. Everything is bound and loaded
+    /// before anything changes: on an error nothing did, and the listeners serve on as before.
+    /// `swap` runs just before the new settings apply (the reload swaps the generation there).
+    pub fn apply(
+        &self,
+        configs: &[ListenerConfig],
+        swap: impl FnOnce(),
+    ) -> Result<(), ListenerError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ListenerError::NoRuntime);
+        }
+        let mut live = self.lock();
+        let steps = self.prepare(&live, configs)?;
+        swap();
+        self.commit(&mut live, steps);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Live>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn prepare(
+        &self,
+        live: &[Live],
+        configs: &[ListenerConfig],
+    ) -> Result<Vec<Step>, ListenerError> {
+        let mut claimed = vec![false; live.len()];
+        let mut steps = Vec::with_capacity(configs.len());
+        for (index, cfg) in configs.iter().enumerate() {
+            let same_name = live
+                .iter()
+                .enumerate()
+                .position(|(i, l)| !is_claimed(&claimed, i) && l.cfg.name == cfg.name);
+            let same_socket = same_name
+                .filter(|&i| live.get(i).is_some_and(|l| l.serves(cfg.listen)))
+                .or_else(|| {
+                    // Renamed: a listener no longer configured, at this address.
+                    live.iter().enumerate().position(|(i, l)| {
+                        !is_claimed(&claimed, i)
+                            && same_name != Some(i)
+                            && !configs.iter().any(|c| c.name == l.cfg.name)
+                            && l.serves(cfg.listen)
+                    })
+                });
+            for i in [same_name, same_socket].into_iter().flatten() {
+                if let Some(c) = claimed.get_mut(i) {
+                    *c = true;
+                }
+            }
+            let tls_error = |source| ListenerError::Tls {
+                index,
+                listener: cfg.name.clone(),
+                source,
+            };
+            let previous = same_name.and_then(|i| live.get(i).map(|l| (i, l)));
+            let (tls, acceptor) = match &cfg.tls {
+                None => (TlsStep::Plain, None),
+                Some(settings) => {
+                    let (step, certs) = match previous.and_then(|(i, l)| {
+                        l.tls
+                            .as_ref()
+                            .filter(|_| l.cfg.tls.as_ref() == Some(settings))
+                            .map(|t| (i, t.certs.clone()))
+                    }) {
+                        Some((from, certs)) => {
+                            let loaded = certs.read().map_err(tls_error)?;
+                            let step = TlsStep::Reuse {
+                                from,
+                                certs: certs.clone(),
+                                loaded,
+                            };
+                            (step, certs)
+                        }
+                        None => {
+                            let certs = Certs::load(settings).map_err(tls_error)?;
+                            (TlsStep::New(certs.clone()), certs)
+                        }
+                    };
+                    let config = tls_server::server_config(settings, certs).map_err(tls_error)?;
+                    (step, Some(config))
+                }
+            };
+            let (socket, limit) = match same_socket.and_then(|i| live.get(i).map(|l| (i, l))) {
+                Some((i, l)) => {
+                    let old = l.shared.load();
+                    let limit = if old.max_connections == cfg.max_connections {
+                        old.limit.clone()
+                    } else {
+                        Arc::new(Semaphore::new(cfg.max_connections))
+                    };
+                    (Socket::Keep(i), limit)
+                }
+                None => {
+                    let bind_error = |source| ListenerError::Bind {
+                        index,
+                        listener: cfg.name.clone(),
+                        addr: cfg.listen,
+                        source,
+                    };
+                    let tcp = bind(cfg.listen).map_err(bind_error)?;
+                    let addr = tcp.local_addr().map_err(bind_error)?;
+                    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+                    (Socket::New { tcp, addr }, limit)
+                }
+            };
+            steps.push(Step {
+                cfg: cfg.clone(),
+                socket,
+                shared: ListenerShared::new(cfg, &self.env, acceptor, limit),
+                tls,
+            });
+        }
+        Ok(steps)
+    }
+
+    fn commit(&self, live: &mut Vec<Live>, steps: Vec<Step>) {
+        let mut old: Vec<Option<Live>> = live.drain(..).map(Some).collect();
+        let mut old_tls: Vec<Option<LiveTls>> = old
+            .iter_mut()
+            .map(|l| l.as_mut().and_then(|l| l.tls.take()))
+            .collect();
+        for step in steps {
+            let tls = match step.tls {
+                TlsStep::Plain => None,
+                TlsStep::Reuse {
+                    from,
+                    certs,
+                    loaded,
+                } => {
+                    certs.install(loaded);
+                    match old_tls.get_mut(from).and_then(Option::take) {
+                        Some(kept) => Some(kept),
+                        None => Some(self.watch(certs)),
+                    }
+                }
+                TlsStep::New(certs) => Some(self.watch(certs)),
+            };
+            let shared = Arc::new(step.shared);
+            let kept = match step.socket {
+                Socket::Keep(i) => old.get_mut(i).and_then(Option::take),
+                Socket::New { .. } => None,
+            };
+            let next = match (kept, step.socket) {
+                (Some(mut l), _) => {
+                    l.shared.store(shared);
+                    if l.cfg.name != step.cfg.name {
+                        info!(listener = %step.cfg.name, was = %l.cfg.name, addr = %l.addr, "listener renamed");
+                    }
+                    l.cfg = step.cfg;
+                    l.tls = tls;
+                    l
+                }
+                (None, Socket::New { tcp, addr }) => {
+                    let shared = Arc::new(ArcSwap::new(shared));
+                    let stop = self.stop.child_token();
+                    let listener = Listener {
+                        tcp,
+                        shared: shared.clone(),
+                    };
+                    self.env.tasks.spawn(listener.serve(stop.clone()));
+                    info!(listener = %step.cfg.name, %addr, tls = tls.is_some(), "listening");
+                    Live {
+                        cfg: step.cfg,
+                        addr,
+                        shared,
+                        stop,
+                        tls,
+                    }
+                }
+                (None, Socket::Keep(_)) => continue, // a listener is kept by one step only
+            };
+            live.push(next);
+        }
+        for retired in old.into_iter().flatten() {
+            retired.stop.cancel();
+            info!(listener = %retired.cfg.name, addr = %retired.addr,
+                "stopped listening; open connections finish");
+        }
+        for unused in old_tls.into_iter().flatten() {
+            unused.watch.cancel();
+        }
+    }
+
+    /// Starts the task that reloads `certs` when its files change.
+    fn watch(&self, certs: Arc<Certs>) -> LiveTls {
+        let watch = self.stop.child_token();
+        self.env
+            .tasks
+            .spawn(tls_server::watch(certs.clone(), watch.clone()));
+        LiveTls { certs, watch }
+    }
+}
+
+impl Live {
+    /// Whether this listener's socket is the one `addr` asks for: the address it was
+    /// configured with, the one it is bound to, or port 0 (any port) on its IP.
+    fn serves(&self, addr: SocketAddr) -> bool {
+        addr == self.cfg.listen
+            || addr == self.addr
+            || (addr.port() == 0 && addr.ip() == self.addr.ip())
+    }
+}
+
+/// Replaces the address of every listener in `configs` that `pins` names (listener name →
+/// address).
+pub fn pin(pins: &[(Arc<str>, SocketAddr)], configs: &mut [ListenerConfig]) {
+    for cfg in configs {
+        if let Some((_, addr)) = pins.iter().find(|(n, _)| *n == cfg.name) {
+            cfg.listen = *addr;
+        }
+    }
+}
+
+fn is_claimed(claimed: &[bool], i: usize) -> bool {
+    claimed.get(i).copied().unwrap_or(true)
+}
+
 async fn serve_connection(
     shared: &Arc<ListenerShared>,
     stream: TcpStream,
@@ -162,8 +537,29 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = &shared.tls else {
+        return serve_io(shared, stream, peer, stop).await;
+    };
+    let acceptor = TlsAcceptor::from(tls.clone());
+    // The handshake gets the header-read timeout: a client that opens connections and never
+    // finishes them holds a connection slot no longer than a slow request head would.
+    match tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_io(shared, tls, peer, stop).await,
+        Ok(Err(e)) => {
+            debug!(listener = %shared.name, %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            debug!(listener = %shared.name, %peer, "TLS handshake not finished in time; closing");
+        }
+    }
+}
+
+async fn serve_io<I>(shared: &Arc<ListenerShared>, io: I, peer: SocketAddr, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = ConnState::new();
-    let io = TokioIo::new(ConnIo::new(stream, state.clone()));
+    let io = TokioIo::new(ConnIo::new(io, state.clone()));
     let svc = ProxyService::new(shared.clone(), state.clone(), peer);
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);

@@ -6,6 +6,7 @@
 //! Config: `listeners[].tls`, `upstreams.<name>.tls`.
 
 pub mod client;
+pub mod server;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -324,3 +324,172 @@ async fn a_config_file_replaced_by_rename_is_reloaded_by_itself() {
     assert_eq!(Client::h1().get(addr, "/direct").await.status, 202);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An address on 127.0.0.1 that was free a moment ago (for a listener to move to).
+#[allow(clippy::unwrap_used)] // a helper of tests: failing to bind fails the test
+fn free_addr() -> std::net::SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// One listener `name` at `listen`, with one route to `up`.
+fn listener_config(name: &str, listen: &str, route: &str, up: std::net::SocketAddr) -> String {
+    format!(
+        "[[listeners]]\nname = \"{name}\"\nlisten = \"{listen}\"\n\n{}",
+        one_route(route, &format!("{route}-up"), &[up], "")
+    )
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_a_listener_serves_the_new_address_and_retires_the_old() {
+    let up = Upstream::http1()
+        .route_delay("/slow", Duration::from_millis(500))
+        .start()
+        .await;
+    let weir = Weir::start_unpinned(&listener_config("mv", "127.0.0.1:0", "mv", up.addr())).await;
+    let old = weir.listener("mv");
+    let slow = tokio::spawn(async move { Client::h1_no_pool().get(old, "/slow").await });
+    eventually(|| up.hits() == 1, Duration::from_secs(5)).await;
+
+    let new = free_addr();
+    weir.reload(&listener_config("mv", &new.to_string(), "mv", up.addr()))
+        .unwrap();
+    assert_eq!(weir.listener("mv"), new);
+    assert_eq!(Client::h1_no_pool().get(new, "/").await.status, 200);
+    eventually_async(
+        || async move { tokio::net::TcpStream::connect(old).await.is_err() },
+        Duration::from_secs(5),
+    )
+    .await;
+    let r = slow.await.unwrap();
+    assert_eq!(
+        r.status, 200,
+        "the request in flight on the old socket completed"
+    );
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_reload_that_keeps_a_listener_address_keeps_its_socket_and_connections() {
+    let respond = |status: u16, max_body: u64| {
+        format!(
+            "[[listeners]]\nname = \"same\"\nlisten = \"{{LISTEN}}\"\nmax_body_bytes = {max_body}\n\n\
+             [[routes]]\nname = \"same\"\nrespond = {{ status = {status} }}\n"
+        )
+    };
+    let weir = Weir::start_unpinned(&respond(201, 0).replace("{LISTEN}", "127.0.0.1:0")).await;
+    let addr = weir.listener("same");
+    let mut conn = crate::support::client::Conn::h1(addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, 201);
+
+    // Reloaded with the address it is bound to: the same socket, a new generation, and new
+    // limits for the connections accepted from now on.
+    weir.reload(&respond(202, 16).replace("{LISTEN}", &addr.to_string()))
+        .unwrap();
+    assert_eq!(weir.listener("same"), addr);
+    assert_eq!(
+        conn.get("/").await.unwrap().status,
+        202,
+        "the same connection"
+    );
+    let big = vec![b'x'; 100];
+    let r = conn
+        .send(http::Method::POST, "/", big.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 202,
+        "an open connection keeps the limits it was accepted with"
+    );
+    let mut fresh = crate::support::client::Conn::h1(addr).await.unwrap();
+    let r = fresh.send(http::Method::POST, "/", big).await.unwrap();
+    assert_eq!(r.status, 413, "a new connection gets the new limit");
+
+    // Reloaded with the configured address (port 0): the same socket too.
+    weir.reload(&respond(203, 16).replace("{LISTEN}", "127.0.0.1:0"))
+        .unwrap();
+    assert_eq!(weir.listener("same"), addr);
+    assert_eq!(conn.get("/").await.unwrap().status, 203);
+    assert_eq!(fresh.get("/").await.unwrap().status, 203);
+}
+
+#[tokio::test]
+async fn a_reload_whose_new_address_is_taken_is_refused_and_the_old_listener_serves_on() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let respond = |listen: &str, status: u16| {
+        format!(
+            "[[listeners]]\nname = \"busy\"\nlisten = \"{listen}\"\n\n\
+             [[routes]]\nname = \"busy\"\nrespond = {{ status = {status} }}\n"
+        )
+    };
+    let weir = Weir::start_unpinned(&respond("127.0.0.1:0", 201)).await;
+    let addr = weir.listener("busy");
+    let err = weir
+        .reload(&respond(&taken_addr.to_string(), 202))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "listeners[0].listen (listener busy): cannot listen on {taken_addr}"
+        )),
+        "{err}"
+    );
+    // Nothing changed: the old socket, the old routes.
+    assert_eq!(weir.listener("busy"), addr);
+    assert_eq!(Client::h1_no_pool().get(addr, "/").await.status, 201);
+    let m = crate::support::scrape(weir.admin()).await;
+    assert_eq!(
+        m.get("weir_config_reloads_total", &[("result", "error")]),
+        Some(1.0)
+    );
+    drop(taken);
+}
+
+#[tokio::test]
+async fn a_reload_stops_a_removed_listener_and_starts_a_new_one() {
+    let up = Upstream::http1().start().await;
+    let weir =
+        Weir::start_unpinned(&listener_config("gone", "127.0.0.1:0", "swap", up.addr())).await;
+    let gone = weir.listener("gone");
+    assert_eq!(Client::h1_no_pool().get(gone, "/").await.status, 200);
+
+    let fresh = free_addr();
+    weir.reload(&listener_config(
+        "fresh",
+        &fresh.to_string(),
+        "swap",
+        up.addr(),
+    ))
+    .unwrap();
+    assert_eq!(weir.listener("fresh"), fresh);
+    assert_eq!(Client::h1_no_pool().get(fresh, "/").await.status, 200);
+    eventually_async(
+        || async move { tokio::net::TcpStream::connect(gone).await.is_err() },
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_listener_renamed_at_the_same_address_keeps_its_socket() {
+    let respond = |name: &str, listen: &str, status: u16| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nlisten = \"{listen}\"\n\n\
+             [[routes]]\nname = \"renamed\"\nrespond = {{ status = {status} }}\n"
+        )
+    };
+    let weir = Weir::start_unpinned(&respond("before", "127.0.0.1:0", 201)).await;
+    let addr = weir.listener("before");
+    let mut conn = crate::support::client::Conn::h1(addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, 201);
+    weir.reload(&respond("after", &addr.to_string(), 202))
+        .unwrap();
+    assert_eq!(weir.listener("after"), addr);
+    assert_eq!(
+        conn.get("/").await.unwrap().status,
+        202,
+        "the same connection"
+    );
+    assert_eq!(Client::h1_no_pool().get(addr, "/").await.status, 202);
+}

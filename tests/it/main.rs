@@ -12,4 +12,5 @@ mod resilience;
 mod status_page;
 mod support;
 mod support_selftest;
+mod tls;
 mod tls_upstream;

@@ -566,21 +566,6 @@ async fn max_connections_holds_new_connections_until_one_closes() {
 }
 
 #[tokio::test]
-async fn keys_whose_feature_is_missing_refuse_to_start_instead_of_serving_plaintext() {
-    let cases = [
-        (
-            "[[listeners]]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n",
-            "listeners[0].tls",
-        ),
-    ];
-    for (toml, key) in cases {
-        let cfg = weir::Config::from_toml(toml, "t.toml").unwrap();
-        let err = weir::App::start(cfg).await.unwrap_err();
-        assert!(err.to_string().contains(key), "{err}");
-    }
-}
-
-#[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = Upstream::http1().start().await;
     let echo = Upstream::http1().echo().start().await; // streams its body back: chunked

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri,
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{self, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -283,3 +284,252 @@ pub async fn upgrade(addr: SocketAddr, path: &str, protocol: &str) -> Upgraded {
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const RAW_IDLE: Duration = Duration::from_secs(2);
+
+// === TLS and single connections ===
+
+/// A TLS client for tests (rustls on ring): trusts the CAs it is given, optionally presents a
+/// client certificate, offers the ALPN protocols, versions and cipher suites it is told to, and
+/// sends SNI `localhost`. Each [`TlsClient::connect`] opens one connection.
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+/// Settings of a [`TlsClient`] under construction.
+pub struct TlsClientBuilder {
+    roots: rustls::RootCertStore,
+    identity: Option<(
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    )>,
+    alpn: Vec<Vec<u8>>,
+    versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    suites: Option<Vec<rustls::SupportedCipherSuite>>,
+}
+
+/// What a TLS handshake settled.
+#[derive(Clone, Debug)]
+pub struct TlsInfo {
+    /// The ALPN protocol chosen by the server, if any (`h2`, `http/1.1`).
+    pub alpn: Option<String>,
+    /// The protocol version.
+    pub version: rustls::ProtocolVersion,
+    /// The cipher suite.
+    pub suite: rustls::CipherSuite,
+    /// The server's end-entity certificate (DER).
+    pub peer_cert: Vec<u8>,
+}
+
+/// One open connection (HTTP/1.1 or HTTP/2, plain or TLS) that requests are sent on in turn.
+pub struct Conn {
+    sender: Sender,
+    authority: String,
+    scheme: &'static str,
+    /// The TLS handshake's outcome; `None` on a plain connection.
+    pub tls: Option<TlsInfo>,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl TlsClient {
+    /// A client that trusts the CA certificates in `ca_pems` (PEM text), offers `h2` and
+    /// `http/1.1`, TLS 1.3 and 1.2, and every suite ring has.
+    pub fn builder(ca_pems: &[&str]) -> TlsClientBuilder {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in ca_pems {
+            roots.add(der_cert(pem)).expect("a CA certificate");
+        }
+        TlsClientBuilder {
+            roots,
+            identity: None,
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            suites: None,
+        }
+    }
+
+    /// Opens a TCP connection to `addr`, runs the handshake and starts HTTP/2 if ALPN chose
+    /// `h2`, else HTTP/1.1. Errors are those of the connection or the handshake; panics after
+    /// 10 s.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, ClientError> {
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let handshake = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("localhost")?;
+            let tls = connector.connect(name, tcp).await?;
+            let (_, session) = tls.get_ref();
+            let info = TlsInfo {
+                alpn: session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                version: session
+                    .protocol_version()
+                    .expect("a version after the handshake"),
+                suite: session
+                    .negotiated_cipher_suite()
+                    .expect("a suite after the handshake")
+                    .suite(),
+                peer_cert: session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default(),
+            };
+            let h2 = info.alpn.as_deref() == Some("h2");
+            let mut conn = Conn::handshake(tls, h2, addr, "https").await?;
+            conn.tls = Some(info);
+            Ok::<_, ClientError>(conn)
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, handshake).await {
+            Ok(result) => result,
+            Err(_) => panic!("TLS connect to {addr} did not complete within {REQUEST_TIMEOUT:?}"),
+        }
+    }
+
+    /// Connects and sends `GET path` on a connection of its own.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Reply, ClientError> {
+        self.connect(addr).await?.get(path).await
+    }
+}
+
+impl TlsClientBuilder {
+    /// Presents the client certificate and key (PEM text).
+    pub fn identity(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .expect("a private key");
+        self.identity = Some((vec![der_cert(cert_pem)], key));
+        self
+    }
+
+    /// Offers these ALPN protocols, in this order (none: no ALPN extension).
+    pub fn alpn(mut self, protocols: &[&str]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self
+    }
+
+    /// Offers TLS 1.2 only.
+    pub fn tls12_only(mut self) -> Self {
+        self.versions = vec![&rustls::version::TLS12];
+        self
+    }
+
+    /// Offers exactly these cipher suites.
+    pub fn suites(mut self, suites: Vec<rustls::SupportedCipherSuite>) -> Self {
+        self.suites = Some(suites);
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> TlsClient {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suites) = self.suites {
+            provider.cipher_suites = suites;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(&self.versions)
+            .expect("versions the suites support")
+            .with_root_certificates(self.roots);
+        let mut config = match self.identity {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .expect("a usable client certificate"),
+        };
+        config.alpn_protocols = self.alpn;
+        TlsClient {
+            config: std::sync::Arc::new(config),
+        }
+    }
+}
+
+impl Conn {
+    /// Opens a plain TCP connection to `addr` and starts HTTP/1.1 on it (kept alive between
+    /// requests).
+    pub async fn h1(addr: SocketAddr) -> Result<Conn, ClientError> {
+        let tcp = TcpStream::connect(addr).await?;
+        Conn::handshake(tcp, false, addr, "http").await
+    }
+
+    async fn handshake<I>(
+        io: I,
+        h2: bool,
+        addr: SocketAddr,
+        scheme: &'static str,
+    ) -> Result<Conn, ClientError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = hyper_util::rt::TokioIo::new(io);
+        let sender = if h2 {
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(conn);
+            Sender::H2(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Sender::H1(send)
+        };
+        Ok(Conn {
+            sender,
+            authority: format!("localhost:{}", addr.port()),
+            scheme,
+            tls: None,
+        })
+    }
+
+    /// `GET path` on this connection.
+    pub async fn get(&mut self, path: &str) -> Result<Reply, ClientError> {
+        self.send(Method::GET, path, Bytes::new()).await
+    }
+
+    /// `method path` with `body` on this connection; panics after 10 s.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, ClientError> {
+        let mut req = build_request(method, path, &[], body.into());
+        let what = format!("{} {}", req.method(), req.uri());
+        let exchange = async {
+            let resp = match &mut self.sender {
+                Sender::H1(send) => {
+                    req.headers_mut()
+                        .insert(http::header::HOST, self.authority.parse()?);
+                    send.ready().await?;
+                    send.send_request(req).await?
+                }
+                Sender::H2(send) => {
+                    *req.uri_mut() =
+                        format!("{}://{}{path}", self.scheme, self.authority).parse::<Uri>()?;
+                    send.ready().await?;
+                    send.send_request(req).await?
+                }
+            };
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, ClientError>(Reply {
+                status: parts.status,
+                version: parts.version,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(result) => result,
+            Err(_) => panic!("{what} did not complete within {REQUEST_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn der_cert(pem: &str) -> rustls_pki_types::CertificateDer<'static> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate")
+}

@@ -1,6 +1,7 @@
 //! Starting weir under test: `App::start` on 127.0.0.1 port 0, in this process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use weir::{App, Config, Drained, ReloadError, Running};
 
@@ -12,21 +13,65 @@ pub struct Weir {
 
 impl Weir {
     /// Parses `toml` (as file `test.toml`), moves every listener and the admin port to
-    /// 127.0.0.1 port 0, and starts it. Panics with every config error on an invalid config.
+    /// 127.0.0.1 port 0, and starts it. The listeners stay there across reloads, whatever the
+    /// reloaded file says (they are pinned). Panics with every config error on an invalid
+    /// config.
     pub async fn start(toml: &str) -> Weir {
-        let mut config = match Config::from_toml(toml, "test.toml") {
-            Ok(c) => c,
-            Err(e) => panic!("invalid test config:\n{e}"),
-        };
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        config.admin.listen = any;
-        for l in &mut config.listeners {
-            l.listen = any;
+        match Self::try_start(toml).await {
+            Ok(weir) => weir,
+            Err(e) => panic!("weir does not start: {e}"),
+        }
+    }
+
+    /// Like [`Weir::start`], returning the start error.
+    pub async fn try_start(toml: &str) -> Result<Weir, weir::StartError> {
+        let mut config = parse(toml, "test.toml");
+        config.admin.listen = any();
+        let pins: Vec<(Arc<str>, SocketAddr)> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), any()))
+            .collect();
+        let running = App::start_pinned(config, pins).await?;
+        Ok(Weir {
+            running: Some(running),
+        })
+    }
+
+    /// Parses `toml` and starts it with its listener addresses as written, so that a reload
+    /// can move them; every listener must be on 127.0.0.1 (port 0, or one the test owns). The
+    /// admin port moves to 127.0.0.1 port 0.
+    pub async fn start_unpinned(toml: &str) -> Weir {
+        let mut config = parse(toml, "test.toml");
+        config.admin.listen = any();
+        for l in &config.listeners {
+            assert_eq!(
+                l.listen.ip(),
+                any().ip(),
+                "listener {} off 127.0.0.1",
+                l.name
+            );
         }
         let running = App::start(config).await.expect("weir starts");
         Weir {
             running: Some(running),
         }
+    }
+
+    /// Reloads weir from `toml` (as file `reload.toml`), as SIGHUP does with a file. Listener
+    /// addresses are used as written unless pinned (see [`Weir::start`]); an unpinned listener
+    /// must be on 127.0.0.1.
+    pub fn reload(&self, toml: &str) -> Result<(), ReloadError> {
+        let config = parse(toml, "reload.toml");
+        for l in &config.listeners {
+            assert_eq!(
+                l.listen.ip(),
+                any().ip(),
+                "listener {} off 127.0.0.1",
+                l.name
+            );
+        }
+        self.running().reload(config)
     }
 
     fn running(&self) -> &Running {
@@ -75,6 +120,17 @@ impl Weir {
             .shutdown()
             .await
     }
+}
+
+fn parse(toml: &str, file: &str) -> Config {
+    match Config::from_toml(toml, file) {
+        Ok(c) => c,
+        Err(e) => panic!("invalid test config:\n{e}"),
+    }
+}
+
+fn any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A config with one route `route` (all paths) to upstream `upstream` at `endpoints`, plus
