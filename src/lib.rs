@@ -7,8 +7,10 @@
 //!
 //! # One request, one way
 //!
-//! 1. **[`server::Listener`]** accepts a connection under the listener's connection limit and
-//!    serves it with hyper-util's `auto::Builder` (HTTP/1.1 and h2c on one port) through one
+//! 1. **[`server::Listener`]** accepts a connection under the listener's connection limit, does
+//!    the TLS handshake when the listener has `tls` ([`tls::server`]: ALPN, mTLS, certificates
+//!    swapped on reload), and serves it with hyper-util's `auto::Builder` (HTTP/1.1 and h2 on
+//!    one port) through one
 //!    [`server::service::ProxyService`] per connection; [`server::conn`] times idle
 //!    connections and slow request heads.
 //! 2. **`ProxyService`** loads the live [`generation::Generation`] once, so the whole request
@@ -24,17 +26,20 @@
 //!    (client, route, priority; the deadline once known) into its extensions for them.
 //! 5. **The upstream stack** ([`upstream::build`]): load shedding ([`resilience::shed`]), the
 //!    circuit breaker ([`resilience::breaker`]), retries ([`resilience::retry`]) and the per-try
-//!    timeout ([`resilience::timeout`]), ending in **[`upstream::forward`]**, which picks an
-//!    endpoint (not the one the previous try used), sends through the endpoint's pool
-//!    ([`upstream::pool`]) or the upstream's HTTP/2 client ([`upstream::client`]) and maps
-//!    transport failures to `upstream-connect` / `upstream-reset`.
+//!    timeout ([`resilience::timeout`]), ending in **[`upstream::forward`]**, which reads the
+//!    upstream's endpoint snapshot ([`upstream::endpoints`]: which endpoints serve, kept by
+//!    the health-check, outlier and DNS tasks), picks one with the balancer
+//!    ([`upstream::balance`]; not the one the previous try used), sends through its connection
+//!    ([`upstream::client`]: its pool, or the upstream's HTTP/2 client; TLS with
+//!    [`tls::client`]), maps transport failures to `upstream-connect` / `upstream-reset` /
+//!    `upstream-tls`, and records on the endpoint its latency, in-flight count and outcome.
 //! 6. **On the way back** `ProxyService` turns any [`error::ProxyError`] into a response with
 //!    [`http::respond`] (status, `x-weir-error`, JSON body, `Retry-After`), strips hop-by-hop
 //!    headers from the response, records `weir_requests_total` and the duration histogram, and
 //!    writes one access-log event (target `weir::access`) with the same `reason`.
 //!
-//! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/status.json`
-//! and `/config`, and only reads. [`config`] turns a TOML file into a validated [`config::Config`].
+//! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/status`,
+//! `/status.json` and `/config`, and only reads. [`config`] turns a TOML file into a validated [`config::Config`].
 
 pub mod admin;
 pub mod app;
