@@ -251,3 +251,136 @@ fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
         Err(_) => f(&mut SmallRng::from_os_rng()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::metrics::Metrics;
+    use crate::config::UpstreamConfig;
+    use crate::upstream::endpoints::{EndpointSet, Verdict};
+    use std::time::Duration;
+
+    fn set(n: usize, balance: Balance) -> EndpointSet {
+        let cfg = UpstreamConfig {
+            endpoints: (1..=n)
+                .map(|i| format!("127.0.0.1:{i}").parse().unwrap())
+                .collect(),
+            balance,
+            ..UpstreamConfig::default()
+        };
+        crate::upstream::endpoint_set(&cfg, &Metrics::new().unwrap()).unwrap()
+    }
+
+    fn request(header: Option<&str>) -> Request {
+        let mut req = Request::new(crate::http::Body::empty());
+        if let Some(v) = header {
+            req.headers_mut()
+                .insert("x-user", http::HeaderValue::from_str(v).unwrap());
+        }
+        req
+    }
+
+    fn hold(e: &Endpoint, n: usize) {
+        for _ in 0..n {
+            e.begin();
+        }
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_steps_past_the_endpoint_to_avoid() {
+        let s = set(3, Balance::RoundRobin);
+        let b = Balancer::new(Balance::RoundRobin, &HashOn::ClientIp, Duration::ZERO);
+        let snap = s.load();
+        let req = request(None);
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&snap, &req, None, None)).collect();
+        assert_eq!(
+            picks,
+            [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)]
+        );
+        // Next in turn is 0; the last try used it, so 1 goes.
+        assert_eq!(b.pick(&snap, &req, None, Some(0)), Some(1));
+    }
+
+    #[test]
+    fn least_request_takes_the_endpoint_with_fewest_in_flight() {
+        let s = set(3, Balance::LeastRequest);
+        let b = Balancer::new(Balance::LeastRequest, &HashOn::ClientIp, Duration::ZERO);
+        let snap = s.load();
+        hold(snap.get(0).unwrap(), 3);
+        hold(snap.get(1).unwrap(), 1);
+        hold(snap.get(2).unwrap(), 2);
+        let req = request(None);
+        for _ in 0..5 {
+            assert_eq!(b.pick(&snap, &req, None, None), Some(1));
+        }
+        assert_eq!(b.pick(&snap, &req, None, Some(1)), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_prefers_the_cheaper_endpoint_and_pushback_makes_one_expensive() {
+        let s = set(2, Balance::P2c);
+        let b = Balancer::new(Balance::P2c, &HashOn::ClientIp, Duration::ZERO);
+        let snap = s.load_full();
+        let (e0, e1) = (snap.get(0).unwrap(), snap.get(1).unwrap());
+        e0.begin();
+        e0.end(Duration::from_millis(200), Verdict::Success, None);
+        e1.begin();
+        e1.end(Duration::from_millis(5), Verdict::Success, None);
+        let req = request(None);
+        // With two endpoints p2c always compares both: the faster one wins.
+        for _ in 0..20 {
+            assert_eq!(b.pick(&snap, &req, None, None), Some(1));
+        }
+        assert_eq!(b.pick(&snap, &req, None, Some(1)), Some(0), "avoided");
+        // The fast one sends Retry-After: 5 — for 5 s it counts 1 s slower.
+        e1.begin();
+        e1.end(
+            Duration::from_millis(5),
+            Verdict::Success,
+            Some(Duration::from_secs(5)),
+        );
+        for _ in 0..20 {
+            assert_eq!(b.pick(&snap, &req, None, None), Some(0));
+        }
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(b.pick(&snap, &req, None, None), Some(1));
+    }
+
+    #[test]
+    fn hash_is_sticky_per_key_and_balances_requests_without_one() {
+        let cfg = UpstreamConfig {
+            endpoints: (1..=5)
+                .map(|i| format!("127.0.0.1:{i}").parse().unwrap())
+                .collect(),
+            balance: Balance::Hash,
+            ..UpstreamConfig::default()
+        };
+        let s = crate::upstream::endpoint_set(&cfg, &Metrics::new().unwrap()).unwrap();
+        let on = HashOn::Header(http::HeaderName::from_static("x-user"));
+        let b = Balancer::new(Balance::Hash, &on, Duration::ZERO);
+        let snap = s.load();
+        let mut owners = std::collections::HashSet::new();
+        for u in 0..50 {
+            let req = request(Some(&format!("u{u}")));
+            let first = b.pick(&snap, &req, None, None);
+            assert_eq!(b.pick(&snap, &req, None, None), first);
+            let other = b.pick(&snap, &req, None, first);
+            assert!(other.is_some() && other != first, "a retry avoids it");
+            owners.insert(first);
+        }
+        assert!(owners.len() >= 4, "{owners:?}");
+        let keyless = request(None);
+        let spread: std::collections::HashSet<_> = (0..5)
+            .map(|_| b.pick(&snap, &keyless, None, None))
+            .collect();
+        assert_eq!(spread.len(), 5, "without a key: round robin");
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        assert_eq!(cookie(b"a=1; sid=xyz; b=2", b"sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(b"sid=", b"sid"), Some(&b""[..]));
+        assert_eq!(cookie(b"sidx=1", b"sid"), None);
+        assert_eq!(cookie(b"a=1", b"sid"), None);
+    }
+}
