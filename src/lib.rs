@@ -40,6 +40,7 @@
 //!
 //! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/status`,
 //! `/status.json` and `/config`, and only reads. [`config`] turns a TOML file into a validated [`config::Config`].
+//! [`telemetry`] sets up logs (and, with the feature `otel`, OTLP span export).
 
 pub mod admin;
 pub mod app;
@@ -52,6 +53,7 @@ pub mod resilience;
 pub mod route;
 pub mod router;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 

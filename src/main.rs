@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 use weir::{App, Config};
 
 /// A resilience proxy for HTTP.
@@ -35,7 +34,14 @@ fn main() -> ExitCode {
     if let Some(Command::Check { file }) = &cli.command {
         return check(file);
     }
-    init_tracing();
+    let telemetry = weir::telemetry::init();
+    let code = serve(&cli);
+    // After the runtime has stopped: export the spans still buffered.
+    telemetry.shutdown();
+    code
+}
+
+fn serve(cli: &Cli) -> ExitCode {
     let config = match &cli.config {
         None => Config::embedded_default(),
         Some(path) => match Config::load(path) {
@@ -132,16 +138,4 @@ fn report(errors: &weir::config::ConfigErrors) {
     for e in &errors.0 {
         eprintln!("{e}");
     }
-}
-
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .init();
 }

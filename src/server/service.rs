@@ -90,6 +90,10 @@ async fn handle(
     let started = Instant::now();
     let generation = l.current.load_full();
     let (mut parts, body) = req.into_parts();
+    // With OTLP export on, the request's span: its parent is the inbound `traceparent`, its
+    // span id the one sent upstream; it ends when this function returns.
+    #[cfg(feature = "otel")]
+    let span = crate::telemetry::request_span(&parts.method, &parts.headers);
     let request_id = context::request_id(parts.headers.get(&X_REQUEST_ID));
     let method = parts.method.clone();
     let version = parts.version;
@@ -122,7 +126,11 @@ async fn handle(
             parts
                 .headers
                 .insert(X_REQUEST_ID.clone(), request_id.clone());
+            #[cfg(not(feature = "otel"))]
             let traceparent = context::traceparent(parts.headers.get(&TRACEPARENT));
+            #[cfg(feature = "otel")]
+            let traceparent = crate::telemetry::traceparent(span.as_ref())
+                .unwrap_or_else(|| context::traceparent(parts.headers.get(&TRACEPARENT)));
             parts.headers.insert(TRACEPARENT.clone(), traceparent);
             let priority = match parts.headers.get(&X_WEIR_PRIORITY) {
                 Some(asked) => route.priority.lowered_by(asked.as_bytes()),
@@ -214,6 +222,8 @@ async fn handle(
         request_id = request_id.to_str().unwrap_or(""),
         client = %peer.ip(),
     );
+    #[cfg(feature = "otel")]
+    crate::telemetry::record_response(span.as_ref(), route_name, upstream, resp.status(), reason);
     resp
 }
 

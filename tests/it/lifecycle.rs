@@ -493,3 +493,80 @@ async fn a_listener_renamed_at_the_same_address_keeps_its_socket() {
     );
     assert_eq!(Client::h1_no_pool().get(addr, "/").await.status, 202);
 }
+
+#[tokio::test]
+async fn a_drain_sends_http2_goaway_refusing_new_streams_while_the_one_in_flight_completes() {
+    let up = Upstream::http1()
+        .delay(Duration::from_millis(1500))
+        .start()
+        .await;
+    let weir = Weir::start(&config(
+        "dr-goaway",
+        "dr-goaway-up",
+        up.addr(),
+        "delay = \"0s\"\ntimeout = \"10s\"",
+    ))
+    .await;
+    let uri = format!("http://{}/slow", weir.addr());
+    // A raw HTTP/2 connection (h2c prior knowledge), so the frames weir sends are seen as such.
+    let tcp = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::get(&uri).body(()).unwrap();
+    let (in_flight, _) = send.send_request(request, true).unwrap();
+    let in_flight = tokio::spawn(in_flight);
+    eventually(|| up.hits() == 1, Duration::from_secs(5)).await;
+
+    let drain = tokio::spawn(weir.drain(std::future::pending()));
+    // h2 refuses new streams on this connection only once a GOAWAY frame from weir has been
+    // read (`ready` then fails with that GOAWAY: `is_go_away`, `is_remote`, its reason). Were
+    // weir to send none, `ready` would keep succeeding and this wait would time out; were it
+    // to drop the connection instead, the error would be an I/O one, not a GOAWAY.
+    eventually_async(
+        || {
+            let send = send.clone();
+            async move { send.ready().await.is_err() }
+        },
+        Duration::from_secs(3),
+    )
+    .await;
+    let goaway = send.clone().ready().await.unwrap_err();
+    assert!(goaway.is_go_away(), "{goaway:?}");
+    assert!(goaway.is_remote(), "{goaway:?}");
+    assert_eq!(goaway.reason(), Some(h2::Reason::NO_ERROR), "{goaway:?}");
+    assert!(
+        !in_flight.is_finished(),
+        "the GOAWAY came while the stream was still in flight"
+    );
+    let request = http::Request::get(&uri).body(()).unwrap();
+    let refused = send.send_request(request, true).unwrap_err();
+    assert!(refused.is_go_away(), "a new stream is refused: {refused:?}");
+
+    // The stream in flight (id 1, at or below the GOAWAY's last stream id) completes.
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+    }
+    // Then weir closes the connection, and the drain ends in time with nothing cut.
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("weir closes the connection after its last stream")
+        .unwrap();
+    assert!(
+        closed
+            .as_ref()
+            .map_or_else(|e| e.reason() == Some(h2::Reason::NO_ERROR), |()| true),
+        "{closed:?}"
+    );
+    let drained = drain.await.unwrap();
+    assert!(drained.in_time, "{drained:?}");
+    assert_eq!((drained.completed, drained.cut), (1, 0), "{drained:?}");
+    assert_eq!(
+        up.hits(),
+        1,
+        "the refused stream never reached the upstream"
+    );
+}
