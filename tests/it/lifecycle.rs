@@ -57,6 +57,10 @@ async fn a_drain_flips_readiness_keeps_serving_for_the_delay_and_completes_reque
     }
     let drained = drain.await.unwrap();
     let took = started.elapsed();
+    eprintln!(
+        "drain: 4 in flight at the signal and 1 during the delay; {} completed, {} cut; ended after {took:?}",
+        drained.completed, drained.cut
+    );
     assert!(drained.in_time, "{drained:?}");
     assert_eq!((drained.completed, drained.cut), (5, 0), "{drained:?}");
     assert!(
