@@ -213,6 +213,7 @@ async fn least_request_spreads_evenly_and_favours_the_endpoint_with_fewer_in_fli
     s[1].delay(40);
     send_concurrently(&weir, 200, 8).await;
     let (fast, slow) = (s[0].hits() - 50, s[1].hits() - 50);
+    eprintln!("least_request: 40 ms endpoint {slow} of 200, fast one {fast}");
     assert_eq!(fast + slow, 200);
     assert!(
         slow * 4 < fast,
@@ -227,6 +228,7 @@ async fn p2c_sends_clearly_less_to_a_slow_endpoint() {
     let weir = Weir::start(&config(&[&s[0], &s[1]], "", "")).await;
     send_concurrently(&weir, 300, 8).await;
     let (fast, slow) = (s[0].hits(), s[1].hits());
+    eprintln!("p2c: 50 ms endpoint {slow} of 300, fast one {fast}");
     assert_eq!(fast + slow, 300);
     assert!(
         slow * 5 < fast,
@@ -503,6 +505,7 @@ async fn an_endpoint_back_from_ejection_ramps_up_instead_of_taking_its_full_shar
     let before = s[0].hits();
     assert_eq!(send(&weir, &c, 100, &[]).await, 100);
     let early = s[0].hits() - before;
+    eprintln!("ramp: {early} of 100 early in the ramp");
     assert!(early < 35, "early in its ramp it took {early} of 100");
     let status = status_json(weir.admin()).await;
     let share = status["upstreams"][0]["endpoints"][0]["ramp_share"].as_f64();
@@ -529,6 +532,7 @@ async fn a_split_route_shares_traffic_by_weight() {
     let n = 1000;
     assert_eq!(send(&weir, &c, n, &[]).await, n);
     let canary = b.hits();
+    eprintln!("split 90/10: canary {canary} of {n}");
     assert_eq!(a.hits() + canary, n);
     // Binomial(1000, 0.1): mean 100, sd 9.5; ±4.5 sd.
     assert!(
