@@ -64,9 +64,8 @@ pub fn request_id(inbound: Option<&HeaderValue>) -> HeaderValue {
 /// id for this hop; a new trace (flags `00`, not sampled) when the inbound one is absent or
 /// malformed.
 pub fn traceparent(inbound: Option<&HeaderValue>) -> HeaderValue {
-    let mut rng = FastRng;
     let mut span = [0u8; 8];
-    rng.fill_bytes(&mut span);
+    with_fast_rng(|r| r.fill_bytes(&mut span));
     let mut out = [0u8; 55];
     match inbound.and_then(|v| parse_traceparent(v.as_bytes())) {
         Some((trace_id, flags)) => {
@@ -79,7 +78,7 @@ pub fn traceparent(inbound: Option<&HeaderValue>) -> HeaderValue {
         }
         None => {
             let mut trace = [0u8; 16];
-            rng.fill_bytes(&mut trace);
+            with_fast_rng(|r| r.fill_bytes(&mut trace));
             out[..3].copy_from_slice(b"00-");
             hex_into(&trace, &mut out[3..35]);
             out[35] = b'-';
@@ -91,26 +90,22 @@ pub fn traceparent(inbound: Option<&HeaderValue>) -> HeaderValue {
 }
 
 thread_local! {
-    /// Ids need to be unique and unpredictable enough to not collide, not secret: a small fast
-    /// generator per thread, seeded once from the OS, instead of a cryptographic one per id.
-    static ID_RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::from_os_rng());
+    /// Ids and p2c draws need fast randomness that does not collide, not secret: a small
+    /// generator per thread, seeded once from the OS, instead of a cryptographic one per draw.
+    static FAST_RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::from_os_rng());
 }
 
-/// The per-thread id generator ([`ID_RNG`]).
-struct FastRng;
-
-impl FastRng {
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        ID_RNG.with(|rng| match rng.try_borrow_mut() {
-            Ok(mut rng) => rng.fill_bytes(dst),
-            Err(_) => rand::rng().fill_bytes(dst),
-        });
-    }
+/// Runs `f` with this thread's fast generator (a fresh one if it is already in use).
+pub(crate) fn with_fast_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
+    FAST_RNG.with(|rng| match rng.try_borrow_mut() {
+        Ok(mut rng) => f(&mut rng),
+        Err(_) => f(&mut SmallRng::from_os_rng()),
+    })
 }
 
 fn new_request_id() -> HeaderValue {
     let mut b = [0u8; 16];
-    FastRng.fill_bytes(&mut b);
+    with_fast_rng(|r| r.fill_bytes(&mut b));
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let mut out = [0u8; 36];

@@ -21,16 +21,15 @@
 //! Position: inside [`crate::upstream::forward`], on every try. Config:
 //! `upstreams.<name>.balance`, `hash_on`. Metrics: none (endpoint state is on `/status`).
 
-use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::COOKIE;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::config::{Balance, HashOn};
 use crate::http::Request;
+use crate::http::context::with_fast_rng as with_rng;
 use crate::upstream::endpoints::{Endpoint, Snapshot, micros};
 use crate::upstream::hash::hash_bytes;
 
@@ -237,18 +236,6 @@ fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         let eq = pair.iter().position(|&b| b == b'=')?;
         let (k, v) = pair.split_at(eq);
         (k.trim_ascii() == name).then(|| v.get(1..).unwrap_or_default().trim_ascii())
-    })
-}
-
-thread_local! {
-    /// p2c needs fast, not secret, randomness: a small generator per thread.
-    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
-}
-
-fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
-    RNG.with(|rng| match rng.try_borrow_mut() {
-        Ok(mut rng) => f(&mut rng),
-        Err(_) => f(&mut SmallRng::from_os_rng()),
     })
 }
 

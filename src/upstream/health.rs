@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use http::header::{HOST, USER_AGENT};
+use http::header::USER_AGENT;
 use http::{HeaderValue, Method};
 use http_body_util::BodyExt;
 use rand::Rng;
@@ -89,16 +89,14 @@ async fn run(set: WeakEndpointSet, s: HealthSettings) {
     }
 }
 
-/// One check of endpoint `e`: true when it answered 2xx within the timeout.
+/// One check of endpoint `e`: true when it answered 2xx within the timeout. The endpoint's
+/// connection sets `Host` to its address.
 async fn check(e: &Arc<Endpoint>, s: &HealthSettings) -> bool {
     let mut req = Request::new(Body::empty());
     *req.method_mut() = Method::GET;
     match s.path.parse() {
         Ok(uri) => *req.uri_mut() = uri,
         Err(_) => return false,
-    }
-    if let Ok(host) = HeaderValue::from_str(e.addr().as_str()) {
-        req.headers_mut().insert(HOST, host);
     }
     req.headers_mut()
         .insert(USER_AGENT, HeaderValue::from_static("weir-health-check"));

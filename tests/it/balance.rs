@@ -186,6 +186,24 @@ async fn healthy(weir: &Weir, ep: &Switch) -> Option<f64> {
     )
 }
 
+/// Waits until `weir_endpoint_healthy` of `ep` is `v`.
+async fn wait_healthy(weir: &Weir, ep: &Switch, v: f64) {
+    eventually_async(
+        || async { healthy(weir, ep).await == Some(v) },
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// Waits until the series `name{labels}` reads `v`.
+async fn wait_metric(weir: &Weir, name: &str, labels: &[(&str, &str)], v: f64) {
+    eventually_async(
+        || async { scrape(weir.admin()).await.get(name, labels) == Some(v) },
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn round_robin_gives_each_endpoint_the_same_share() {
     let s = switches(3).await;
@@ -316,11 +334,7 @@ async fn hash_keeps_keys_on_their_endpoint_and_moves_only_the_keys_of_one_that_l
     }
     // Endpoint 1 fails its checks and leaves: only its keys move.
     s[1].health(503);
-    eventually_async(
-        || async { healthy(&weir, &s[1]).await == Some(0.0) },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_healthy(&weir, &s[1], 0.0).await;
     let mut moved_to = Vec::new();
     for (u, &was) in users.iter().zip(&first) {
         let before: Vec<usize> = s.iter().map(Switch::hits).collect();
@@ -354,17 +368,9 @@ async fn a_failing_health_check_takes_an_endpoint_out_and_passing_ones_bring_it_
     ))
     .await;
     let c = Client::h1();
-    eventually_async(
-        || async { healthy(&weir, &s[0]).await == Some(1.0) },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_healthy(&weir, &s[0], 1.0).await;
     s[0].health(500);
-    eventually_async(
-        || async { healthy(&weir, &s[0]).await == Some(0.0) },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_healthy(&weir, &s[0], 0.0).await;
     let before = s[0].hits();
     assert_eq!(send(&weir, &c, 20, &[]).await, 20);
     assert_eq!(
@@ -378,11 +384,7 @@ async fn a_failing_health_check_takes_an_endpoint_out_and_passing_ones_bring_it_
     assert_eq!(ep["serving"], false, "{ep}");
 
     s[0].health(200);
-    eventually_async(
-        || async { healthy(&weir, &s[0]).await == Some(1.0) },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_healthy(&weir, &s[0], 1.0).await;
     let before = s[0].hits();
     assert_eq!(send(&weir, &c, 20, &[]).await, 20);
     assert_eq!(s[0].hits() - before, 10, "back in the rotation");
@@ -403,12 +405,11 @@ async fn outlier_ejection_never_ejects_more_than_the_cap() {
     .await;
     let c = Client::h1();
     send(&weir, &c, 40, &[]).await;
-    eventually_async(
-        || async {
-            let m = scrape(weir.admin()).await;
-            m.get("weir_endpoint_ejections_total", &[("upstream", "up")]) == Some(2.0)
-        },
-        Duration::from_secs(5),
+    wait_metric(
+        &weir,
+        "weir_endpoint_ejections_total",
+        &[("upstream", "up")],
+        2.0,
     )
     .await;
     // More failures do not eject a third: 50 % of 4 is 2.
@@ -445,14 +446,7 @@ async fn when_every_endpoint_is_down_weir_fails_open_to_all_of_them() {
     .await;
     s[0].health(503);
     s[1].health(503);
-    eventually_async(
-        || async {
-            let m = scrape(weir.admin()).await;
-            m.get("weir_panic_mode", &[("upstream", "up")]) == Some(1.0)
-        },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_metric(&weir, "weir_panic_mode", &[("upstream", "up")], 1.0).await;
     assert_eq!(healthy(&weir, &s[0]).await, Some(0.0));
     let c = Client::h1();
     let before = (s[0].hits(), s[1].hits());
@@ -464,14 +458,7 @@ async fn when_every_endpoint_is_down_weir_fails_open_to_all_of_them() {
     assert_eq!((s[0].hits() - before.0, s[1].hits() - before.1), (5, 5));
     // One comes back: panic mode ends and only it serves.
     s[1].health(200);
-    eventually_async(
-        || async {
-            let m = scrape(weir.admin()).await;
-            m.get("weir_panic_mode", &[("upstream", "up")]) == Some(0.0)
-        },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_metric(&weir, "weir_panic_mode", &[("upstream", "up")], 0.0).await;
     let before = s[0].hits();
     send(&weir, &c, 10, &[]).await;
     assert_eq!(s[0].hits(), before);
@@ -490,17 +477,9 @@ async fn an_endpoint_back_from_ejection_ramps_up_instead_of_taking_its_full_shar
     .await;
     let c = Client::h1();
     send(&weir, &c, 4, &[]).await;
-    eventually_async(
-        || async { healthy(&weir, &s[0]).await == Some(0.0) },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_healthy(&weir, &s[0], 0.0).await;
     s[0].status(200);
-    eventually_async(
-        || async { healthy(&weir, &s[0]).await == Some(1.0) },
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_healthy(&weir, &s[0], 1.0).await;
     // Early in the ramp (share 10 % rising): round robin alone would give it half.
     let before = s[0].hits();
     assert_eq!(send(&weir, &c, 100, &[]).await, 100);
