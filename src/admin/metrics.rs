@@ -14,7 +14,8 @@ use metrics_exporter_prometheus::{
 
 /// `weir_requests_total{route,upstream,status,reason}`: requests answered.
 pub const REQUESTS_TOTAL: &str = "weir_requests_total";
-/// `weir_request_duration_seconds{route,upstream}`: time from request head to response head.
+/// `weir_request_duration_seconds{route,upstream}`: time from request head to the end of the
+/// response body.
 pub const REQUEST_DURATION_SECONDS: &str = "weir_request_duration_seconds";
 /// `weir_upstream_attempts_total{upstream,outcome}`: tries sent to an upstream.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "weir_upstream_attempts_total";
@@ -70,6 +71,9 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub const REASON_UPSTREAM: &str = "upstream";
 /// `reason` label of a response a direct-response route produced.
 pub const REASON_DIRECT: &str = "direct";
+/// `reason` label of a response whose upstream body broke off after the head was sent (the
+/// same token as a reset before the head).
+pub const REASON_UPSTREAM_BODY: &str = "upstream-reset";
 
 static METADATA: Metadata<'static> = Metadata::new("weir", Level::INFO, Some("weir"));
 
@@ -153,7 +157,7 @@ impl Metrics {
         r.describe_histogram(
             d(REQUEST_DURATION_SECONDS),
             Some(Unit::Seconds),
-            "Time from the request head to the response head.".into(),
+            "Time from the request head to the end of the response body.".into(),
         );
         r.describe_counter(
             d(UPSTREAM_ATTEMPTS_TOTAL),
@@ -284,6 +288,11 @@ impl RouteMetrics {
                 requests: ArcSwap::default(),
             }),
         }
+    }
+
+    /// The route label of these handles.
+    pub fn route(&self) -> &Arc<str> {
+        &self.inner.route
     }
 
     /// The upstream label of these handles.

@@ -54,8 +54,13 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Time allowed for a request head to arrive (slowloris guard); default 10s.
     pub header_read_timeout: Duration,
-    /// Downstream keep-alive idle timeout; default 60s.
+    /// Downstream keep-alive idle timeout; default 60s. It also bounds the wait for the next
+    /// bytes of a request body the client stops sending.
     pub idle_timeout: Duration,
+    /// The longest a response write may make no progress (the client reads nothing); then the
+    /// connection is closed and its upstream requests cancelled. Default 60s (nginx's
+    /// `send_timeout`); 0 = no limit.
+    pub send_timeout: Duration,
     /// Most connections open at once; default 10000.
     pub max_connections: usize,
     /// Largest request head in bytes; beyond it weir answers 431. Default 65536.
@@ -228,6 +233,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Timeout of each try; `Duration::ZERO` (the default) means bounded by the route deadline.
     pub try_timeout: Duration,
+    /// The longest wait for the next bytes of an upstream's response, head or body, counted
+    /// from the last bytes that went either way; then the try ends with `upstream-timeout`
+    /// (before the head: 504; in the body: the response is aborted and the connection closed).
+    /// Default 60s (nginx's `proxy_read_timeout`); 0 = no limit.
+    pub read_timeout: Duration,
     /// How long an idle pooled connection is kept; default 90s.
     pub pool_idle_timeout: Duration,
     /// Load-balancing algorithm; default p2c over peak EWMA.
@@ -485,6 +495,7 @@ impl Default for ListenerConfig {
             listen: SocketAddr::new(LOCALHOST, 8080),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_header_bytes: 65_536,
             max_headers: 100,
@@ -552,6 +563,7 @@ impl Default for UpstreamConfig {
             protocol: Protocol::default(),
             connect_timeout: Duration::from_secs(1),
             try_timeout: Duration::ZERO,
+            read_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             balance: Balance::default(),
             hash_on: HashOn::default(),

@@ -136,6 +136,9 @@ impl<'s> Reader<'s> {
             idle_timeout: self
                 .get(&mut f, "idle_timeout", Self::duration)
                 .unwrap_or(d.idle_timeout),
+            send_timeout: self
+                .get(&mut f, "send_timeout", Self::duration)
+                .unwrap_or(d.send_timeout),
             max_connections: self
                 .get(&mut f, "max_connections", Self::usize_positive)
                 .unwrap_or(d.max_connections),
@@ -441,6 +444,9 @@ impl<'s> Reader<'s> {
             try_timeout: self
                 .get(&mut f, "try_timeout", Self::duration)
                 .unwrap_or(d.try_timeout),
+            read_timeout: self
+                .get(&mut f, "read_timeout", Self::duration)
+                .unwrap_or(d.read_timeout),
             pool_idle_timeout: self
                 .get(&mut f, "pool_idle_timeout", Self::duration)
                 .unwrap_or(d.pool_idle_timeout),
@@ -1415,7 +1421,7 @@ mod tests {
         assert_eq!(
             all[4].message,
             "unknown key (expected one of: endpoints, dns, dns_refresh, dns_servers, protocol, \
-             connect_timeout, try_timeout, pool_idle_timeout, balance, hash_on, tls, retry, \
+             connect_timeout, try_timeout, read_timeout, pool_idle_timeout, balance, hash_on, tls, retry, \
              breaker, shed, health, outlier)"
         );
         assert_eq!(

@@ -68,6 +68,7 @@ fn listener(out: &mut Toml, l: &ListenerConfig) {
     out.kv("listen", quote(&l.listen.to_string()));
     out.kv("header_read_timeout", duration(l.header_read_timeout));
     out.kv("idle_timeout", duration(l.idle_timeout));
+    out.kv("send_timeout", duration(l.send_timeout));
     out.kv("max_connections", l.max_connections.to_string());
     out.kv("max_header_bytes", l.max_header_bytes.to_string());
     out.kv("max_headers", l.max_headers.to_string());
@@ -175,6 +176,7 @@ fn upstream(out: &mut Toml, u: &UpstreamConfig) {
     out.kv("protocol", quote(u.protocol.as_str()));
     out.kv("connect_timeout", duration(u.connect_timeout));
     out.kv("try_timeout", duration(u.try_timeout));
+    out.kv("read_timeout", duration(u.read_timeout));
     out.kv("pool_idle_timeout", duration(u.pool_idle_timeout));
     out.kv("balance", quote(u.balance.as_str()));
     let hash_on = match &u.hash_on {

@@ -29,6 +29,9 @@ pub struct RequestContext {
     /// When the route's total deadline expires (set by [`crate::route::deadline`]); `None`
     /// when the route has none.
     pub deadline: Option<Instant>,
+    /// When the current try's time is up: the sooner of its per-try timeout and `deadline`
+    /// (set by [`crate::resilience::timeout`] for each try).
+    pub try_end: Option<Instant>,
     /// The endpoint index the last try went to, written by the forwarding leaf; the next try
     /// avoids it when another endpoint is available. Present only when a retry may follow.
     pub last_endpoint: Option<Arc<AtomicUsize>>,
@@ -42,6 +45,7 @@ impl RequestContext {
             route,
             priority,
             deadline: None,
+            try_end: None,
             last_endpoint: None,
         }
     }

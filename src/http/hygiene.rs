@@ -1,5 +1,12 @@
-//! Protocol hygiene: framing checks (400), header limits (431), declared body size (413),
-//! hop-by-hop stripping, `X-Forwarded-*` and `Via`.
+//! Protocol hygiene: framing and `Host` checks (400), header limits (431), declared body size
+//! (413), hop-by-hop stripping, `X-Forwarded-*` and `Via`.
+//!
+//! Framing is judged from the parsed request head only, never from body bytes. hyper's HTTP/1
+//! parser already resolves a head with both `Content-Length` and `Transfer-Encoding: chunked`
+//! the way RFC 9112 §6.1 allows: it drops `Content-Length`, reads the body as chunked, and
+//! closes the connection after the response, so nothing pipelined behind it is read. What the
+//! head still shows (conflicting `Content-Length` values, or both headers in an HTTP/2 request)
+//! is refused with 400 here.
 //!
 //! Position: run by [`crate::server::service`] on every request before routing, and on every
 //! response before it goes back. Config: `listeners[].max_header_bytes`, `max_headers`,
@@ -29,17 +36,24 @@ pub struct Limits {
     pub max_body_bytes: u64,
 }
 
-/// Checks the head of a request: ambiguous framing (400), size and count of headers (431),
-/// and a declared body larger than the limit (413).
+/// Checks the head of a request: `Host` (400), ambiguous framing (400), size and count of
+/// headers (431), and a declared body larger than the limit (413).
+///
+/// `Host` (RFC 9112 §3.2): more than one is refused for every version, none is refused for
+/// HTTP/1.1 (HTTP/1.0 may omit it, HTTP/2 has `:authority`), and a `Host` that disagrees with
+/// the URI's authority (HTTP/2 `:authority`, or an HTTP/1 absolute-form target) is refused, so
+/// the host a route matches on is the one the upstream sees.
 pub fn check_request(
     method: &http::Method,
     uri: &http::Uri,
+    version: Version,
     headers: &HeaderMap,
     limits: &Limits,
 ) -> Result<(), ProxyError> {
     if headers.len() > limits.max_headers {
         return Err(ProxyError::HeadersTooLarge);
     }
+    check_host(uri, version, headers)?;
     let mut head_bytes = method.as_str().len() + uri_len(uri) + 12;
     for (name, value) in headers {
         head_bytes += name.as_str().len() + value.len() + 4;
@@ -207,124 +221,24 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
     }
 }
 
-/// Scans the bytes of an HTTP/1 connection as they arrive and notices a request head that
-/// carries both `Content-Length` and `Transfer-Encoding` — the request-smuggling shape that
-/// hyper's parser resolves silently (it drops `Content-Length`), and that weir refuses.
-///
-/// It tracks lines: a line that looks like a request line starts a head, an empty line ends it;
-/// a body with a `Content-Length` is skipped by count, a chunked body line by line.
-#[derive(Debug)]
-pub struct HeadScanner {
-    line: [u8; 64],
-    line_len: usize,
-    in_head: bool,
-    length: Option<u64>,
-    saw_chunked: bool,
-    skip: u64,
-    ambiguous: bool,
-}
-
-impl Default for HeadScanner {
-    fn default() -> Self {
-        Self {
-            line: [0; 64],
-            line_len: 0,
-            in_head: false,
-            length: None,
-            saw_chunked: false,
-            skip: 0,
-            ambiguous: false,
+fn check_host(uri: &http::Uri, version: Version, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (None, _) if version == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
         }
-    }
-}
-
-impl HeadScanner {
-    /// Feeds the next bytes read from the connection.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.skip > 0 {
-                let n = usize::try_from(self.skip)
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
-                bytes = bytes.get(n..).unwrap_or_default();
-                self.skip -= n as u64;
-                continue;
-            }
-            match bytes.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    let (line, rest) = bytes.split_at(end);
-                    self.push(line);
-                    self.end_line();
-                    bytes = rest.get(1..).unwrap_or_default();
-                }
-                None => {
-                    self.push(bytes);
-                    return;
-                }
-            }
+        (Some(host), None)
+            if uri
+                .authority()
+                .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes())) =>
+        {
+            Err(ProxyError::BadRequest(
+                "Host disagrees with the request's authority",
+            ))
         }
+        _ => Ok(()),
     }
-
-    /// True once a head with both `Content-Length` and `Transfer-Encoding` has been seen.
-    pub fn ambiguous(&self) -> bool {
-        self.ambiguous
-    }
-
-    fn push(&mut self, part: &[u8]) {
-        let start = self.line_len.min(self.line.len());
-        let take = (self.line.len() - start).min(part.len());
-        if let (Some(dst), Some(src)) = (self.line.get_mut(start..start + take), part.get(..take)) {
-            dst.copy_from_slice(src);
-        }
-        // The full length (saturating) tells an empty line from a long one.
-        self.line_len = self.line_len.saturating_add(part.len());
-    }
-
-    fn end_line(&mut self) {
-        let kept = self.line_len.min(self.line.len());
-        let mut line = self.line.get(..kept).unwrap_or_default();
-        if let [rest @ .., b'\r'] = line {
-            line = rest;
-        }
-        let blank = self.line_len <= 1 && line.is_empty();
-        if blank {
-            if self.in_head {
-                match (self.length, self.saw_chunked) {
-                    (Some(_), true) => self.ambiguous = true,
-                    (Some(n), false) => self.skip = n,
-                    (None, _) => {}
-                }
-            }
-            self.in_head = false;
-        } else if looks_like_request_line(line) {
-            self.in_head = true;
-            self.length = None;
-            self.saw_chunked = false;
-        } else if self.in_head {
-            if let Some(value) = header_value(line, b"content-length:") {
-                self.length = Some(
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0),
-                );
-            } else if header_value(line, b"transfer-encoding:").is_some() {
-                self.saw_chunked = true;
-            }
-        }
-        self.line_len = 0;
-    }
-}
-
-fn looks_like_request_line(line: &[u8]) -> bool {
-    // "<METHOD> <target> HTTP/1.x": a token of uppercase letters, then a space.
-    let method_len = line.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    method_len > 0 && line.get(method_len) == Some(&b' ')
-}
-
-fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let (head, value) = (line.get(..name.len())?, line.get(name.len()..)?);
-    head.eq_ignore_ascii_case(name).then_some(value)
 }
 
 fn parse_content_length(v: &HeaderValue) -> Result<u64, ProxyError> {
@@ -366,8 +280,20 @@ mod tests {
         h
     }
 
+    fn with_host(h: &HeaderMap) -> HeaderMap {
+        let mut h = h.clone();
+        h.entry(HOST).or_insert(HeaderValue::from_static("a"));
+        h
+    }
+
     fn check(h: &HeaderMap) -> Result<(), ProxyError> {
-        check_request(&Method::POST, &Uri::from_static("/x"), h, &LIMITS)
+        check_request(
+            &Method::POST,
+            &Uri::from_static("/x"),
+            Version::HTTP_11,
+            &with_host(h),
+            &LIMITS,
+        )
     }
 
     #[test]
@@ -383,7 +309,7 @@ mod tests {
         assert_eq!(check(&bad).unwrap_err().reason(), "bad-request");
         let big = headers(&[("content-length", "11")]);
         assert_eq!(check(&big).unwrap_err().reason(), "payload-too-large");
-        let many = headers(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
+        let many = headers(&[("a", "1"), ("b", "2"), ("c", "3")]);
         assert_eq!(check(&many).unwrap_err().reason(), "headers-too-large");
         let mut long = HeaderMap::new();
         long.insert("x-long", HeaderValue::from_str(&"v".repeat(200)).unwrap());
@@ -397,7 +323,17 @@ mod tests {
             ..LIMITS
         };
         let h = headers(&[("content-length", "999999")]);
-        assert!(check_request(&Method::PUT, &Uri::from_static("/"), &h, &limits).is_ok());
+        let h = with_host(&h);
+        assert!(
+            check_request(
+                &Method::PUT,
+                &Uri::from_static("/"),
+                Version::HTTP_11,
+                &h,
+                &limits
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -469,22 +405,37 @@ mod tests {
     }
 
     #[test]
-    fn scanner_finds_length_with_chunked_across_reads() {
-        let mut s = HeadScanner::default();
-        s.feed(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nokPOST /x HTTP/1.1\r\nContent-Le");
-        assert!(!s.ambiguous());
-        s.feed(b"ngth: 5\r\nTransfer-");
-        s.feed(b"Encoding: chunked\r\n\r\n0\r\n\r\n");
-        assert!(s.ambiguous());
-    }
-
-    #[test]
-    fn scanner_ignores_clean_heads_and_bodies() {
-        let mut s = HeadScanner::default();
-        s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
-        s.feed(
-            b"PUT / HTTP/1.1\r\nContent-Length: 40\r\n\r\nTransfer-Encoding: chunked\r\nabc\r\n",
+    fn host_must_be_single_and_agree_with_the_authority() {
+        let host = |uri: &'static str, v: Version, pairs: &[(&'static str, &'static str)]| {
+            check_request(
+                &Method::GET,
+                &Uri::from_static(uri),
+                v,
+                &headers(pairs),
+                &LIMITS,
+            )
+            .map_err(|e| e.reason())
+        };
+        let one = [("host", "a.example")];
+        let two = [("host", "a.example"), ("host", "b.example")];
+        assert_eq!(host("/", Version::HTTP_11, &one), Ok(()));
+        assert_eq!(host("/", Version::HTTP_11, &[]), Err("bad-request"));
+        assert_eq!(host("/", Version::HTTP_10, &[]), Ok(()));
+        assert_eq!(host("/", Version::HTTP_11, &two), Err("bad-request"));
+        assert_eq!(host("/", Version::HTTP_10, &two), Err("bad-request"));
+        assert_eq!(host("http://a.example/", Version::HTTP_2, &[]), Ok(()));
+        assert_eq!(host("http://A.example/", Version::HTTP_2, &one), Ok(()));
+        assert_eq!(
+            host("http://b.example/", Version::HTTP_2, &one),
+            Err("bad-request")
         );
-        assert!(!s.ambiguous());
+        assert_eq!(
+            host("http://a.example:81/", Version::HTTP_11, &one),
+            Err("bad-request")
+        );
+        assert_eq!(
+            host("http://a.example/", Version::HTTP_2, &two),
+            Err("bad-request")
+        );
     }
 }

@@ -7,8 +7,10 @@ pub mod context;
 pub mod hygiene;
 pub mod respond;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderName;
@@ -16,6 +18,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::BoxError;
 
@@ -66,11 +69,16 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    /// A downstream request body: counted against the listener's limit, and its failures
-    /// marked as the client's ([`RequestBodyError`]).
+    /// A downstream request body: counted against the listener's limit, bounded by its idle
+    /// timeout between frames, and its failures marked as the client's ([`RequestBodyError`],
+    /// [`RequestBodyStalled`]).
     Request {
         inner: Incoming,
         remaining: u64,
+        idle: Duration,
+        /// Armed when the body is first waited for (boxed: `Body` stays `Unpin`).
+        timer: Option<Pin<Box<Sleep>>>,
+        progressed: bool,
     },
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -79,6 +87,11 @@ enum Kind {
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the configured limit")]
 pub struct BodyTooLarge;
+
+/// The client sent no request body bytes for the listener's `idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client stopped sending the request body")]
+pub struct RequestBodyStalled;
 
 /// The request body could not be read from the client (malformed chunked encoding, a client
 /// that went away mid-body): the client's fault, not the upstream's.
@@ -111,14 +124,18 @@ impl Body {
     }
 
     /// A downstream request body, streamed: it fails with [`BodyTooLarge`] once more than
-    /// `limit` bytes have passed (`limit = 0` means unlimited), and with [`RequestBodyError`]
-    /// when the client's bytes do not make a body.
-    pub fn request(body: Incoming, limit: u64) -> Self {
+    /// `limit` bytes have passed (`limit = 0` means unlimited), with [`RequestBodyError`]
+    /// when the client's bytes do not make a body, and with [`RequestBodyStalled`] when no
+    /// bytes come for `idle` (zero: no limit).
+    pub fn request(body: Incoming, limit: u64, idle: Duration) -> Self {
         let remaining = if limit == 0 { u64::MAX } else { limit };
         Self {
             kind: Kind::Request {
                 inner: body,
                 remaining,
+                idle,
+                timer: None,
+                progressed: true,
             },
         }
     }
@@ -147,15 +164,22 @@ impl http_body::Body for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            Kind::Request { inner, remaining } => {
+            Kind::Request {
+                inner,
+                remaining,
+                idle,
+                timer,
+                progressed,
+            } => {
                 let frame = match Pin::new(inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => frame,
                     Poll::Ready(Some(Err(e))) => {
                         return Poll::Ready(Some(Err(Box::new(RequestBodyError(e)))));
                     }
                     Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => return poll_stall(cx, *idle, timer, progressed),
                 };
+                *progressed = true;
                 if let Some(data) = frame.data_ref() {
                     let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
                     if len > *remaining {
@@ -186,6 +210,30 @@ impl http_body::Body for Body {
             Kind::Incoming(inner) | Kind::Request { inner, .. } => inner.size_hint(),
             Kind::Boxed(inner) => inner.size_hint(),
         }
+    }
+}
+
+/// A request body is waited for: arm (or re-arm after progress) the idle timer, and fail with
+/// [`RequestBodyStalled`] when it fires.
+fn poll_stall(
+    cx: &mut Context<'_>,
+    idle: Duration,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    progressed: &mut bool,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if idle.is_zero() {
+        return Poll::Pending;
+    }
+    if std::mem::take(progressed) {
+        let at = Instant::now() + idle;
+        match timer {
+            Some(t) => t.as_mut().reset(at),
+            None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+    match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+        Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(RequestBodyStalled)))),
+        _ => Poll::Pending,
     }
 }
 

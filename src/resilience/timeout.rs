@@ -75,6 +75,9 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+            ctx.try_end = end;
+        }
         if let Some(end) = end {
             let left = end.saturating_duration_since(now);
             if left.is_zero() {

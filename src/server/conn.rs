@@ -1,8 +1,8 @@
 //! One downstream connection's state: requests in flight, when it went idle, when a request
-//! head started arriving, and whether its bytes showed an ambiguous (CL + TE) request head.
+//! head started arriving, and since when a write to the client has made no progress.
 //!
 //! Position: shared by the connection task ([`crate::server`]), its IO wrapper and its
-//! `ProxyService`. Config: `listeners[].header_read_timeout`, `idle_timeout`.
+//! `ProxyService`. Config: `listeners[].header_read_timeout`, `idle_timeout`, `send_timeout`.
 
 use std::io;
 use std::pin::Pin;
@@ -12,10 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::generation::Generation;
-use crate::http::hygiene::HeadScanner;
 use crate::route::{RouteService, Target};
 
 const NONE: u64 = u64::MAX;
@@ -29,7 +29,12 @@ pub struct ConnState {
     in_flight: AtomicU32,
     idle_since: AtomicU64,
     head_since: AtomicU64,
-    ambiguous: AtomicBool,
+    /// When a write to the client last returned `Pending` with none accepted since (`NONE`:
+    /// writes are flowing).
+    stalled_since: AtomicU64,
+    /// Wakes the connection task when a write starts to stall, so `send_timeout` is timed
+    /// from then and not from the task's next scheduled check.
+    stall: Notify,
     upgraded: AtomicBool,
     last_service: Mutex<Option<LastService>>,
 }
@@ -53,6 +58,19 @@ pub enum Verdict {
     Idle,
     /// A request head has been arriving for longer than `header_read_timeout`: close now.
     SlowHead,
+    /// A write to the client has made no progress for `send_timeout`: close now.
+    SendStalled,
+}
+
+/// The timeouts a connection task applies (a listener's, as they were when it accepted).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// `header_read_timeout`.
+    pub header_read: Duration,
+    /// `idle_timeout`.
+    pub idle: Duration,
+    /// `send_timeout`; zero = none.
+    pub send: Duration,
 }
 
 impl ConnState {
@@ -63,7 +81,8 @@ impl ConnState {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(NONE),
-            ambiguous: AtomicBool::new(false),
+            stalled_since: AtomicU64::new(NONE),
+            stall: Notify::new(),
             upgraded: AtomicBool::new(false),
             last_service: Mutex::new(None),
         })
@@ -117,15 +136,29 @@ impl ConnState {
         self.upgraded.store(true, Ordering::Release);
     }
 
-    /// True when a request head on this connection carried both Content-Length and
-    /// Transfer-Encoding: the connection is refused with 400.
-    pub fn ambiguous(&self) -> bool {
-        self.ambiguous.load(Ordering::Acquire)
+    /// Resolves when a write to the client has just started to stall.
+    pub async fn stalled(&self) {
+        self.stall.notified().await;
     }
 
     /// Decides what the connection task should do, given the listener's timeouts.
-    pub fn verdict(&self, header_read: Duration, idle: Duration) -> Verdict {
+    pub fn verdict(&self, t: Timeouts) -> Verdict {
         let now = Instant::now();
+        let stalled = self.stalled_since.load(Ordering::Acquire);
+        let send_deadline =
+            (stalled != NONE && !t.send.is_zero()).then(|| self.at(stalled) + t.send);
+        if let Some(at) = send_deadline
+            && now >= at
+        {
+            return Verdict::SendStalled;
+        }
+        match self.timers(now, t.header_read, t.idle) {
+            Verdict::WaitUntil(at) => Verdict::WaitUntil(send_deadline.map_or(at, |s| s.min(at))),
+            other => other,
+        }
+    }
+
+    fn timers(&self, now: Instant, header_read: Duration, idle: Duration) -> Verdict {
         if self.upgraded.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
             return Verdict::WaitUntil(now + idle.max(header_read));
         }
@@ -155,24 +188,36 @@ impl ConnState {
         }
     }
 
-    fn on_read(&self, scanner: &mut Option<HeadScanner>, first: &mut bool, bytes: &[u8]) {
+    /// Bytes arrived. On an HTTP/1 connection with nothing in flight they start a request head,
+    /// and its timer. `timed` is the connection's own flag: cleared when the first bytes are the
+    /// HTTP/2 preface (frames are not heads).
+    fn on_read(&self, timed: &mut bool, first: &mut bool, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         if std::mem::take(first) && bytes.starts_with(H2_PREFACE_START) {
-            *scanner = None; // HTTP/2: no heads to scan, no head timer (frames are not heads)
+            *timed = false;
         }
-        let Some(scan) = scanner else { return };
-        if self.in_flight.load(Ordering::Acquire) == 0
+        if *timed
+            && self.in_flight.load(Ordering::Acquire) == 0
             && self.head_since.load(Ordering::Acquire) == NONE
         {
             self.head_since.store(self.now_ms(), Ordering::Release);
         }
-        if !self.upgraded.load(Ordering::Acquire) {
-            scan.feed(bytes);
-            if scan.ambiguous() {
-                self.ambiguous.store(true, Ordering::Release);
+    }
+
+    /// A write returned: `Pending` starts the stall clock (once), progress stops it.
+    fn on_write<T>(&self, res: &Poll<io::Result<T>>, progressed: impl FnOnce(&T) -> bool) {
+        let stalled = self.stalled_since.load(Ordering::Relaxed) != NONE;
+        match res {
+            Poll::Pending if !stalled => {
+                self.stalled_since.store(self.now_ms(), Ordering::Release);
+                self.stall.notify_one();
             }
+            Poll::Ready(Ok(v)) if stalled && progressed(v) => {
+                self.stalled_since.store(NONE, Ordering::Release);
+            }
+            _ => {}
         }
     }
 
@@ -190,7 +235,7 @@ impl ConnState {
 pub struct ConnIo<T> {
     inner: T,
     state: Arc<ConnState>,
-    scanner: Option<HeadScanner>,
+    timed: bool,
     first: bool,
 }
 
@@ -200,7 +245,7 @@ impl<T> ConnIo<T> {
         Self {
             inner,
             state,
-            scanner: Some(HeadScanner::default()),
+            timed: true,
             first: true,
         }
     }
@@ -217,7 +262,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if res.is_ready() {
             let new = buf.filled().get(before..).unwrap_or_default();
-            this.state.on_read(&mut this.scanner, &mut this.first, new);
+            this.state.on_read(&mut this.timed, &mut this.first, new);
         }
         res
     }
@@ -229,7 +274,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.state.on_write(&res, |n| *n > 0);
+        res
     }
 
     fn poll_write_vectored(
@@ -237,7 +285,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.state.on_write(&res, |n| *n > 0);
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -245,7 +296,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_flush(cx);
+        this.state.on_write(&res, |()| true);
+        res
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -259,26 +313,31 @@ mod tests {
 
     const HEAD: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(60);
+    const T: Timeouts = Timeouts {
+        header_read: HEAD,
+        idle: IDLE,
+        send: Duration::from_secs(5),
+    };
 
     #[tokio::test(start_paused = true)]
     async fn idle_connection_closes_after_idle_timeout_not_header_timeout() {
         let s = ConnState::new();
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(s.verdict(HEAD, IDLE), Verdict::Idle);
+        assert_eq!(s.verdict(T), Verdict::Idle);
     }
 
     #[tokio::test(start_paused = true)]
     async fn slow_head_closes_after_header_timeout() {
         let s = ConnState::new();
-        let (mut scan, mut first) = (Some(HeadScanner::default()), true);
+        let (mut scan, mut first) = (true, true);
         tokio::time::advance(Duration::from_secs(5)).await;
         s.on_read(&mut scan, &mut first, b"GET / HTTP/1.1\r\nHo");
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(s.verdict(HEAD, IDLE), Verdict::SlowHead);
+        assert_eq!(s.verdict(T), Verdict::SlowHead);
     }
 
     #[tokio::test(start_paused = true)]
@@ -286,20 +345,44 @@ mod tests {
         let s = ConnState::new();
         s.begin_request();
         tokio::time::advance(Duration::from_secs(120)).await;
-        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
         s.end_request();
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(s.verdict(HEAD, IDLE), Verdict::Idle);
+        assert_eq!(s.verdict(T), Verdict::Idle);
     }
 
     #[tokio::test(start_paused = true)]
     async fn h2_frames_do_not_start_a_head_timer() {
         let s = ConnState::new();
-        let (mut scan, mut first) = (Some(HeadScanner::default()), true);
+        let (mut scan, mut first) = (true, true);
         s.on_read(&mut scan, &mut first, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(matches!(s.verdict(HEAD, IDLE), Verdict::WaitUntil(_)));
+        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_for_send_timeout_closes_and_progress_resets_it() {
+        let s = ConnState::new();
+        s.begin_request();
+        s.on_write::<usize>(&Poll::Pending, |n| *n > 0);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            s.verdict(T),
+            Verdict::WaitUntil(Instant::now() + Duration::from_secs(1))
+        );
+        s.on_write(&Poll::Ready(Ok(10usize)), |n| *n > 0);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        s.on_write::<usize>(&Poll::Pending, |n| *n > 0);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.verdict(T), Verdict::SendStalled);
+        let none = Timeouts {
+            send: Duration::ZERO,
+            ..T
+        };
+        assert!(matches!(s.verdict(none), Verdict::WaitUntil(_)));
     }
 }

@@ -33,13 +33,19 @@ use crate::generation::Current;
 use crate::http::hygiene::Limits;
 use crate::tls::TlsError;
 use crate::tls::server::{self as tls_server, Certs, Loaded};
-use conn::{ConnIo, ConnState, Verdict};
+use conn::{ConnIo, ConnState, Timeouts, Verdict};
 use service::ProxyService;
 use shutdown::Drain;
 
-/// hyper's own read buffer default (8 KiB + 100 × 4 KiB); raised when a listener allows
-/// larger heads, so weir's exact check (with its JSON 431) sees them first.
-const HYPER_DEFAULT_BUF: usize = 8192 + 4096 * 100;
+/// Room in hyper's HTTP/1 buffer beyond `max_header_bytes`. The buffer holds a request head
+/// as it is read and, on the way out, the response bytes not yet written: hyper stops taking
+/// body from the upstream once it holds this much unwritten. Its default (8 KiB + 100 × 4 KiB)
+/// let one slow reader pin 400 KiB here; at `max_header_bytes` + 8 KiB (72 KiB by default)
+/// a head up to `max_header_bytes` still gets weir's own 431 with its JSON body.
+const HEAD_SLACK: usize = 8192;
+/// Bytes hyper's HTTP/2 side buffers per stream for a client that does not open its window
+/// (hyper's default: 400 KiB); beyond it the upstream is read no further.
+const H2_SEND_BUF: usize = 64 * 1024;
 /// hyper's inline header array (`DEFAULT_MAX_HEADERS`).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -56,7 +62,8 @@ pub struct ListenerShared {
     /// `X-Forwarded-Proto` of this listener: `https` with TLS, else `http`.
     pub proto: &'static str,
     header_read_timeout: Duration,
-    idle_timeout: Duration,
+    /// The connection timeouts (`header_read_timeout`, `idle_timeout`, `send_timeout`).
+    pub timeouts: Timeouts,
     builder: auto::Builder<TokioExecutor>,
     connections: Gauge,
     /// The TLS settings of the handshake, when the listener has `tls`.
@@ -93,7 +100,11 @@ impl ListenerShared {
             // One write per response: a small body is copied next to the head instead of a
             // vectored write (measured: 3-4 % less CPU per proxied request; large bodies pay a copy).
             .writev(false)
-            .max_buf_size(HYPER_DEFAULT_BUF.max(cfg.max_header_bytes.saturating_add(8192)));
+            .max_buf_size(
+                cfg.max_header_bytes
+                    .saturating_add(HEAD_SLACK)
+                    .max(HEAD_SLACK),
+            );
         if cfg.max_headers > HYPER_DEFAULT_MAX_HEADERS {
             // Only raise hyper's cap: setting it at all makes hyper allocate the header array
             // on every request instead of using its inline one. Up to the cap, weir's own
@@ -104,6 +115,7 @@ impl ListenerShared {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
+            .max_send_buf_size(H2_SEND_BUF)
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
         Self {
             name: cfg.name.clone(),
@@ -115,7 +127,11 @@ impl ListenerShared {
             current: env.current.clone(),
             proto: if tls.is_some() { "https" } else { "http" },
             header_read_timeout: cfg.header_read_timeout,
-            idle_timeout: cfg.idle_timeout,
+            timeouts: Timeouts {
+                header_read: cfg.header_read_timeout,
+                idle: cfg.idle_timeout,
+                send: cfg.send_timeout,
+            },
             builder,
             connections: env
                 .metrics
@@ -565,10 +581,16 @@ where
     tokio::pin!(conn);
     let mut closing = false;
     loop {
-        let wait = match state.verdict(shared.header_read_timeout, shared.idle_timeout) {
+        let wait = match state.verdict(shared.timeouts) {
             Verdict::WaitUntil(at) => at,
             Verdict::SlowHead => {
                 debug!(%peer, "request head not received in time; closing");
+                return;
+            }
+            Verdict::SendStalled => {
+                // Dropping the connection drops its requests: their upstream tries are
+                // cancelled and their response bodies released.
+                debug!(%peer, "client read nothing for send_timeout; closing");
                 return;
             }
             Verdict::Idle if !closing => {
@@ -586,6 +608,7 @@ where
                 return;
             }
             () = tokio::time::sleep_until(wait) => {}
+            () = state.stalled() => {}
             () = stop.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;

@@ -2,6 +2,11 @@
 //! generation once, runs hygiene, asks the router, calls the route target's stack, turns errors
 //! into responses, records metrics and writes the access log (target `weir::access`).
 //!
+//! The request counts as in flight on its connection and for the drain, and its metrics and
+//! access-log line are written, when its response body ends ([`ServedBody`]), not when the head
+//! goes out: `duration_ms` covers the whole exchange, and a body the upstream stopped sending
+//! (`read_timeout`) is logged with `reason = "upstream-timeout"` under the status already sent.
+//!
 //! Position: steps 2 and 8 of the walk (see the crate docs). Infallible by construction.
 
 use std::convert::Infallible;
@@ -9,6 +14,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
@@ -18,14 +27,13 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM};
-use crate::error::ProxyError;
+use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
+use crate::error::{BoxError, ProxyError};
 use crate::http::context;
-use crate::http::{
-    Body, Request, Response, TRACEPARENT, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene, respond,
-};
+use crate::http::{Body, Request, TRACEPARENT, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene, respond};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
+use crate::upstream::read_timeout::BodyReadTimeout;
 
 /// Serves the requests of one downstream connection.
 #[derive(Clone, Debug)]
@@ -51,26 +59,114 @@ impl ProxyService {
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
-    type Response = Response;
+    type Response = http::Response<ServedBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         self.conn.begin_request();
         self.listener.drain.begin();
         let guard = RequestGuard(self.conn.clone(), self.listener.clone());
-        let listener = self.listener.clone();
         let (peer, client) = (self.peer, self.client.clone());
-        Box::pin(async move {
-            let resp = handle(&listener, &guard.0, peer, &client, req).await;
-            drop(guard);
-            Ok(resp)
-        })
+        Box::pin(async move { Ok(handle(guard, peer, &client, req).await) })
+    }
+}
+
+/// A response body on its way to the client. When it ends (or is dropped: the client went
+/// away, or the connection was closed), it records the request's metrics, writes its access-log
+/// line and marks the request finished on its connection and for the drain.
+#[derive(Debug)]
+pub struct ServedBody {
+    inner: Body,
+    record: Option<Record>,
+}
+
+/// What the access log and `weir_requests_total` say of one request, held until its body ends.
+#[derive(Debug)]
+struct Record {
+    guard: RequestGuard,
+    metrics: RouteMetrics,
+    method: http::Method,
+    route: Arc<str>,
+    status: StatusCode,
+    reason: &'static str,
+    started: Instant,
+    request_id: HeaderValue,
+    client: std::net::IpAddr,
+}
+
+impl Record {
+    fn finish(self) {
+        let elapsed = self.started.elapsed();
+        let upstream: &str = self.metrics.upstream();
+        self.metrics
+            .record(self.status, self.reason, elapsed.as_secs_f64());
+        tracing::info!(
+            target: "weir::access",
+            method = %self.method,
+            route = &*self.route,
+            upstream,
+            status = self.status.as_u16(),
+            reason = self.reason,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = self.request_id.to_str().unwrap_or(""),
+            client = %self.client,
+        );
+        drop(self.guard);
+    }
+}
+
+impl http_body::Body for ServedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(r) = self.record.take() {
+                    r.finish();
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(mut r) = self.record.take() {
+                    r.reason = if e.is::<BodyReadTimeout>() {
+                        ProxyError::UpstreamTimeout.reason()
+                    } else {
+                        REASON_UPSTREAM_BODY
+                    };
+                    tracing::debug!(route = &*r.route, error = %e, "response body failed");
+                    r.finish();
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ServedBody {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.finish();
+        }
     }
 }
 
 /// Marks the request finished on its connection and for the drain, also when the future is
 /// dropped.
+#[derive(Debug)]
 struct RequestGuard(Arc<ConnState>, Arc<ListenerShared>);
 
 impl Drop for RequestGuard {
@@ -81,12 +177,12 @@ impl Drop for RequestGuard {
 }
 
 async fn handle(
-    l: &ListenerShared,
-    conn: &ConnState,
+    guard: RequestGuard,
     peer: SocketAddr,
     client: &HeaderValue,
     req: http::Request<Incoming>,
-) -> Response {
+) -> http::Response<ServedBody> {
+    let (l, conn) = (&*guard.1, &*guard.0);
     let started = Instant::now();
     let generation = l.current.load_full();
     let (mut parts, body) = req.into_parts();
@@ -99,13 +195,13 @@ async fn handle(
     let version = parts.version;
     let upgrade = hygiene::is_upgrade(version, &parts.headers);
 
-    let checked = if conn.ambiguous() {
-        Err(ProxyError::BadRequest(
-            "Content-Length together with Transfer-Encoding",
-        ))
-    } else {
-        hygiene::check_request(&parts.method, &parts.uri, &parts.headers, &l.limits)
-    };
+    let checked = hygiene::check_request(
+        &parts.method,
+        &parts.uri,
+        version,
+        &parts.headers,
+        &l.limits,
+    );
     let route = checked.and_then(|()| generation.router.route(&parts).ok_or(ProxyError::NoRoute));
 
     let (route_name, metrics, direct, result, downstream_upgrade) = match route {
@@ -141,7 +237,10 @@ async fn handle(
                 route.name.clone(),
                 priority,
             ));
-            let req = Request::from_parts(parts, Body::request(body, l.limits.max_body_bytes));
+            let req = Request::from_parts(
+                parts,
+                Body::request(body, l.limits.max_body_bytes, l.timeouts.idle),
+            );
             let mut service = conn.take_service(&generation, target);
             let result = match service.0.ready().await {
                 Ok(ready) => ready.call(req).await,
@@ -199,32 +298,33 @@ async fn handle(
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
-    // Ambiguous framing leaves the connection unusable; a drain closes HTTP/1 connections after
-    // their response in flight (HTTP/2 connections get GOAWAY from the listener).
+    // A drain closes HTTP/1 connections after their response in flight (HTTP/2 connections get
+    // GOAWAY from the listener).
     let draining_h1 = l.drain.is_draining()
         && version < http::Version::HTTP_2
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-    if conn.ambiguous() || draining_h1 {
+    if draining_h1 {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
 
-    let elapsed = started.elapsed();
-    metrics.record(resp.status(), reason, elapsed.as_secs_f64());
-    tracing::info!(
-        target: "weir::access",
-        method = %method,
-        route = route_name,
-        upstream,
-        status = resp.status().as_u16(),
-        reason,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id = request_id.to_str().unwrap_or(""),
-        client = %peer.ip(),
-    );
     #[cfg(feature = "otel")]
     crate::telemetry::record_response(span.as_ref(), route_name, upstream, resp.status(), reason);
-    resp
+    let record = Record {
+        metrics: metrics.clone(),
+        method,
+        route: metrics.route().clone(),
+        status: resp.status(),
+        reason,
+        started,
+        request_id,
+        client: peer.ip(),
+        guard,
+    };
+    resp.map(|inner| ServedBody {
+        inner,
+        record: Some(record),
+    })
 }
 
 /// Copies bytes both ways between the upgraded downstream and upstream connections.

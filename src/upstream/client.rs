@@ -37,7 +37,15 @@ use crate::error::{BoxError, ProxyError};
 use crate::http::{Body, Request, Response};
 use crate::tls::TlsError;
 use crate::tls::client::{ClientTls, host_name, is_tls_failure};
-use crate::upstream::pool::{EndpointTls, Pool, sent_error};
+use crate::upstream::pool::{EndpointTls, Pool, UPSTREAM_READ_BUF, sent_error};
+
+/// The HTTP/2 flow-control window weir gives each upstream stream: how much of a response the
+/// upstream may send before the client has taken it. hyper's default (2 MiB per stream, 5 MiB
+/// per connection) let a slow reader pin megabytes; 64 KiB is what the HTTP/2 default is
+/// (RFC 9113 §6.9.2) and keeps a stream at 64 KiB per round trip.
+const UPSTREAM_H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// The connection's window: room for 16 streams at full speed.
+const UPSTREAM_H2_CONN_WINDOW: u32 = 16 * UPSTREAM_H2_STREAM_WINDOW;
 
 /// The hyper-util client type HTTP/2 upstreams without TLS use (prior knowledge).
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -283,6 +291,9 @@ fn build_client(cfg: &UpstreamConfig) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .retry_canceled_requests(true)
+        .http1_max_buf_size(UPSTREAM_READ_BUF)
+        .http2_initial_stream_window_size(UPSTREAM_H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(UPSTREAM_H2_CONN_WINDOW)
         .set_host(true)
         .http2_only(cfg.protocol == Protocol::Http2);
     builder.build(connector)
@@ -324,6 +335,9 @@ fn build_https_client(cfg: &UpstreamConfig, tls: &ClientTls) -> HttpsClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .retry_canceled_requests(true)
+        .http1_max_buf_size(UPSTREAM_READ_BUF)
+        .http2_initial_stream_window_size(UPSTREAM_H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(UPSTREAM_H2_CONN_WINDOW)
         .set_host(true);
     builder.build(connector)
 }

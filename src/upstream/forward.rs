@@ -4,29 +4,39 @@
 //! went: in flight, latency (peak EWMA), pushback from `Retry-After`, and the verdict outlier
 //! detection counts.
 //!
+//! Every try sent counts once in `weir_upstream_attempts_total{upstream,outcome}`: `response`
+//! when a head came back, the `x-weir-error` token of a failure (`upstream-connect`,
+//! `upstream-reset`, `upstream-tls`, `payload-too-large`, `bad-request`), `upstream-timeout`
+//! when `read_timeout` expired before the head or the try was dropped at its deadline (the
+//! per-try timeout or the route's), and `cancelled` when it was dropped before its deadline
+//! (the client went away).
+//!
 //! Position: step 6 of the walk. Config: `upstreams.<name>.endpoints`, `dns`, `balance`,
-//! `hash_on`, `protocol`. Metrics: `weir_upstream_attempts_total{upstream,outcome}`.
+//! `hash_on`, `protocol`, `read_timeout`. Metrics: `weir_upstream_attempts_total`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::StatusCode;
 use metrics::Counter;
-use tokio::time::Instant;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::admin::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
-use crate::http::{Request, Response};
+use crate::http::{Body, Request, Response};
 use crate::resilience::retry::backoff::retry_after;
 use crate::upstream::balance::Balancer;
 use crate::upstream::client::SendFuture;
 use crate::upstream::endpoints::{Endpoint, EndpointSet, Verdict};
+use crate::upstream::read_timeout::{Progress, ReadTimeoutBody};
 
 /// Sends a request to one endpoint of the upstream. Always ready; clones share state.
 #[derive(Clone, Debug)]
@@ -39,6 +49,7 @@ struct Shared {
     set: EndpointSet,
     balancer: Balancer,
     outcomes: Outcomes,
+    read_timeout: Duration,
 }
 
 /// `weir_upstream_attempts_total` handles, one per outcome (a closed set).
@@ -50,6 +61,8 @@ struct Outcomes {
     tls: Counter,
     too_large: Counter,
     bad_request: Counter,
+    timeout: Counter,
+    cancelled: Counter,
 }
 
 impl Forward {
@@ -69,7 +82,10 @@ impl Forward {
                 tls: outcome("upstream-tls"),
                 too_large: outcome("payload-too-large"),
                 bad_request: outcome("bad-request"),
+                timeout: outcome("upstream-timeout"),
+                cancelled: outcome("cancelled"),
             },
+            read_timeout: cfg.read_timeout,
         };
         Self {
             shared: Arc::new(shared),
@@ -77,10 +93,11 @@ impl Forward {
     }
 
     /// Picks the endpoint for `req` and starts the try on it.
-    fn start(&self, req: Request) -> Result<ResponseFuture, ProxyError> {
+    fn start(&self, mut req: Request) -> Result<ResponseFuture, ProxyError> {
         let ctx = req.extensions().get::<RequestContext>();
         let memo = ctx.and_then(|c| c.last_endpoint.clone());
         let client = ctx.map(|c| c.client);
+        let deadline = ctx.and_then(|c| c.try_end.or(c.deadline));
         let avoid = memo.as_ref().map(|m| m.load(Ordering::Relaxed));
         let snap = self.shared.set.load();
         let i = self
@@ -99,13 +116,24 @@ impl Forward {
             started: Instant::now(),
             ended: false,
         };
+        let read_timeout = self.shared.read_timeout;
+        let progress = (!read_timeout.is_zero() && !http_body::Body::is_end_stream(req.body()))
+            .then(|| {
+                let p = Progress::new(try_.started);
+                let body = std::mem::take(req.body_mut());
+                *req.body_mut() = p.track(body);
+                p
+            });
         match try_.endpoint.conn().send(req) {
             Ok(fut) => Ok(ResponseFuture {
                 state: State::Sending {
                     fut,
                     shared: self.shared.clone(),
                     try_,
+                    deadline,
+                    progress,
                 },
+                timer: None,
             }),
             Err(e) => {
                 try_.end(Verdict::Unjudged, None);
@@ -127,6 +155,7 @@ impl Service<Request> for Forward {
     fn call(&mut self, req: Request) -> ResponseFuture {
         self.start(req).unwrap_or_else(|e| ResponseFuture {
             state: State::Failed(Some(e)),
+            timer: None,
         })
     }
 }
@@ -184,10 +213,30 @@ fn judge(result: &Result<Response, ProxyError>) -> (Verdict, Option<std::time::D
     }
 }
 
-/// The future of [`Forward`]. Dropping it cancels the upstream request (hyper closes an
-/// HTTP/1.1 connection whose request future is dropped; HTTP/2 resets the stream).
-pub struct ResponseFuture {
-    state: State,
+pin_project! {
+    /// The future of [`Forward`]. Dropping it cancels the upstream request (hyper closes an
+    /// HTTP/1.1 connection whose request future is dropped; HTTP/2 resets the stream).
+    pub struct ResponseFuture {
+        state: State,
+        // The `read_timeout` wait for the head: armed when the head is first waited for.
+        #[pin]
+        timer: Option<Sleep>,
+    }
+
+    impl PinnedDrop for ResponseFuture {
+        fn drop(this: Pin<&mut Self>) {
+            // A try dropped before its head still went out: count it, as a timeout when its
+            // deadline had passed.
+            if let State::Sending { shared, deadline, .. } = &this.state {
+                let o = &shared.outcomes;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    o.timeout.increment(1);
+                } else {
+                    o.cancelled.increment(1);
+                }
+            }
+        }
+    }
 }
 
 enum State {
@@ -195,6 +244,10 @@ enum State {
         fut: SendFuture,
         shared: Arc<Shared>,
         try_: Try,
+        /// When the try's time is up (its per-try timeout or the route deadline).
+        deadline: Option<Instant>,
+        /// The request body's progress, when it has one and `read_timeout` applies.
+        progress: Option<Arc<Progress>>,
     },
     Failed(Option<ProxyError>),
 }
@@ -203,33 +256,64 @@ impl Future for ResponseFuture {
     type Output = Result<Response, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        match &mut this.state {
+        let mut this = self.project();
+        let result = match &mut *this.state {
             State::Failed(err) => {
-                Poll::Ready(Err(err.take().unwrap_or(ProxyError::NoHealthyEndpoint)))
+                return Poll::Ready(Err(err.take().unwrap_or(ProxyError::NoHealthyEndpoint)));
             }
-            State::Sending { fut, shared, .. } => {
-                let result = match fut.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => r,
-                };
-                let o = &shared.outcomes;
-                match &result {
-                    Ok(_) => o.response.increment(1),
-                    Err(ProxyError::UpstreamConnect(_)) => o.connect.increment(1),
-                    Err(ProxyError::UpstreamTls(_)) => o.tls.increment(1),
-                    Err(ProxyError::PayloadTooLarge) => o.too_large.increment(1),
-                    Err(ProxyError::BadRequest(_)) => o.bad_request.increment(1),
-                    Err(_) => o.reset.increment(1),
+            State::Sending {
+                fut,
+                shared,
+                try_,
+                progress,
+                ..
+            } => match fut.as_mut().poll(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let timeout = shared.read_timeout;
+                    if timeout.is_zero() {
+                        return Poll::Pending;
+                    }
+                    let at = match progress {
+                        Some(p) => p.deadline(timeout),
+                        None => try_.started + timeout,
+                    };
+                    let mut timer = this.timer.as_mut();
+                    match timer.as_mut().as_pin_mut() {
+                        Some(t) if t.deadline() != at => t.reset(at),
+                        Some(_) => {}
+                        None => timer.set(Some(tokio::time::sleep_until(at))),
+                    }
+                    match timer.as_pin_mut().map(|t| t.poll(cx)) {
+                        Some(Poll::Ready(())) => Err(ProxyError::UpstreamTimeout),
+                        _ => return Poll::Pending,
+                    }
                 }
-                let (verdict, pushback) = judge(&result);
-                if let State::Sending { try_, .. } =
-                    std::mem::replace(&mut this.state, State::Failed(None))
-                {
-                    try_.end(verdict, pushback);
-                }
-                Poll::Ready(result)
-            }
+            },
+        };
+        let State::Sending { shared, try_, .. } =
+            std::mem::replace(&mut *this.state, State::Failed(None))
+        else {
+            return Poll::Ready(result);
+        };
+        let o = &shared.outcomes;
+        match &result {
+            Ok(_) => o.response.increment(1),
+            Err(ProxyError::UpstreamConnect(_)) => o.connect.increment(1),
+            Err(ProxyError::UpstreamTls(_)) => o.tls.increment(1),
+            Err(ProxyError::PayloadTooLarge) => o.too_large.increment(1),
+            Err(ProxyError::BadRequest(_)) => o.bad_request.increment(1),
+            Err(ProxyError::UpstreamTimeout) => o.timeout.increment(1),
+            Err(_) => o.reset.increment(1),
         }
+        let (verdict, pushback) = judge(&result);
+        try_.end(verdict, pushback);
+        let timeout = shared.read_timeout;
+        Poll::Ready(result.map(|resp| {
+            if timeout.is_zero() || http_body::Body::is_end_stream(resp.body()) {
+                return resp;
+            }
+            resp.map(|body| Body::boxed(ReadTimeoutBody::new(body, timeout)))
+        }))
     }
 }

@@ -13,6 +13,7 @@ pub mod hash;
 pub mod health;
 pub mod outlier;
 pub mod pool;
+pub mod read_timeout;
 
 use std::sync::Arc;
 

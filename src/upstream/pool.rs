@@ -25,11 +25,19 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error::{BoxError, ProxyError};
-use crate::http::{Body, BodyTooLarge, Request, RequestBodyError, Response};
+use crate::http::{Body, BodyTooLarge, Request, RequestBodyError, RequestBodyStalled, Response};
 use crate::tls::client::{ClientTls, is_tls_failure};
 
 /// Idle connections kept per endpoint; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
+
+/// The most an upstream HTTP/1.1 connection reads ahead of what the client has taken: hyper's
+/// read buffer, which holds the response head and then each body chunk until it is passed on.
+/// hyper's default (8 KiB + 100 × 4 KiB) let a slow reader pin about 1 MB per response (this
+/// buffer, the body channel's chunk and the listener's write buffer); at 64 KiB the response
+/// head must fit in 64 KiB (nginx's `proxy_buffer_size` default is 4–8 KiB), and a response
+/// is read only as fast as the client drains it, one chunk at a time.
+pub const UPSTREAM_READ_BUF: usize = 64 * 1024;
 
 /// The pool of one endpoint. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -83,7 +91,7 @@ impl Pool {
     ) -> Self {
         let mut builder = Builder::new();
         // One write per request head and small body (see the listener's http1 settings).
-        builder.max_buf_size(8192 + 4096 * 100).writev(false);
+        builder.max_buf_size(UPSTREAM_READ_BUF).writev(false);
         let shared = Arc::new(Shared {
             endpoint,
             idle: ArrayQueue::new(MAX_IDLE),
@@ -276,6 +284,8 @@ pub fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {
         ProxyError::PayloadTooLarge
     } else if caused_by::<RequestBodyError>(&e) {
         ProxyError::BadRequest("request body could not be read from the client")
+    } else if caused_by::<RequestBodyStalled>(&e) {
+        ProxyError::BadRequest("the client stopped sending the request body")
     } else {
         ProxyError::UpstreamReset(Box::new(e) as BoxError)
     }

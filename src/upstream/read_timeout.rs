@@ -1,0 +1,211 @@
+//! `read_timeout`: the longest wait for the next bytes of an upstream's response. Before the
+//! head, [`Progress`] times the wait from the last bytes that went either way (a request body
+//! the upstream is still reading is progress); in the body, [`ReadTimeoutBody`] times it from
+//! the last frame. On expiry the head wait ends the try with `upstream-timeout` (504), and the
+//! body yields [`BodyReadTimeout`], which aborts the response toward the client (HTTP/1: the
+//! connection closes before the declared end; HTTP/2: `RST_STREAM`) and drops the upstream
+//! body, which closes its connection (HTTP/1) or resets its stream (HTTP/2).
+//!
+//! Position: inside the forwarding leaf ([`crate::upstream::forward`]). Config:
+//! `upstreams.<name>.read_timeout`. Metrics: `weir_upstream_attempts_total{outcome=
+//! "upstream-timeout"}` (head), `weir_requests_total{reason="upstream-timeout"}` (both).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::BoxError;
+use crate::http::Body;
+
+/// The upstream's response stopped arriving for `read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent no response bytes for read_timeout")]
+pub struct BodyReadTimeout;
+
+/// When the request body of one try last moved toward the upstream, in milliseconds since the
+/// try began. Shared by the try's future and its request body.
+#[derive(Debug)]
+pub struct Progress {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    /// A try that began at `base`.
+    pub fn new(base: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes moved now.
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When the wait for the head ends, `timeout` after the last progress.
+    pub fn deadline(&self, timeout: Duration) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+    }
+
+    /// `body` as sent upstream: each frame the upstream connection takes is progress.
+    pub fn track(self: &Arc<Self>, body: Body) -> Body {
+        Body::boxed(Tracked {
+            inner: body,
+            progress: self.clone(),
+        })
+    }
+}
+
+struct Tracked {
+    inner: Body,
+    progress: Arc<Progress>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// An upstream response body that fails with [`BodyReadTimeout`] when no frame arrives for
+    /// `timeout`. The timer is armed only when the body is waited for, and reset lazily: one
+    /// clock read per wait, none per frame.
+    pub struct ReadTimeoutBody {
+        inner: Body,
+        timeout: Duration,
+        progressed: bool,
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+impl ReadTimeoutBody {
+    /// `inner`, bounded by `timeout` between frames.
+    pub fn new(inner: Body, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            progressed: true,
+            timer: None,
+        }
+    }
+}
+
+impl http_body::Body for ReadTimeoutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = Pin::new(&mut *this.inner).poll_frame(cx) {
+            *this.progressed = true;
+            return Poll::Ready(frame);
+        }
+        if std::mem::take(this.progressed) {
+            let at = Instant::now() + *this.timeout;
+            match this.timer.as_mut().as_pin_mut() {
+                Some(timer) => timer.reset(at),
+                None => this.timer.set(Some(tokio::time::sleep_until(at))),
+            }
+        }
+        if let Some(timer) = this.timer.as_pin_mut() {
+            ready!(timer.poll(cx));
+            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A body whose frames come from a channel.
+    struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl http_body::Body for Chan {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_fails_after_the_timeout_and_frames_reset_it() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = Box::pin(ReadTimeoutBody::new(
+            Body::boxed(Chan(rx)),
+            Duration::from_secs(3),
+        ));
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tx.send(Bytes::from_static(b"a")).await.ok();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        let started = Instant::now();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<BodyReadTimeout>());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        sender.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_moves_the_head_deadline() {
+        let p = Progress::new(Instant::now());
+        let t = Duration::from_secs(3);
+        assert_eq!(p.deadline(t), p.base + t);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        p.touch();
+        assert_eq!(p.deadline(t), p.base + Duration::from_secs(5));
+    }
+}
