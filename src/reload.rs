@@ -16,6 +16,7 @@ use std::time::Duration;
 use metrics::Counter;
 use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::metrics::{CONFIG_RELOADS_TOTAL, Metrics};
@@ -44,8 +45,9 @@ pub struct Reloader {
     current: Current,
     listeners: Arc<Listeners>,
     metrics: Metrics,
-    /// One reload at a time (SIGHUP and the file watch may fire together).
-    serial: Mutex<()>,
+    /// One reload at a time (SIGHUP and the file watch may fire together); holds the bytes of
+    /// the file the last file reload read, and when.
+    serial: Mutex<Option<(Vec<u8>, Instant)>>,
     success: Counter,
     error: Counter,
 }
@@ -61,7 +63,7 @@ impl Reloader {
             current,
             listeners,
             metrics,
-            serial: Mutex::new(()),
+            serial: Mutex::new(None),
         }
     }
 
@@ -70,8 +72,12 @@ impl Reloader {
     /// changed and reads every listener's TLS files; then swaps the generation in atomically
     /// and moves the listeners (see [`Listeners::apply`]). Requests in flight finish on the
     /// generation they started on. On an error nothing changes.
-    pub fn reload(&self, mut config: Config) -> Result<(), ReloadError> {
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        self.swap(config)
+    }
+
+    fn swap(&self, mut config: Config) -> Result<(), ReloadError> {
         let result = (|| {
             self.listeners.pin(&mut config.listeners);
             let config = Arc::new(config);
@@ -86,10 +92,60 @@ impl Reloader {
         result
     }
 
-    /// Reads, validates and swaps in the config file at `path`.
+    /// Reads, validates and swaps in the config file at `path` (SIGHUP). One change that is
+    /// both written and signalled reloads once: a file whose bytes are those the last file
+    /// reload read less than [`ONCE`] ago is not reloaded again (the file watch sees the same
+    /// write after its debounce). A SIGHUP later than that reloads the same bytes, which
+    /// re-reads TLS files.
     pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
-        match Config::load(path) {
-            Ok(config) => self.reload(config),
+        self.reload_file_if(path, true)
+    }
+
+    /// Reloads the file at `path` when it can be read and its bytes differ from those the last
+    /// file reload read (the file watch).
+    pub fn reload_changed_file(&self, path: &Path) -> Result<(), ReloadError> {
+        self.reload_file_if(path, false)
+    }
+
+    /// Remembers the bytes of the file weir started from, so the watch reloads only a change.
+    pub fn seed(&self, path: &Path) {
+        let mut last = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_none()
+            && let Ok(bytes) = std::fs::read(path)
+        {
+            let long_ago = Instant::now()
+                .checked_sub(ONCE)
+                .unwrap_or_else(Instant::now);
+            *last = Some((bytes, long_ago));
+        }
+    }
+
+    /// Reads the file and reloads it, unless it holds the bytes the last file reload read and
+    /// either `signalled` is false or that reload was less than [`ONCE`] ago.
+    fn reload_file_if(&self, path: &Path, signalled: bool) -> Result<(), ReloadError> {
+        let mut last = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            // Mid-swap, the watch may find no file: the next event will.
+            Err(_) if !signalled => return Ok(()),
+            Err(_) => {
+                let result = Config::load(path).map(drop).map_err(ReloadError::Config);
+                self.count(&result);
+                return result;
+            }
+        };
+        if let Some((seen, at)) = last.as_ref()
+            && *seen == bytes
+            && (!signalled || at.elapsed() < ONCE)
+        {
+            tracing::debug!(file = %path.display(), "config file unchanged since the last reload");
+            return Ok(());
+        }
+        let file = path.display().to_string();
+        let config = Config::from_toml(&String::from_utf8_lossy(&bytes), &file);
+        *last = Some((bytes, Instant::now()));
+        match config {
+            Ok(config) => self.swap(config),
             Err(errors) => {
                 let result = Err(ReloadError::Config(errors));
                 self.count(&result);
@@ -120,6 +176,7 @@ pub async fn watch(reloader: Arc<Reloader>, file: PathBuf, stop: CancellationTok
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    reloader.seed(&file);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
     let debouncer = new_debouncer(DEBOUNCE, None, move |events: DebounceEventResult| {
         let _ = tx.send(events);
@@ -135,7 +192,6 @@ pub async fn watch(reloader: Arc<Reloader>, file: PathBuf, stop: CancellationTok
         tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
         return;
     }
-    let mut last = std::fs::read(&file).ok();
     loop {
         tokio::select! {
             events = rx.recv() => match events {
@@ -144,11 +200,7 @@ pub async fn watch(reloader: Arc<Reloader>, file: PathBuf, stop: CancellationTok
                     tracing::debug!(?errors, "config watch errors");
                 }
                 Some(Ok(_)) => {
-                    let now = std::fs::read(&file).ok();
-                    if now.is_some() && now != last {
-                        last = now;
-                        let _ = reloader.reload_file(&file);
-                    }
+                    let _ = reloader.reload_changed_file(&file);
                 }
             },
             () = stop.cancelled() => return,
@@ -158,3 +210,6 @@ pub async fn watch(reloader: Arc<Reloader>, file: PathBuf, stop: CancellationTok
 
 /// How long a burst of file events is gathered before it counts as one change.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Within this long of a file reload, the same bytes are not reloaded again: a write that is
+/// also signalled reaches weir twice, once by SIGHUP and once by the watch after `DEBOUNCE`.
+const ONCE: Duration = Duration::from_secs(2);

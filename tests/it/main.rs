@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod deploy;
 mod discovery;
+mod hardening;
 mod lifecycle;
 mod proxy;
 mod resilience;

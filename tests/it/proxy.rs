@@ -356,21 +356,16 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
 
 #[tokio::test]
 async fn ambiguous_framing_is_refused_and_nothing_forwarded() {
+    // Content-Length with Transfer-Encoding: see `hardening.rs` (read as chunked, then closed).
     let up = Upstream::http1().start().await;
     let weir = Weir::start(&one_route("frame", "frame-up", &[up.addr()], "")).await;
-    let both = raw(
-        weir.addr(),
-        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-    )
-    .await;
-    assert!(both.starts_with("HTTP/1.1 400"), "{both}");
-    assert!(both.contains("x-weir-error: bad-request"), "{both}");
     let conflict = raw(
         weir.addr(),
         b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
     )
     .await;
     assert!(conflict.starts_with("HTTP/1.1 400"), "{conflict}");
+    assert!(conflict.contains("x-weir-error: bad-request"), "{conflict}");
     let garbage = raw(weir.addr(), b"NOT HTTP AT ALL\r\n\r\n").await;
     assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
     assert_eq!(up.hits(), 0, "nothing was forwarded");
