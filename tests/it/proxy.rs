@@ -365,7 +365,6 @@ async fn ambiguous_framing_is_refused_and_nothing_forwarded() {
     )
     .await;
     assert!(conflict.starts_with("HTTP/1.1 400"), "{conflict}");
-    assert!(conflict.contains("x-weir-error: bad-request"), "{conflict}");
     let garbage = raw(weir.addr(), b"NOT HTTP AT ALL\r\n\r\n").await;
     assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
     assert_eq!(up.hits(), 0, "nothing was forwarded");
