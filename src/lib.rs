@@ -12,9 +12,9 @@
 //!    swapped on reload), and serves it with hyper-util's `auto::Builder` (HTTP/1.1 and h2 on
 //!    one port) through one
 //!    [`server::service::ProxyService`] per connection; [`server::conn`] times idle
-//!    connections and slow request heads.
+//!    connections, slow request heads and writes the client does not take (`send_timeout`).
 //! 2. **`ProxyService`** loads the live [`generation::Generation`] once, so the whole request
-//!    runs on one generation, and runs [`http::hygiene`]: ambiguous framing → 400, header limits
+//!    runs on one generation, and runs [`http::hygiene`]: `Host` and framing → 400, header limits
 //!    → 431, declared body size → 413, hop-by-hop headers stripped, `X-Forwarded-*` and `Via`
 //!    set, `x-request-id` and `traceparent` filled ([`http::context`]).
 //! 3. **[`router::Router`]** picks the first route whose match holds, or fails with `no-route`.
