@@ -11,7 +11,10 @@ fuzz_target!(|src: &str| {
     };
     let rendered = cfg.to_toml();
     match Config::from_toml(&rendered, "rendered.toml") {
-        Ok(again) => assert_eq!(cfg, again, "rendered config reads back different:\n{rendered}"),
+        Ok(again) => assert_eq!(
+            cfg, again,
+            "rendered config reads back different:\n{rendered}"
+        ),
         Err(e) => panic!("rendered config does not read back: {e}\n{rendered}"),
     }
 });

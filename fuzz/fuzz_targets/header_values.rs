@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
 
     // x-weir-deadline-ms: whole milliseconds, exactly as written.
     if let Some(d) = deadline::parse_deadline_ms(&value) {
-        let ms = std::str::from_utf8(trimmed).ok().and_then(|s| s.parse::<u64>().ok());
+        let ms = std::str::from_utf8(trimmed)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
         assert_eq!(Some(d.as_millis()), ms.map(u128::from));
     }
 
@@ -46,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
     resp.headers_mut().insert(RETRY_AFTER, value.clone());
     if let Some(after) = retry_after(&resp) {
         if digits {
-            let secs = std::str::from_utf8(trimmed).ok().and_then(|s| s.parse::<u64>().ok());
+            let secs = std::str::from_utf8(trimmed)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
             assert_eq!(Some(after.as_secs()), secs);
         } else {
             assert!(after < Duration::from_secs(8_100 * 366 * 86_400));
@@ -57,16 +61,23 @@ fuzz_target!(|data: &[u8]| {
     let id = context::request_id(Some(&value));
     assert!((1..=200).contains(&id.len()));
     assert!(id.as_bytes().iter().all(u8::is_ascii_graphic));
-    let sane = (1..=200).contains(&value.len()) && value.as_bytes().iter().all(u8::is_ascii_graphic);
+    let sane =
+        (1..=200).contains(&value.len()) && value.as_bytes().iter().all(u8::is_ascii_graphic);
     assert_eq!(sane, id == value);
 
     // traceparent: always well formed; an inbound trace id and flags are kept.
     let tp = context::traceparent(Some(&value));
     let out = tp.as_bytes();
     assert_eq!(out.len(), 55, "{tp:?}");
-    assert!(out.starts_with(b"00-") && out[35] == b'-' && out[52] == b'-', "{tp:?}");
+    assert!(
+        out.starts_with(b"00-") && out[35] == b'-' && out[52] == b'-',
+        "{tp:?}"
+    );
     let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-    assert!(hex(&out[3..35]) && hex(&out[36..52]) && hex(&out[53..55]), "{tp:?}");
+    assert!(
+        hex(&out[3..35]) && hex(&out[36..52]) && hex(&out[53..55]),
+        "{tp:?}"
+    );
     if valid_traceparent(value.as_bytes()) {
         let inb = value.as_bytes();
         assert_eq!(&out[3..35], &inb[3..35], "trace id changed");

@@ -34,8 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return;
     };
-    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), path.parse::<Uri>())
-    else {
+    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), path.parse::<Uri>()) else {
         return;
     };
     let version = if version == 0 {
@@ -63,7 +62,10 @@ fuzz_target!(|data: &[u8]| {
     {
         let mut s = HeadScanner::default();
         s.feed(data);
-        assert!(s.ambiguous(), "a Content-Length + Transfer-Encoding head went unnoticed");
+        assert!(
+            s.ambiguous(),
+            "a Content-Length + Transfer-Encoding head went unnoticed"
+        );
     }
 
     let loose = hygiene::check_request(&method, &uri, &headers, &UNLIMITED);
@@ -77,7 +79,12 @@ fuzz_target!(|data: &[u8]| {
 
     let upgrade = hygiene::is_upgrade(version, &headers);
     hygiene::strip_hop_by_hop(&mut headers, upgrade);
-    for name in [&KEEP_ALIVE, &PROXY_AUTHORIZATION, &TRAILER, &TRANSFER_ENCODING] {
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_AUTHORIZATION,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+    ] {
         assert!(!headers.contains_key(name), "{name} survived stripping");
     }
     if !upgrade {
@@ -105,9 +112,9 @@ fn scan(data: &[u8]) {
     }
 
     // Split lengths from a small generator seeded by the input, so a mutation moves the cuts.
-    let mut state = data
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut state = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let mut split = HeadScanner::default();
     let mut rest = data;
     while !rest.is_empty() {
@@ -120,6 +127,10 @@ fn scan(data: &[u8]) {
         rest = tail;
     }
 
-    assert_eq!(whole.ambiguous(), bytewise.ambiguous(), "byte-by-byte feed differs");
+    assert_eq!(
+        whole.ambiguous(),
+        bytewise.ambiguous(),
+        "byte-by-byte feed differs"
+    );
     assert_eq!(whole.ambiguous(), split.ambiguous(), "split feed differs");
 }
