@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderValue;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -70,8 +71,7 @@ where
         let inbound = req
             .headers_mut()
             .remove(&X_WEIR_DEADLINE_MS)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_millis);
+            .and_then(|v| parse_deadline_ms(&v));
         let own = (!self.timeout.is_zero()).then_some(self.timeout);
         let budget = match (own, inbound) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -89,6 +89,17 @@ where
             sleep: OptionSleep { sleep },
         }
     }
+}
+
+/// Reads an `x-weir-deadline-ms` value: whole milliseconds (ASCII digits, surrounding spaces
+/// allowed) as a duration; `None` when unreadable.
+pub fn parse_deadline_ms(v: &HeaderValue) -> Option<Duration> {
+    v.to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 pin_project! {

@@ -208,7 +208,9 @@ fn from_headers(headers: &mut HeaderMap) -> (Option<StatusCode>, Option<Duration
     (abort, delay.filter(|d| !d.is_zero()))
 }
 
-fn parse_status(v: &HeaderValue) -> Option<StatusCode> {
+/// Reads an `x-weir-fault-abort` value: a status code 100..=599 (surrounding spaces allowed);
+/// `None` otherwise.
+pub fn parse_status(v: &HeaderValue) -> Option<StatusCode> {
     let code = v.to_str().ok()?.trim().parse::<u16>().ok()?;
     if (100..=599).contains(&code) {
         StatusCode::from_u16(code).ok()
@@ -217,7 +219,9 @@ fn parse_status(v: &HeaderValue) -> Option<StatusCode> {
     }
 }
 
-fn parse_delay(v: &HeaderValue) -> Option<Duration> {
+/// Reads an `x-weir-fault-delay` value: a humantime duration such as `250ms`, at most 60 s;
+/// `None` otherwise.
+pub fn parse_delay(v: &HeaderValue) -> Option<Duration> {
     humantime::parse_duration(v.to_str().ok()?.trim())
         .ok()
         .filter(|d| *d <= MAX_HEADER_DELAY)

@@ -49,7 +49,7 @@ impl Backoff {
 /// The response's `Retry-After` as a delay: delta-seconds, or an IMF-fixdate (the HTTP-date
 /// every current server sends; the obsolete RFC 850 and asctime forms are ignored). A date in
 /// the past is no delay. `None` when absent or unreadable.
-pub(crate) fn retry_after(resp: &Response) -> Option<Duration> {
+pub fn retry_after(resp: &Response) -> Option<Duration> {
     let value = resp.headers().get(RETRY_AFTER)?.as_bytes().trim_ascii();
     if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
         let secs = std::str::from_utf8(value).ok()?.parse::<u64>().ok()?;

@@ -10,7 +10,7 @@
 //! upstream's median try latency; and the budget grants it. The budget is spent when the retry
 //! is scheduled, before its backoff sleep, so retries waiting in backoff count against it.
 
-pub(crate) mod backoff;
+pub mod backoff;
 mod budget;
 mod latency;
 mod policy;
