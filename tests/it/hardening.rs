@@ -1,6 +1,9 @@
 //! Hostile clients and broken upstreams: bounded time per connection in both directions,
 //! strict `Host`, framing judged from heads only, and counters that tell the truth.
 
+// The raw upstream and readers here are test helpers outside `#[test]` bodies.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -78,7 +81,7 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 /// giving up after 10 s.
 async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
-    let mut buf = [0u8; 16384];
+    let mut buf = vec![0u8; 16384];
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         match tokio::time::timeout_at(until, s.read(&mut buf)).await {
