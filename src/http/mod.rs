@@ -75,10 +75,7 @@ enum Kind {
     Request {
         inner: Incoming,
         remaining: u64,
-        idle: Duration,
-        /// Armed when the body is first waited for (boxed: `Body` stays `Unpin`).
-        timer: Option<Pin<Box<Sleep>>>,
-        progressed: bool,
+        stall: StallTimer,
     },
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -133,9 +130,7 @@ impl Body {
             kind: Kind::Request {
                 inner: body,
                 remaining,
-                idle,
-                timer: None,
-                progressed: true,
+                stall: StallTimer::new(idle),
             },
         }
     }
@@ -167,9 +162,7 @@ impl http_body::Body for Body {
             Kind::Request {
                 inner,
                 remaining,
-                idle,
-                timer,
-                progressed,
+                stall,
             } => {
                 let frame = match Pin::new(inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => frame,
@@ -177,9 +170,12 @@ impl http_body::Body for Body {
                         return Poll::Ready(Some(Err(Box::new(RequestBodyError(e)))));
                     }
                     Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Pending => return poll_stall(cx, *idle, timer, progressed),
+                    Poll::Pending if stall.expired(cx) => {
+                        return Poll::Ready(Some(Err(Box::new(RequestBodyStalled))));
+                    }
+                    Poll::Pending => return Poll::Pending,
                 };
-                *progressed = true;
+                stall.progressed();
                 if let Some(data) = frame.data_ref() {
                     let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
                     if len > *remaining {
@@ -213,27 +209,47 @@ impl http_body::Body for Body {
     }
 }
 
-/// A request body is waited for: arm (or re-arm after progress) the idle timer, and fail with
-/// [`RequestBodyStalled`] when it fires.
-fn poll_stall(
-    cx: &mut Context<'_>,
-    idle: Duration,
-    timer: &mut Option<Pin<Box<Sleep>>>,
-    progressed: &mut bool,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    if idle.is_zero() {
-        return Poll::Pending;
-    }
-    if std::mem::take(progressed) {
-        let at = Instant::now() + idle;
-        match timer {
-            Some(t) => t.as_mut().reset(at),
-            None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+/// Times the wait for a body's next frame: armed when the body is first waited for after a
+/// frame (one clock read per wait, none per frame), boxed so bodies stay `Unpin` and a body
+/// that never waits allocates nothing. Zero = no limit.
+#[derive(Debug)]
+pub struct StallTimer {
+    timeout: Duration,
+    progressed: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl StallTimer {
+    /// A timer that fires after `timeout` without a frame.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            progressed: true,
+            sleep: None,
         }
     }
-    match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-        Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(RequestBodyStalled)))),
-        _ => Poll::Pending,
+
+    /// A frame arrived.
+    pub fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// The body is pending: true once `timeout` has passed since its last frame (else the
+    /// task is woken when it will have).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timeout.is_zero() {
+            return false;
+        }
+        if std::mem::take(&mut self.progressed) {
+            let at = Instant::now() + self.timeout;
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
     }
 }
 

@@ -13,16 +13,15 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::error::BoxError;
-use crate::http::Body;
+use crate::http::{Body, StallTimer};
 
 /// The upstream's response stopped arriving for `read_timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -95,17 +94,11 @@ impl http_body::Body for Tracked {
     }
 }
 
-pin_project! {
-    /// An upstream response body that fails with [`BodyReadTimeout`] when no frame arrives for
-    /// `timeout`. The timer is armed only when the body is waited for, and reset lazily: one
-    /// clock read per wait, none per frame.
-    pub struct ReadTimeoutBody {
-        inner: Body,
-        timeout: Duration,
-        progressed: bool,
-        #[pin]
-        timer: Option<Sleep>,
-    }
+/// An upstream response body that fails with [`BodyReadTimeout`] when no frame arrives for
+/// `timeout`.
+pub struct ReadTimeoutBody {
+    inner: Body,
+    stall: StallTimer,
 }
 
 impl ReadTimeoutBody {
@@ -113,9 +106,7 @@ impl ReadTimeoutBody {
     pub fn new(inner: Body, timeout: Duration) -> Self {
         Self {
             inner,
-            timeout,
-            progressed: true,
-            timer: None,
+            stall: StallTimer::new(timeout),
         }
     }
 }
@@ -125,26 +116,20 @@ impl http_body::Body for ReadTimeoutBody {
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        if let Poll::Ready(frame) = Pin::new(&mut *this.inner).poll_frame(cx) {
-            *this.progressed = true;
-            return Poll::Ready(frame);
-        }
-        if std::mem::take(this.progressed) {
-            let at = Instant::now() + *this.timeout;
-            match this.timer.as_mut().as_pin_mut() {
-                Some(timer) => timer.reset(at),
-                None => this.timer.set(Some(tokio::time::sleep_until(at))),
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.stall.progressed();
+                Poll::Ready(frame)
             }
+            Poll::Pending if this.stall.expired(cx) => {
+                Poll::Ready(Some(Err(Box::new(BodyReadTimeout))))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        if let Some(timer) = this.timer.as_pin_mut() {
-            ready!(timer.poll(cx));
-            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
-        }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -180,10 +165,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_stops_fails_after_the_timeout_and_frames_reset_it() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut body = Box::pin(ReadTimeoutBody::new(
-            Body::boxed(Chan(rx)),
-            Duration::from_secs(3),
-        ));
+        let mut body = ReadTimeoutBody::new(Body::boxed(Chan(rx)), Duration::from_secs(3));
         let sender = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             tx.send(Bytes::from_static(b"a")).await.ok();
