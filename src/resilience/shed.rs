@@ -559,7 +559,15 @@ impl Shared {
     /// tries `in_flight`. Either the releaser sees the arrival registered and dispatches after
     /// it (taking the lock), or the arrival sees the freed slot.
     fn release(&self) {
-        self.in_flight.fetch_sub(1, SeqCst);
+        let left = self.in_flight.fetch_sub(1, SeqCst).saturating_sub(1);
+        if self.mode == Mode::DryRun
+            && left < self.limit.load(Relaxed)
+            && self.busy_since.load(Relaxed) != 0
+            && self.empty_since.load(Relaxed) == 0
+        {
+            // Room below the limit: the queue enforcing would have had is empty.
+            self.note_queue(Instant::now(), false);
+        }
         if self.queued.load(SeqCst) > 0 {
             let mut q = self.lock_waiters();
             self.dispatch(&mut q);
@@ -1697,6 +1705,200 @@ mod tests {
         }
         layer.handle().publish();
         assert_eq!(metric(&m, "weir_in_flight{upstream=\"u\"}"), Some(0.0));
+    }
+
+    /// Limit 1 (held by call 1, which the test releases), waiters 2 and 3 queued at 0 with
+    /// `queue_timeout` = 1s; returns at 120ms, when the queue has held waiters for longer than
+    /// OVERLOAD_INTERVAL, with the three calls.
+    async fn overloaded_since_120ms<S>(svc: &Shed<S>) -> [JoinHandle<Out>; 3]
+    where
+        S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+        S::Future: Send,
+    {
+        let hold = spawn(svc, 1, Priority::Default);
+        settle().await;
+        let calls = [hold, spawn(svc, 2, Priority::Default), spawn(svc, 3, Priority::Default)];
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        calls
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_that_never_drains_serves_newest_first_with_the_short_wait() {
+        let (m, layer, leaf, svc) = setup(settings(Mode::Enforce, 1, 16, 1000));
+        let [hold, old2, old3] = overloaded_since_120ms(&svc).await;
+        assert_eq!(layer.handle().status().queued, 2);
+        // Overloaded: the waiters queued with the full wait have waited more than the short one
+        // and are refused as the next arrival queues; the new ones may wait only 5ms.
+        let started = Instant::now();
+        let w10 = spawn(&svc, 10, Priority::Default);
+        settle().await;
+        let w11 = spawn(&svc, 11, Priority::Default);
+        settle().await;
+        assert!(overloaded(old2.await.unwrap()) && overloaded(old3.await.unwrap()));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(shed_total(&m, "queue_timeout"), 2.0);
+        assert_eq!(layer.handle().status().queued, 2);
+        // The freed slot goes to the newest waiter.
+        leaf.release(1);
+        assert!(hold.await.unwrap().is_ok());
+        settle().await;
+        assert_eq!(leaf.log(), [1, 11]);
+        assert!(overloaded(w10.await.unwrap()));
+        assert_eq!(started.elapsed(), OVERLOAD_WAIT);
+        assert_eq!(shed_total(&m, "queue_timeout"), 3.0);
+        leaf.release(1);
+        assert!(w11.await.unwrap().is_ok());
+        let st = layer.handle().status();
+        assert_eq!((st.in_flight, st.queued), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_that_drains_goes_back_to_fifo_and_the_full_wait() {
+        let (m, layer, leaf, svc) = setup(settings(Mode::Enforce, 1, 16, 1000));
+        let [hold, old2, old3] = overloaded_since_120ms(&svc).await;
+        let w10 = spawn(&svc, 10, Priority::Default);
+        settle().await;
+        leaf.release(1);
+        assert!(hold.await.unwrap().is_ok());
+        assert!(overloaded(old2.await.unwrap()) && overloaded(old3.await.unwrap()));
+        settle().await;
+        // 10 holds the slot; the queue is empty, and stays so for more than DRAIN_GAP.
+        assert_eq!(layer.handle().status().queued, 0);
+        tokio::time::sleep(DRAIN_GAP * 2).await;
+        let started = Instant::now();
+        let w20 = spawn(&svc, 20, Priority::Default);
+        settle().await;
+        let w21 = spawn(&svc, 21, Priority::Default);
+        settle().await;
+        assert_eq!(layer.handle().status().queued, 2);
+        // First come, first served again.
+        leaf.release(1);
+        assert!(w10.await.unwrap().is_ok());
+        settle().await;
+        assert_eq!(leaf.log(), [1, 10, 20]);
+        // And the configured wait: 21 is refused after the full second, although the queue has
+        // held it for longer than OVERLOAD_INTERVAL meanwhile (no one arrived to trim it).
+        assert!(overloaded(w21.await.unwrap()));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(shed_total(&m, "queue_timeout"), 3.0);
+        leaf.release(1);
+        assert!(w20.await.unwrap().is_ok());
+        let st = layer.handle().status();
+        assert_eq!((st.in_flight, st.queued), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_sustained_overload_a_refused_request_is_refused_without_waiting() {
+        // Limit 1, 20ms per call, a wait of a second: 2..=8 queue at 0 (no service time yet) and
+        // are served one per 20ms, so the queue never drains: 2 to 5 in turn, then at 100ms
+        // (overloaded) the newest, 8.
+        let (m, layer, log, svc) = setup_timed(settings(Mode::Enforce, 1, 16, 1000), 20);
+        let calls: Vec<_> = (1..=8)
+            .map(|id| spawn(&svc, id, Priority::Default))
+            .collect();
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        assert_eq!(layer.handle().status().queued, 2);
+        // Overloaded at 110ms: an arrival may wait 5ms, and a slot frees every 20ms. It is
+        // refused at once (a FIFO queue with the full wait would have taken it: 3 × 20ms < 1s).
+        let started = Instant::now();
+        assert!(overloaded(
+            call_now(&svc, 99, Priority::Default).expect("ready on first poll")
+        ));
+        assert!(overloaded(svc.clone().oneshot(req(98, Priority::Default)).await));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(shed_total(&m, "queue_wait"), 2.0);
+        // 6 and 7, which had waited since 0, went as the first of them arrived.
+        assert_eq!(shed_total(&m, "queue_timeout"), 2.0);
+        assert_eq!(layer.handle().status().queued, 0);
+        let outs: Vec<bool> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|o| o.unwrap().is_ok())
+            .collect();
+        assert_eq!(outs, [true, true, true, true, true, false, false, true]);
+        assert_eq!(*log.lock().unwrap(), [1, 2, 3, 4, 5, 8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dry_run_counts_arrivals_that_would_have_timed_out_in_the_queue() {
+        // Limit 2, the default queue (256 places, 50ms), calls of 100ms.
+        let (m, layer, log, svc) = setup_timed(settings(Mode::DryRun, 2, 256, 50), 100);
+        let dry = "weir_dry_run_rejections_total{upstream=\"u\",policy=\"shed\"}";
+        // No service time known yet: the 8 beyond the share count when their slots, held
+        // longer than the wait they would have had, are released.
+        let burst: Vec<_> = (1..=10)
+            .map(|id| spawn(&svc, id, Priority::Default))
+            .collect();
+        settle().await;
+        assert_eq!(layer.handle().status().in_flight, 10);
+        for t in burst {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(metric(&m, dry), Some(8.0));
+        // The queue enforcing would have had drains; after DRAIN_GAP it is FIFO again, with
+        // the full wait. With 100ms known, those expecting more than 50ms count on arrival: the 2nd beyond the
+        // share expects 2 × 100ms / 2 and on; the 1st, exactly 50ms, would have been served.
+        tokio::time::sleep(DRAIN_GAP * 2).await;
+        let burst: Vec<_> = (11..=20)
+            .map(|id| spawn(&svc, id, Priority::Default))
+            .collect();
+        settle().await;
+        assert_eq!(metric(&m, dry), Some(15.0));
+        for t in burst {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(metric(&m, dry), Some(15.0));
+        assert_eq!(log.lock().unwrap().len(), 20);
+        for reason in ["queue_full", "queue_wait", "queue_timeout", "evicted"] {
+            assert_eq!(shed_total(&m, reason), 0.0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_body_holds_its_slot_until_it_ends_or_is_dropped() {
+        use http_body_util::BodyExt;
+
+        let m = Metrics::new().unwrap();
+        let layer = ShedLayer::new("u".into(), &settings(Mode::Enforce, 1, 4, 1000), &m);
+        // Call 0 answers with an empty body, the others with one chunk still to read.
+        let svc = layer.layer(service_fn(|req: Request| async move {
+            let body = match req.extensions().get::<u32>() {
+                Some(0) => Body::empty(),
+                _ => Body::full("hello"),
+            };
+            Ok::<_, ProxyError>(Response::new(body))
+        }));
+        let in_flight = || layer.handle().status().in_flight;
+        let gauge = || {
+            layer.handle().publish();
+            metric(&m, "weir_in_flight{upstream=\"u\"}")
+        };
+
+        let resp = svc.clone().oneshot(req(1, Priority::Default)).await.unwrap();
+        assert_eq!((in_flight(), gauge()), (1, Some(1.0)));
+        assert!(!http_body::Body::is_end_stream(resp.body()));
+        assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(5));
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "hello");
+        assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
+
+        // While a body is unread its slot is taken: the next call queues until it is dropped.
+        let resp = svc.clone().oneshot(req(2, Priority::Default)).await.unwrap();
+        let next = spawn(&svc, 3, Priority::Default);
+        settle().await;
+        assert_eq!(layer.handle().status().queued, 1);
+        drop(resp);
+        let resp = next.await.unwrap().unwrap();
+        assert_eq!(in_flight(), 1);
+        drop(resp);
+        assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
+
+        // Nothing to stream: released with the head.
+        let resp = svc.clone().oneshot(req(0, Priority::Default)).await.unwrap();
+        assert_eq!(in_flight(), 0);
+        drop(resp);
     }
 
     #[tokio::test(start_paused = true)]
