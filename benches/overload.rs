@@ -55,10 +55,7 @@ fn request() -> Request {
 /// Sends `rate` requests per second for `dur`, open loop, and returns every request's fate.
 async fn phase<S>(svc: &S, rate: f64, dur: Duration) -> Vec<Sample>
 where
-    S: tower::Service<Request, Response = Response, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
+    S: tower::Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send,
 {
     let start = Instant::now();

@@ -535,7 +535,10 @@ impl Shared {
     /// Whether the queue has held waiters without draining for [`OVERLOAD_INTERVAL`]: then
     /// waiters are served newest first and may wait only `overload_wait`.
     fn overloaded(&self, now: Instant) -> bool {
-        let (busy, empty) = (self.busy_since.load(Relaxed), self.empty_since.load(Relaxed));
+        let (busy, empty) = (
+            self.busy_since.load(Relaxed),
+            self.empty_since.load(Relaxed),
+        );
         let now = self.micros(now);
         busy != 0
             && lasted(busy, now, OVERLOAD_INTERVAL)
@@ -639,7 +642,10 @@ impl Shared {
                 self.metrics.queue_full.increment(1);
                 return Enqueued::Refused;
             }
-            if self.outwaits(usize::try_from(queued).unwrap_or(usize::MAX), self.queue_timeout) {
+            if self.outwaits(
+                usize::try_from(queued).unwrap_or(usize::MAX),
+                self.queue_timeout,
+            ) {
                 self.metrics.queue_wait.increment(1);
                 return Enqueued::Refused;
             }
@@ -849,7 +855,10 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(started) = self.started.filter(|_| self.serviced || self.dry_wait.is_some()) {
+        if let Some(started) = self
+            .started
+            .filter(|_| self.serviced || self.dry_wait.is_some())
+        {
             let held = started.elapsed();
             // Any slot given back lets a waiter in, so every one counts for the expected wait.
             if self.serviced {
@@ -1044,21 +1053,15 @@ impl Waiters {
         match prio {
             Priority::Critical => same(&self.critical),
             Priority::Default => self.critical.len() + same(&self.default),
-            Priority::Sheddable => {
-                self.critical.len() + self.default.len() + same(&self.sheddable)
-            }
+            Priority::Sheddable => self.critical.len() + self.default.len() + same(&self.sheddable),
         }
     }
 
     /// The oldest waiter of the best priority, or its newest when `lifo`.
     fn pop_best(&mut self, lifo: bool) -> Option<Entry> {
-        let q = [
-            &mut self.critical,
-            &mut self.default,
-            &mut self.sheddable,
-        ]
-        .into_iter()
-        .find(|q| !q.is_empty())?;
+        let q = [&mut self.critical, &mut self.default, &mut self.sheddable]
+            .into_iter()
+            .find(|q| !q.is_empty())?;
         if lifo { q.pop_back() } else { q.pop_front() }
     }
 
@@ -1741,7 +1744,11 @@ mod tests {
     {
         let hold = spawn(svc, 1, Priority::Default);
         settle().await;
-        let calls = [hold, spawn(svc, 2, Priority::Default), spawn(svc, 3, Priority::Default)];
+        let calls = [
+            hold,
+            spawn(svc, 2, Priority::Default),
+            spawn(svc, 3, Priority::Default),
+        ];
         settle().await;
         tokio::time::sleep(Duration::from_millis(120)).await;
         calls
@@ -1830,7 +1837,9 @@ mod tests {
         assert!(overloaded(
             call_now(&svc, 99, Priority::Default).expect("ready on first poll")
         ));
-        assert!(overloaded(svc.clone().oneshot(req(98, Priority::Default)).await));
+        assert!(overloaded(
+            svc.clone().oneshot(req(98, Priority::Default)).await
+        ));
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(shed_total(&m, "queue_wait"), 2.0);
         // 6 and 7, which had waited since 0, went as the first of them arrived.
@@ -1900,7 +1909,11 @@ mod tests {
             metric(&m, "weir_in_flight{upstream=\"u\"}")
         };
 
-        let resp = svc.clone().oneshot(req(1, Priority::Default)).await.unwrap();
+        let resp = svc
+            .clone()
+            .oneshot(req(1, Priority::Default))
+            .await
+            .unwrap();
         assert_eq!((in_flight(), gauge()), (1, Some(1.0)));
         assert!(!http_body::Body::is_end_stream(resp.body()));
         assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(5));
@@ -1909,7 +1922,11 @@ mod tests {
         assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
 
         // While a body is unread its slot is taken: the next call queues until it is dropped.
-        let resp = svc.clone().oneshot(req(2, Priority::Default)).await.unwrap();
+        let resp = svc
+            .clone()
+            .oneshot(req(2, Priority::Default))
+            .await
+            .unwrap();
         let next = spawn(&svc, 3, Priority::Default);
         settle().await;
         assert_eq!(layer.handle().status().queued, 1);
@@ -1920,7 +1937,11 @@ mod tests {
         assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
 
         // Nothing to stream: released with the head.
-        let resp = svc.clone().oneshot(req(0, Priority::Default)).await.unwrap();
+        let resp = svc
+            .clone()
+            .oneshot(req(0, Priority::Default))
+            .await
+            .unwrap();
         assert_eq!(in_flight(), 0);
         drop(resp);
     }
