@@ -413,3 +413,37 @@ async fn a_change_both_written_and_signalled_reloads_once() {
     assert_eq!(reloads().await, 3.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_streaming_response_counts_in_flight_until_its_body_ends() {
+    let up = RawUpstream::start(|mut s| async move {
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4096\r\n\r\n")
+            .await?;
+        s.write_all(&[b's'; 1024]).await?;
+        // The rest of the body never comes; weir's read_timeout (default 60s) is not reached
+        // before the client leaves.
+        let mut b = [0u8; 1];
+        match s.read(&mut b).await {
+            Ok(_) => Err(std::io::ErrorKind::ConnectionAborted.into()),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let weir = Weir::start(&one_route("stream", "stream-up", &[up.addr], "")).await;
+    let mut s = TcpStream::connect(weir.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 512];
+    assert!(s.read(&mut first).await.unwrap() > 0, "the head arrived");
+    let admin = weir.admin();
+    let in_flight = || async move {
+        scrape(admin)
+            .await
+            .get("weir_in_flight", &[("upstream", "stream-up")])
+    };
+    assert_eq!(in_flight().await, Some(1.0), "the stream is in flight");
+    drop(s);
+    eventually_async(|| async move { in_flight().await == Some(0.0) }, SECS).await;
+    eventually(|| up.closed.load(SeqCst) == 1, SECS).await;
+}
