@@ -209,6 +209,56 @@ impl http_body::Body for Body {
     }
 }
 
+/// What a [`Watched`] body does with each poll of the body it wraps.
+pub trait Watch {
+    /// The wrapped body's poll returned `polled` (`end`: it is at its end now); the wrapper
+    /// yields what this returns.
+    fn polled(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        end: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+}
+
+/// A body that passes the frames of the body it wraps through a [`Watch`]: what a stage that
+/// must see a response's end (a slot, a timer, the access log) puts around it.
+#[derive(Debug)]
+pub struct Watched<W> {
+    inner: Body,
+    watch: W,
+}
+
+impl<W> Watched<W> {
+    /// `inner`, watched by `watch`.
+    pub fn new(inner: Body, watch: W) -> Self {
+        Self { inner, watch }
+    }
+}
+
+impl<W: Watch + Unpin> http_body::Body for Watched<W> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let end = this.inner.is_end_stream();
+        this.watch.polled(cx, polled, end)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Times the wait for a body's next frame: armed when the body is first waited for after a
 /// frame (one clock read per wait, none per frame), boxed so bodies stay `Unpin` and a body
 /// that never waits allocates nothing. Zero = no limit.

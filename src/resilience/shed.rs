@@ -90,7 +90,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use metrics::{Counter, Gauge};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
@@ -104,7 +104,7 @@ use crate::admin::metrics::{
 use crate::config::{Mode, Priority, ShedSettings};
 use crate::error::{BoxError, ProxyError};
 use crate::http::context::RequestContext;
-use crate::http::{Body, Request, Response};
+use crate::http::{Body, Request, Response, Watch, Watched};
 use crate::resilience::Outcome;
 use crate::resilience::adaptive::Gradient;
 
@@ -844,7 +844,7 @@ impl Slot {
         }
         match out {
             Ok(resp) if !http_body::Body::is_end_stream(resp.body()) => {
-                Ok(resp.map(|body| Body::boxed(SlotBody::new(body, self))))
+                Ok(resp.map(|body| Body::boxed(Watched::new(body, SlotBody(Some(self))))))
             }
             // Nothing left to stream: the slot is released here.
             Ok(resp) => Ok(resp),
@@ -874,51 +874,26 @@ impl Drop for Slot {
 
 // === impl SlotBody ===
 
-pin_project! {
-    /// A response body that holds its request's slot until it ends (or fails) or is dropped,
-    /// so a streaming response counts in flight.
-    struct SlotBody {
-        #[pin]
-        inner: Body,
-        slot: Option<Slot>,
-    }
-}
+/// Holds a request's slot until its response body ends (or fails) or is dropped, so a
+/// streaming response counts in flight.
+struct SlotBody(Option<Slot>);
 
-impl SlotBody {
-    fn new(inner: Body, slot: Slot) -> Self {
-        Self {
-            inner,
-            slot: Some(slot),
-        }
-    }
-}
-
-impl http_body::Body for SlotBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+impl Watch for SlotBody {
+    fn polled(
+        &mut self,
+        _: &mut Context<'_>,
+        polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        end: bool,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        let over = match &frame {
-            Some(Ok(_)) => this.inner.is_end_stream(),
-            Some(Err(_)) | None => true,
+        let over = match &polled {
+            Poll::Ready(Some(Ok(_))) => end,
+            Poll::Ready(Some(Err(_)) | None) => true,
+            Poll::Pending => false,
         };
         if over {
-            drop(this.slot.take());
+            drop(self.0.take());
         }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        polled
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
@@ -30,7 +30,9 @@ use tower::{Service, ServiceExt};
 use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
 use crate::error::{BoxError, ProxyError};
 use crate::http::context;
-use crate::http::{Body, Request, TRACEPARENT, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene, respond};
+use crate::http::{
+    Body, Request, TRACEPARENT, Watch, Watched, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene, respond,
+};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
 use crate::upstream::read_timeout::BodyReadTimeout;
@@ -73,13 +75,14 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
 }
 
 /// A response body on its way to the client. When it ends (or is dropped: the client went
-/// away, or the connection was closed), it records the request's metrics, writes its access-log
-/// line and marks the request finished on its connection and for the drain.
+/// away, or the connection was closed), its [`Record`] records the request's metrics, writes its
+/// access-log line and marks the request finished on its connection and for the drain.
+pub type ServedBody = Watched<Finish>;
+
+/// The request's [`Record`], finished once: when its response body ends or fails, or when the
+/// body is dropped.
 #[derive(Debug)]
-pub struct ServedBody {
-    inner: Body,
-    record: Option<Record>,
-}
+pub struct Finish(Option<Record>);
 
 /// What the access log and `weir_requests_total` say of one request, held until its body ends.
 #[derive(Debug)]
@@ -116,23 +119,17 @@ impl Record {
     }
 }
 
-impl http_body::Body for ServedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+impl Watch for Finish {
+    fn polled(
+        &mut self,
+        _: &mut Context<'_>,
+        polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        _: bool,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => {
-                if let Some(r) = self.record.take() {
-                    r.finish();
-                }
-            }
+            Poll::Ready(None) => drop(self.0.take().map(Record::finish)),
             Poll::Ready(Some(Err(e))) => {
-                if let Some(mut r) = self.record.take() {
+                if let Some(mut r) = self.0.take() {
                     r.reason = if e.is::<BodyReadTimeout>() {
                         ProxyError::UpstreamTimeout.reason()
                     } else {
@@ -146,19 +143,11 @@ impl http_body::Body for ServedBody {
         }
         polled
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
-impl Drop for ServedBody {
+impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some(r) = self.record.take() {
+        if let Some(r) = self.0.take() {
             r.finish();
         }
     }
@@ -321,10 +310,7 @@ async fn handle(
         client: peer.ip(),
         guard,
     };
-    resp.map(|inner| ServedBody {
-        inner,
-        record: Some(record),
-    })
+    resp.map(|inner| Watched::new(inner, Finish(Some(record))))
 }
 
 /// Copies bytes both ways between the upgraded downstream and upstream connections.

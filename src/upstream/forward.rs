@@ -36,7 +36,7 @@ use crate::resilience::retry::backoff::retry_after;
 use crate::upstream::balance::Balancer;
 use crate::upstream::client::SendFuture;
 use crate::upstream::endpoints::{Endpoint, EndpointSet, Verdict};
-use crate::upstream::read_timeout::{Progress, ReadTimeoutBody};
+use crate::upstream::read_timeout::{Progress, ReadTimeout};
 
 /// Sends a request to one endpoint of the upstream. Always ready; clones share state.
 #[derive(Clone, Debug)]
@@ -313,7 +313,7 @@ impl Future for ResponseFuture {
             if timeout.is_zero() || http_body::Body::is_end_stream(resp.body()) {
                 return resp;
             }
-            resp.map(|body| Body::boxed(ReadTimeoutBody::new(body, timeout)))
+            resp.map(|body| Body::boxed(ReadTimeout::body(body, timeout)))
         }))
     }
 }

@@ -10,18 +10,17 @@
 //! `upstreams.<name>.read_timeout`. Metrics: `weir_upstream_attempts_total{outcome=
 //! "upstream-timeout"}` (head), `weir_requests_total{reason="upstream-timeout"}` (both).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use tokio::time::Instant;
 
 use crate::error::BoxError;
-use crate::http::{Body, StallTimer};
+use crate::http::{Body, StallTimer, Watch, Watched};
 
 /// The upstream's response stopped arriving for `read_timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -58,91 +57,58 @@ impl Progress {
 
     /// `body` as sent upstream: each frame the upstream connection takes is progress.
     pub fn track(self: &Arc<Self>, body: Body) -> Body {
-        Body::boxed(Tracked {
-            inner: body,
-            progress: self.clone(),
-        })
+        Body::boxed(Watched::new(body, Tracked(self.clone())))
     }
 }
 
-struct Tracked {
-    inner: Body,
-    progress: Arc<Progress>,
-}
+/// Stamps progress on every frame of a request body.
+struct Tracked(Arc<Progress>);
 
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+impl Watch for Tracked {
+    fn polled(&mut self, _: &mut Context<'_>, polled: Frames, _: bool) -> Frames {
         if polled.is_ready() {
-            self.progress.touch();
+            self.0.touch();
         }
         polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
 /// An upstream response body that fails with [`BodyReadTimeout`] when no frame arrives for
-/// `timeout`.
-pub struct ReadTimeoutBody {
-    inner: Body,
-    stall: StallTimer,
-}
+/// its timeout.
+pub type ReadTimeoutBody = Watched<ReadTimeout>;
 
-impl ReadTimeoutBody {
+/// The timer of a [`ReadTimeoutBody`].
+#[derive(Debug)]
+pub struct ReadTimeout(StallTimer);
+
+impl ReadTimeout {
     /// `inner`, bounded by `timeout` between frames.
-    pub fn new(inner: Body, timeout: Duration) -> Self {
-        Self {
-            inner,
-            stall: StallTimer::new(timeout),
-        }
+    pub fn body(inner: Body, timeout: Duration) -> ReadTimeoutBody {
+        Watched::new(inner, ReadTimeout(StallTimer::new(timeout)))
     }
 }
 
-impl http_body::Body for ReadTimeoutBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+impl Watch for ReadTimeout {
+    fn polled(&mut self, cx: &mut Context<'_>, polled: Frames, _: bool) -> Frames {
+        match polled {
             Poll::Ready(frame) => {
-                this.stall.progressed();
+                self.0.progressed();
                 Poll::Ready(frame)
             }
-            Poll::Pending if this.stall.expired(cx) => {
+            Poll::Pending if self.0.expired(cx) => {
                 Poll::Ready(Some(Err(Box::new(BodyReadTimeout))))
             }
             Poll::Pending => Poll::Pending,
         }
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
+
+type Frames = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
     use http_body_util::BodyExt;
 
     use super::*;
@@ -165,7 +131,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_stops_fails_after_the_timeout_and_frames_reset_it() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut body = ReadTimeoutBody::new(Body::boxed(Chan(rx)), Duration::from_secs(3));
+        let mut body = ReadTimeout::body(Body::boxed(Chan(rx)), Duration::from_secs(3));
         let sender = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             tx.send(Bytes::from_static(b"a")).await.ok();
