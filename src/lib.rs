@@ -35,8 +35,10 @@
 //!    `upstream-tls`, and records on the endpoint its latency, in-flight count and outcome.
 //! 6. **On the way back** `ProxyService` turns any [`error::ProxyError`] into a response with
 //!    [`http::respond`] (status, `x-weir-error`, JSON body, `Retry-After`), strips hop-by-hop
-//!    headers from the response, records `weir_requests_total` and the duration histogram, and
-//!    writes one access-log event (target `weir::access`) with the same `reason`.
+//!    headers from the response, and hands it to hyper in a body that, once the response body has
+//!    ended (or broken off: `upstream-timeout` when `read_timeout` cut it), records
+//!    `weir_requests_total` and the duration histogram and writes one access-log event (target
+//!    `weir::access`) with the same `reason`.
 //!
 //! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/status`,
 //! `/status.json` and `/config`, and only reads. [`config`] turns a TOML file into a validated [`config::Config`].
