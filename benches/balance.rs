@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 
-use weir::admin::metrics::Metrics;
 use weir::config::{Balance, HashOn, UpstreamConfig};
 use weir::http::{Body, Request};
+use weir::metrics::Metrics;
 use weir::upstream::balance::Balancer;
 
 const SIZES: [usize; 3] = [3, 100, 1000];

@@ -20,11 +20,11 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::{Layer, ServiceExt, service_fn};
 
-use weir::admin::metrics::Metrics;
 use weir::config::{Mode, Priority, ShedSettings};
 use weir::error::ProxyError;
 use weir::http::context::RequestContext;
 use weir::http::{Body, Request, Response};
+use weir::metrics::Metrics;
 use weir::resilience::shed::ShedLayer;
 
 const LIMIT: u32 = 16;

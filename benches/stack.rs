@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use tower::{ServiceExt, service_fn};
 
-use weir::admin::metrics::Metrics;
 use weir::config::{Config, Priority};
 use weir::error::ProxyError;
 use weir::http::context::RequestContext;
 use weir::http::{Body, Request, Response};
+use weir::metrics::Metrics;
 
 const HOLD: &str = "x-bench-hold";
 

@@ -23,9 +23,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState, metrics::Metrics};
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::generation::{Current, Generation};
+use crate::metrics::Metrics;
 use crate::reload::{self, ReloadError, Reloader};
 use crate::route::BuildError;
 use crate::server::shutdown::Drain;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{self, BuildError};
 use crate::router::Router;
 use crate::router::matcher::Matcher;

@@ -50,6 +50,7 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod http;
+pub mod metrics;
 pub mod reload;
 pub mod resilience;
 pub mod route;

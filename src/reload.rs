@@ -19,9 +19,9 @@ use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::metrics::{CONFIG_RELOADS_TOTAL, Metrics};
 use crate::config::{Config, ConfigErrors};
 use crate::generation::{Current, Generation};
+use crate::metrics::{CONFIG_RELOADS_TOTAL, Metrics};
 use crate::route::BuildError;
 use crate::server::{ListenerError, Listeners};
 

@@ -4,7 +4,6 @@
 //! Position: off the request path; it only reads (metrics, the live generation, readiness).
 //! Config: `[admin].listen`.
 
-pub mod metrics;
 pub mod status;
 
 use std::convert::Infallible;
@@ -22,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::generation::Current;
 use crate::http::{Body, Response};
-use metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// What the admin endpoints read.
 #[derive(Debug)]

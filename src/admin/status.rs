@@ -743,8 +743,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::admin::metrics::Metrics;
     use crate::config::Config;
+    use crate::metrics::Metrics;
 
     const TWO_UPSTREAMS: &str = r#"
 [[routes]]

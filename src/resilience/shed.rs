@@ -98,13 +98,11 @@ use tokio::time::{Instant, Sleep};
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admin::metrics::{
-    CONCURRENCY_LIMIT, DRY_RUN_REJECTIONS_TOTAL, IN_FLIGHT, Metrics, SHED_TOTAL,
-};
 use crate::config::{Mode, Priority, ShedSettings};
 use crate::error::{BoxError, ProxyError};
 use crate::http::context::RequestContext;
 use crate::http::{Body, Request, Response, Watch, Watched};
+use crate::metrics::{CONCURRENCY_LIMIT, DRY_RUN_REJECTIONS_TOTAL, IN_FLIGHT, Metrics, SHED_TOTAL};
 use crate::resilience::Outcome;
 use crate::resilience::adaptive::Gradient;
 

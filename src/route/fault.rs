@@ -468,8 +468,8 @@ mod tests {
     async fn composes_into_an_erased_route_stack() {
         use tower::util::BoxCloneSyncService;
 
-        use crate::admin::metrics::Metrics;
         use crate::config::{RateLimitConfig, RespondConfig};
+        use crate::metrics::Metrics;
         use crate::route::deadline::DeadlineLayer;
         use crate::route::direct::Direct;
         use crate::route::ratelimit::RateLimitLayer;

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::config::{Priority, RouteAction, RouteConfig};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::upstream::UpstreamService;
 use deadline::DeadlineLayer;
 use direct::Direct;

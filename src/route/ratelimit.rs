@@ -16,11 +16,11 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::admin::metrics::{Metrics, RATE_LIMITED_TOTAL};
 use crate::config::{RateLimitConfig, RateLimitKey};
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
 use crate::http::{Request, Response};
+use crate::metrics::{Metrics, RATE_LIMITED_TOTAL};
 
 /// Wraps a service in [`RateLimit`]. Clones (and every service it builds) share the buckets,
 /// so one route's targets draw from the same limit.

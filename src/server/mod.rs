@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::admin::metrics::{DOWNSTREAM_CONNECTIONS, Metrics};
 use crate::config::ListenerConfig;
 use crate::generation::Current;
 use crate::http::hygiene::Limits;
+use crate::metrics::{DOWNSTREAM_CONNECTIONS, Metrics};
 use crate::tls::TlsError;
 use crate::tls::server::{self as tls_server, Certs, Loaded};
 use conn::{ConnIo, ConnState, Timeouts, Verdict};

@@ -27,12 +27,12 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::admin::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
 use crate::error::{BoxError, ProxyError};
 use crate::http::context;
 use crate::http::{
     Body, Request, TRACEPARENT, Watch, Watched, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene, respond,
 };
+use crate::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
 use crate::upstream::read_timeout::BodyReadTimeout;

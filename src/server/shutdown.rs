@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use metrics::Counter;
 
-use crate::admin::metrics::{DRAIN_REQUESTS_TOTAL, Metrics};
+use crate::metrics::{DRAIN_REQUESTS_TOTAL, Metrics};
 
 /// Request accounting for the drain. One per weir; cheap to share.
 #[derive(Debug)]

@@ -242,8 +242,8 @@ fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::metrics::Metrics;
     use crate::config::UpstreamConfig;
+    use crate::metrics::Metrics;
     use crate::upstream::endpoints::{EndpointSet, Verdict};
     use std::time::Duration;
 

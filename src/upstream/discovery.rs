@@ -18,8 +18,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use http::uri::Authority;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::metrics::{DNS_RESOLUTIONS_TOTAL, Metrics};
 use crate::error::BoxError;
+use crate::metrics::{DNS_RESOLUTIONS_TOTAL, Metrics};
 
 /// Resolves names to addresses. Implemented by [`HickoryResolver`]; tests use fakes.
 pub trait Resolve: Send + Sync + 'static {

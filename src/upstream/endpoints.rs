@@ -31,10 +31,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::metrics::{
+use crate::config::{Mode, OutlierSettings};
+use crate::metrics::{
     DRY_RUN_REJECTIONS_TOTAL, ENDPOINT_EJECTIONS_TOTAL, ENDPOINT_HEALTHY, Metrics, PANIC_MODE,
 };
-use crate::config::{Mode, OutlierSettings};
 use crate::upstream::client::{EndpointConn, Transport};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier;

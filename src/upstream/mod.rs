@@ -20,10 +20,10 @@ use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-use crate::admin::metrics::Metrics;
 use crate::config::{Balance, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
+use crate::metrics::Metrics;
 use crate::resilience::breaker::{BreakerHandle, CircuitBreakerLayer};
 use crate::resilience::retry::{RetryHandle, RetryLayer};
 use crate::resilience::shed::{ShedHandle, ShedLayer};

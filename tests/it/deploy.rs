@@ -18,10 +18,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_norway::Value;
 use weir::Config;
-use weir::admin::metrics as m;
+use weir::metrics as m;
 
 /// DESIGN §4 names that weir does not export yet. The rules and the dashboard may use them (they
-/// show no data until then); anything else must be a `pub const` of `src/admin/metrics.rs`.
+/// show no data until then); anything else must be a `pub const` of `src/metrics.rs`.
 /// Once a name is exported there, remove it here.
 const NOT_EXPORTED_YET: &[&str] = &[
     "weir_panic_mode",               // {upstream}: health-based panic routing
@@ -56,7 +56,7 @@ fn read(path: &Path) -> String {
 
 // === metric names ===
 
-/// What `src/admin/metrics.rs` exports: its `pub const X: &str = "weir_..."` names, and which
+/// What `src/metrics.rs` exports: its `pub const X: &str = "weir_..."` names, and which
 /// of them are histograms (described with `describe_histogram`).
 struct Exported {
     names: BTreeSet<String>,
@@ -65,7 +65,7 @@ struct Exported {
 
 impl Exported {
     fn read() -> Self {
-        let src = read(&root().join("src/admin/metrics.rs"));
+        let src = read(&root().join("src/metrics.rs"));
         let mut consts = BTreeMap::new();
         for line in src.lines() {
             let Some(rest) = line.trim().strip_prefix("pub const ") else {
@@ -117,7 +117,7 @@ impl Exported {
         let unknown: Vec<&String> = tokens.iter().filter(|t| !self.knows(t)).collect();
         assert!(
             unknown.is_empty(),
-            "{file} names metrics weir neither exports (src/admin/metrics.rs) nor plans \
+            "{file} names metrics weir neither exports (src/metrics.rs) nor plans \
              (NOT_EXPORTED_YET): {unknown:?}"
         );
     }

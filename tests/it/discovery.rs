@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::uri::Authority;
 use tokio_util::sync::CancellationToken;
-use weir::admin::metrics::{DNS_RESOLUTIONS_TOTAL, Metrics};
+use weir::metrics::{DNS_RESOLUTIONS_TOTAL, Metrics};
 use weir::upstream::discovery::{self, HickoryResolver, ResolveError, resolve_once};
 
 use crate::support::dns::DnsServer;

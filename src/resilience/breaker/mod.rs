@@ -28,12 +28,10 @@ use tower::{Layer, Service};
 
 pub use self::state::BreakerState;
 use self::state::{Admission, Machine, Reason, Ticket, Transition};
-use crate::admin::metrics::{
-    CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DRY_RUN_REJECTIONS_TOTAL, Metrics,
-};
 use crate::config::{BreakerSettings, Mode};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
+use crate::metrics::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DRY_RUN_REJECTIONS_TOTAL, Metrics};
 use crate::resilience::{Outcome, StatusSet};
 
 /// Wraps a service in [`CircuitBreaker`]. Clones (and every service it makes) share one

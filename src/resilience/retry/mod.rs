@@ -31,13 +31,13 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admin::metrics::{
-    Metrics, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL, RETRY_BUDGET_REMAINING,
-};
 use crate::config::RetrySettings;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
 use crate::http::{Body, Request, Response};
+use crate::metrics::{
+    Metrics, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL, RETRY_BUDGET_REMAINING,
+};
 use backoff::Backoff;
 use budget::Budget;
 use latency::Latency;

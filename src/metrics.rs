@@ -1,13 +1,14 @@
 //! Metric names (the DESIGN §4 contract), their descriptions and buckets, the instance-owned
 //! Prometheus recorder, and the per-route handle structs resolved once per generation.
 //!
-//! Position: handles live in the services of the request path; rendering is served by
-//! [`crate::admin`]. Labels come from config names and closed sets only, never request data.
+//! Position: a leaf beside [`crate::http`]: every stage records through it, and nothing on the
+//! request path imports [`crate::admin`], which only renders what is recorded here. Labels come
+//! from config names and closed sets only, never request data.
 
 use std::sync::Arc;
 
+use ::metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
 use arc_swap::ArcSwap;
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
