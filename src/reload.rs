@@ -45,9 +45,9 @@ pub struct Reloader {
     current: Current,
     listeners: Arc<Listeners>,
     metrics: Metrics,
-    /// One reload at a time (SIGHUP and the file watch may fire together); holds the bytes of
-    /// the file the last file reload read, and when.
-    serial: Mutex<Option<(Vec<u8>, Instant)>>,
+    /// One reload at a time (SIGHUP and the file watch may fire together). The lock holds the
+    /// bytes the last file reload read, and when.
+    last_read: Mutex<Option<(Vec<u8>, Instant)>>,
     success: Counter,
     error: Counter,
 }
@@ -63,7 +63,7 @@ impl Reloader {
             current,
             listeners,
             metrics,
-            serial: Mutex::new(None),
+            last_read: Mutex::new(None),
         }
     }
 
@@ -73,7 +73,10 @@ impl Reloader {
     /// and moves the listeners (see [`Listeners::apply`]). Requests in flight finish on the
     /// generation they started on. On an error nothing changes.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.swap(config)
     }
 
@@ -109,7 +112,10 @@ impl Reloader {
 
     /// Remembers the bytes of the file weir started from, so the watch reloads only a change.
     pub fn seed(&self, path: &Path) {
-        let mut last = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if last.is_none()
             && let Ok(bytes) = std::fs::read(path)
         {
@@ -123,7 +129,10 @@ impl Reloader {
     /// Reads the file and reloads it, unless it holds the bytes the last file reload read and
     /// either `signalled` is false or that reload was less than [`ONCE`] ago.
     fn reload_file_if(&self, path: &Path, signalled: bool) -> Result<(), ReloadError> {
-        let mut last = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             // Mid-swap, the watch may find no file: the next event will.

@@ -61,7 +61,6 @@ pub struct ListenerShared {
     pub current: Current,
     /// `X-Forwarded-Proto` of this listener: `https` with TLS, else `http`.
     pub proto: &'static str,
-    header_read_timeout: Duration,
     /// The connection timeouts (`header_read_timeout`, `idle_timeout`, `send_timeout`).
     pub timeouts: Timeouts,
     builder: auto::Builder<TokioExecutor>,
@@ -126,7 +125,6 @@ impl ListenerShared {
             },
             current: env.current.clone(),
             proto: if tls.is_some() { "https" } else { "http" },
-            header_read_timeout: cfg.header_read_timeout,
             timeouts: Timeouts {
                 header_read: cfg.header_read_timeout,
                 idle: cfg.idle_timeout,
@@ -559,7 +557,7 @@ async fn serve_connection(
     let acceptor = TlsAcceptor::from(tls.clone());
     // The handshake gets the header-read timeout: a client that opens connections and never
     // finishes them holds a connection slot no longer than a slow request head would.
-    match tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)).await {
+    match tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => serve_io(shared, tls, peer, stop).await,
         Ok(Err(e)) => {
             debug!(listener = %shared.name, %peer, error = %e, "TLS handshake failed");

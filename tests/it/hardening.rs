@@ -77,6 +77,19 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
+/// Answers with a head declaring `declared` body bytes, sends 1 KiB of them, then holds the
+/// connection silent until weir closes it (which the upstream counts as a close).
+async fn partial_then_silent(mut s: TcpStream, declared: usize) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {declared}\r\n\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(&[b'x'; 1024]).await?;
+    let mut b = [0u8; 1];
+    match s.read(&mut b).await {
+        Ok(_) => Err(std::io::ErrorKind::ConnectionAborted.into()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads from `s` until it closes or errors (returns the bytes and whether it ended cleanly),
 /// giving up after 10 s.
 async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
@@ -186,18 +199,7 @@ async fn length_with_chunked_is_read_as_chunked_and_nothing_behind_it_is_served(
 #[tokio::test]
 async fn a_stalled_upstream_body_is_cut_at_read_timeout() {
     // 1 KiB of a declared 100 KiB, then silence.
-    let up = RawUpstream::start(|mut s| async move {
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 102400\r\n\r\n")
-            .await?;
-        s.write_all(&[b'x'; 1024]).await?;
-        let mut b = [0u8; 1];
-        // Held open until weir closes it (a read of 0 or an error).
-        match s.read(&mut b).await {
-            Ok(_) => Err(std::io::ErrorKind::ConnectionAborted.into()),
-            Err(e) => Err(e),
-        }
-    })
-    .await;
+    let up = RawUpstream::start(|s| partial_then_silent(s, 102_400)).await;
     let cfg = one_route(
         "st-body",
         "st-body-up",
@@ -416,19 +418,9 @@ async fn a_change_both_written_and_signalled_reloads_once() {
 
 #[tokio::test]
 async fn a_streaming_response_counts_in_flight_until_its_body_ends() {
-    let up = RawUpstream::start(|mut s| async move {
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4096\r\n\r\n")
-            .await?;
-        s.write_all(&[b's'; 1024]).await?;
-        // The rest of the body never comes; weir's read_timeout (default 60s) is not reached
-        // before the client leaves.
-        let mut b = [0u8; 1];
-        match s.read(&mut b).await {
-            Ok(_) => Err(std::io::ErrorKind::ConnectionAborted.into()),
-            Err(e) => Err(e),
-        }
-    })
-    .await;
+    // The rest of the body never comes; weir's read_timeout (default 60s) is not reached
+    // before the client leaves.
+    let up = RawUpstream::start(|s| partial_then_silent(s, 4096)).await;
     let weir = Weir::start(&one_route("stream", "stream-up", &[up.addr], "")).await;
     let mut s = TcpStream::connect(weir.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
