@@ -25,10 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::generation::BuildError;
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
 use crate::reload::{self, ReloadError, Reloader};
-use crate::route::BuildError;
 use crate::server::shutdown::Drain;
 use crate::server::{ListenerError, Listeners, pin};
 
@@ -159,7 +159,7 @@ impl App {
             let stop = upkeep_stop;
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {
+                    () = tokio::time::sleep(UPKEEP) => {
                         current.load().publish_gauges();
                         metrics.run_upkeep();
                     }
@@ -284,3 +284,8 @@ impl Running {
         }
     }
 }
+
+/// How often the upkeep task samples the gauges that are not kept current per request (retry
+/// budgets, requests in flight) and runs the recorder's upkeep (histogram rotation). A scrape
+/// sees values at most this old.
+pub(crate) const UPKEEP: Duration = Duration::from_secs(1);

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::route::{self, BuildError};
+use crate::route::{self, Route, RouteError};
 use crate::router::Router;
 use crate::router::matcher::Matcher;
 use crate::upstream::{self, Upstream};
@@ -24,7 +24,7 @@ pub struct Generation {
     /// The config this generation was built from (served on the admin `/config`).
     pub config: Arc<Config>,
     /// Routes in match order.
-    pub router: Router,
+    pub router: Router<Route>,
     /// Handles for requests that match no route.
     pub unrouted: RouteMetrics,
     /// Every upstream, in config order, with handles on its policies' state (`/status.json`).
@@ -76,6 +76,24 @@ impl Generation {
     }
 }
 
+/// A generation that cannot be built: a route (config validation rules those cases out) or an
+/// upstream's TLS files.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A route's targets do not resolve.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// An upstream's TLS settings cannot be loaded (a missing or unreadable file, bad PEM).
+    #[error("upstreams.{upstream}.tls: {source}")]
+    UpstreamTls {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// The file (or setting) at fault, and why.
+        #[source]
+        source: crate::tls::TlsError,
+    },
+}
+
 impl Generation {
     /// This generation's built upstream named like `cfg`, when its settings equal `cfg`.
     fn kept_upstream(&self, cfg: &crate::config::UpstreamConfig) -> Option<Upstream> {
@@ -84,7 +102,8 @@ impl Generation {
     }
 
     /// Sets the gauges that are sampled rather than kept current per request (retry budgets,
-    /// requests in flight); the admin port calls it before each scrape and on a timer.
+    /// requests in flight); the app's upkeep task calls it every [`crate::app::UPKEEP`], so a
+    /// scrape only renders and never writes.
     pub fn publish_gauges(&self) {
         for u in &self.upstreams {
             u.retry.publish();

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
+use crate::generation::BuildError;
 use crate::generation::{Current, Generation};
 use crate::metrics::{CONFIG_RELOADS_TOTAL, Metrics};
-use crate::route::BuildError;
 use crate::server::{ListenerError, Listeners};
 
 /// Why a reload was refused; the running config keeps serving.

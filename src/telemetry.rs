@@ -76,8 +76,50 @@ pub fn init() -> Telemetry {
     }
 }
 
-#[cfg(feature = "otel")]
-pub use otel::{record_response, request_span, traceparent};
+/// What one request's trace needs on its walk: with OTLP export on, the request's span (its
+/// parent the inbound `traceparent`, its span id the one sent upstream; it ends when this value
+/// drops, when the response head is ready); without it, nothing, and every method is weir's own
+/// rule or a no-op. The only place the request walk meets the `otel` feature.
+#[derive(Debug)]
+pub(crate) struct RequestTrace {
+    #[cfg(feature = "otel")]
+    span: Option<tracing::Span>,
+}
+
+impl RequestTrace {
+    /// Starts the trace of a request with `method` and inbound `headers`.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    pub(crate) fn start(method: &http::Method, headers: &http::HeaderMap) -> Self {
+        Self {
+            #[cfg(feature = "otel")]
+            span: otel::request_span(method, headers),
+        }
+    }
+
+    /// The `traceparent` to send upstream: the span's, or
+    /// [`crate::http::context::traceparent`] of the inbound one.
+    pub(crate) fn traceparent(&self, headers: &http::HeaderMap) -> http::HeaderValue {
+        #[cfg(feature = "otel")]
+        if let Some(tp) = otel::traceparent(self.span.as_ref()) {
+            return tp;
+        }
+        crate::http::context::traceparent(headers.get(&crate::http::TRACEPARENT))
+    }
+
+    /// Records on the span what the access log says: route (when one matched), upstream,
+    /// status, reason; a 5xx marks the span as an error.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    pub(crate) fn record(
+        &self,
+        route: &str,
+        upstream: &str,
+        status: http::StatusCode,
+        reason: &str,
+    ) {
+        #[cfg(feature = "otel")]
+        otel::record_response(self.span.as_ref(), route, upstream, status, reason);
+    }
+}
 
 #[cfg(feature = "otel")]
 mod otel {

@@ -87,10 +87,7 @@ fn answer(state: &AdminState, req: &http::Request<Incoming>) -> Response {
     match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            {
-                state.current.load().publish_gauges();
-                state.metrics.render()
-            },
+            state.metrics.render(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),

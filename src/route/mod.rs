@@ -56,8 +56,6 @@ pub struct Route {
     /// The route's name (a label and the `route` of error bodies).
     pub name: Arc<str>,
     targets: split::Weighted<Target>,
-    /// Handles for requests that fail before a target is known.
-    pub metrics: RouteMetrics,
     /// The route's criticality; a request may lower it with `x-weir-priority`.
     pub priority: Priority,
 }
@@ -69,10 +67,9 @@ impl Route {
     }
 }
 
-/// A generation that cannot be built: a route (config validation rules those cases out) or an
-/// upstream's TLS files.
+/// A route that cannot be built (config validation rules both cases out).
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub enum RouteError {
     /// The route names an upstream the generation does not have.
     #[error("route {route}: unknown upstream {upstream}")]
     UnknownUpstream {
@@ -86,15 +83,6 @@ pub enum BuildError {
     EmptySplit {
         /// The route.
         route: Arc<str>,
-    },
-    /// An upstream's TLS settings cannot be loaded (a missing or unreadable file, bad PEM).
-    #[error("upstreams.{upstream}.tls: {source}")]
-    UpstreamTls {
-        /// The upstream.
-        upstream: Arc<str>,
-        /// The file (or setting) at fault, and why.
-        #[source]
-        source: crate::tls::TlsError,
     },
 }
 
@@ -131,16 +119,16 @@ pub fn build(
     cfg: &RouteConfig,
     upstreams: &HashMap<Arc<str>, UpstreamService>,
     metrics: &Metrics,
-) -> Result<Route, BuildError> {
+) -> Result<Route, RouteError> {
     let layers = Layers {
         deadline: DeadlineLayer::new(cfg.timeout),
         rate_limit: RateLimitLayer::new(cfg.name.clone(), cfg.rate_limit.as_ref(), metrics),
         fault: FaultLayer::new(&cfg.fault),
     };
-    let upstream_target = |name: &Arc<str>| -> Result<Target, BuildError> {
+    let upstream_target = |name: &Arc<str>| -> Result<Target, RouteError> {
         let up = upstreams
             .get(name)
-            .ok_or_else(|| BuildError::UnknownUpstream {
+            .ok_or_else(|| RouteError::UnknownUpstream {
                 route: cfg.name.clone(),
                 upstream: name.clone(),
             })?;
@@ -158,7 +146,7 @@ pub fn build(
             for t in split {
                 items.push((upstream_target(&t.upstream)?, t.weight));
             }
-            split::Weighted::new(items).ok_or_else(|| BuildError::EmptySplit {
+            split::Weighted::new(items).ok_or_else(|| RouteError::EmptySplit {
                 route: cfg.name.clone(),
             })?
         }
@@ -172,7 +160,6 @@ pub fn build(
     Ok(Route {
         name: cfg.name.clone(),
         targets,
-        metrics: RouteMetrics::new(metrics, cfg.name.clone(), Arc::from("")),
         priority: cfg.priority,
     })
 }

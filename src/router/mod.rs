@@ -8,23 +8,23 @@ pub mod matcher;
 use http::header::HOST;
 use http::request::Parts;
 
-use crate::route::Route;
 use matcher::Matcher;
 
-/// The compiled routes of one generation, in file order.
-#[derive(Debug, Default)]
-pub struct Router {
-    routes: Vec<(Matcher, Route)>,
+/// The compiled routes of one generation, in file order. Generic over what a route is, so the
+/// router knows matchers and nothing of the stacks behind them.
+#[derive(Debug)]
+pub struct Router<R> {
+    routes: Vec<(Matcher, R)>,
 }
 
-impl Router {
+impl<R> Router<R> {
     /// A router over `routes`, each with its matcher, tried in the order given.
-    pub fn new(routes: Vec<(Matcher, Route)>) -> Self {
+    pub fn new(routes: Vec<(Matcher, R)>) -> Self {
         Self { routes }
     }
 
     /// The first route whose matcher accepts the request, or `None` (`no-route`).
-    pub fn route(&self, parts: &Parts) -> Option<&Route> {
+    pub fn route(&self, parts: &Parts) -> Option<&R> {
         let host = request_host(parts);
         let path = parts.uri.path();
         self.routes

@@ -28,13 +28,17 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::error::{BoxError, ProxyError};
-use crate::http::context;
+use crate::generation::Generation;
+use crate::http::context::{self, RequestContext};
 use crate::http::{
-    Body, Request, TRACEPARENT, Watch, Watched, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene, respond,
+    Body, Request, Response, TRACEPARENT, Watch, Watched, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene,
+    respond,
 };
 use crate::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
+use crate::route::{Route, Target};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
+use crate::telemetry::RequestTrace;
 use crate::upstream::read_timeout::BodyReadTimeout;
 
 /// Serves the requests of one downstream connection.
@@ -165,92 +169,151 @@ impl Drop for RequestGuard {
     }
 }
 
+/// The walk of one request, as named steps: [`check`] → [`route`] → [`prepare`] → [`call`] →
+/// [`finish`] → [`record`].
 async fn handle(
     guard: RequestGuard,
     peer: SocketAddr,
     client: &HeaderValue,
     req: http::Request<Incoming>,
 ) -> http::Response<ServedBody> {
-    let (l, conn) = (&*guard.1, &*guard.0);
     let started = Instant::now();
-    let generation = l.current.load_full();
-    let (mut parts, body) = req.into_parts();
-    // With OTLP export on, the request's span: its parent is the inbound `traceparent`, its
-    // span id the one sent upstream; it ends when this function returns.
-    #[cfg(feature = "otel")]
-    let span = crate::telemetry::request_span(&parts.method, &parts.headers);
-    let request_id = context::request_id(parts.headers.get(&X_REQUEST_ID));
-    let method = parts.method.clone();
-    let version = parts.version;
-    let upgrade = hygiene::is_upgrade(version, &parts.headers);
+    let generation = guard.1.current.load_full();
+    let (parts, body) = req.into_parts();
+    let ex = Exchange {
+        trace: RequestTrace::start(&parts.method, &parts.headers),
+        request_id: context::request_id(parts.headers.get(&X_REQUEST_ID)),
+        method: parts.method.clone(),
+        version: parts.version,
+        upgrade: hygiene::is_upgrade(parts.version, &parts.headers),
+        peer,
+    };
+    let (l, conn) = (&*guard.1, &*guard.0);
+    let (route, target, result, on_upgrade) =
+        match check(&parts, l).and_then(|()| route(&generation, &parts)) {
+            Err(e) => (None, None, Err(e), None),
+            Ok(route) => {
+                let target = route.pick();
+                let (req, on_upgrade) = prepare(parts, body, route, &ex, client, l);
+                let result = call(conn, &generation, target, req).await;
+                (Some(route), Some(target), result, on_upgrade)
+            }
+        };
+    let route_name = route.map_or("", |r| &*r.name);
+    let metrics = target.map_or(&generation.unrouted, |t| &t.metrics);
+    let direct = target.is_some_and(|t| t.direct);
+    let (resp, reason) = finish(result, on_upgrade, direct, route_name, metrics, &ex, &guard);
+    ex.trace
+        .record(route_name, metrics.upstream(), resp.status(), reason);
+    record(resp, reason, metrics, ex, started, guard)
+}
 
-    let checked = hygiene::check_request(
+/// What the walk keeps of the request head for the response, the trace and the record.
+struct Exchange {
+    trace: RequestTrace,
+    request_id: HeaderValue,
+    method: http::Method,
+    version: http::Version,
+    /// Whether the client asks to switch protocols (`Connection: upgrade`).
+    upgrade: bool,
+    peer: SocketAddr,
+}
+
+/// Step 2: a request weir refuses before routing it (framing, `Host`, header limits).
+fn check(parts: &http::request::Parts, l: &ListenerShared) -> Result<(), ProxyError> {
+    hygiene::check_request(
         &parts.method,
         &parts.uri,
-        version,
+        parts.version,
         &parts.headers,
         &l.limits,
-    );
-    let route = checked.and_then(|()| generation.router.route(&parts).ok_or(ProxyError::NoRoute));
+    )
+}
 
-    let (route_name, metrics, direct, result, downstream_upgrade) = match route {
-        Err(e) => ("", &generation.unrouted, false, Err(e), None),
-        Ok(route) => {
-            let target = route.pick();
-            let on_upgrade = if upgrade {
-                parts.extensions.remove::<OnUpgrade>()
-            } else {
-                None
-            };
-            hygiene::strip_hop_by_hop(&mut parts.headers, upgrade);
-            // Room for what weir adds (X-Forwarded-*, Via, x-request-id, traceparent, the
-            // deadline), so the map grows once instead of several times.
-            parts.headers.reserve(8);
-            let authority = parts.uri.authority().map(|a| a.as_str());
-            hygiene::add_forwarded(&mut parts.headers, client, l.proto, authority, version);
-            parts
-                .headers
-                .insert(X_REQUEST_ID.clone(), request_id.clone());
-            #[cfg(not(feature = "otel"))]
-            let traceparent = context::traceparent(parts.headers.get(&TRACEPARENT));
-            #[cfg(feature = "otel")]
-            let traceparent = crate::telemetry::traceparent(span.as_ref())
-                .unwrap_or_else(|| context::traceparent(parts.headers.get(&TRACEPARENT)));
-            parts.headers.insert(TRACEPARENT.clone(), traceparent);
-            let priority = match parts.headers.get(&X_WEIR_PRIORITY) {
-                Some(asked) => route.priority.lowered_by(asked.as_bytes()),
-                None => route.priority,
-            };
-            parts.extensions.insert(context::RequestContext::new(
-                peer.ip(),
-                route.name.clone(),
-                priority,
-            ));
-            let req = Request::from_parts(
-                parts,
-                Body::request(body, l.limits.max_body_bytes, l.timeouts.idle),
-            );
-            let mut service = conn.take_service(&generation, target);
-            let result = match service.0.ready().await {
-                Ok(ready) => ready.call(req).await,
-                Err(e) => Err(e),
-            };
-            conn.keep_service(generation.clone(), target, service);
-            (
-                &*route.name,
-                &target.metrics,
-                target.direct,
-                result,
-                on_upgrade,
-            )
-        }
+/// Step 3: the route that serves the request, or `no-route`.
+fn route<'g>(
+    generation: &'g Generation,
+    parts: &http::request::Parts,
+) -> Result<&'g Route, ProxyError> {
+    generation.router.route(parts).ok_or(ProxyError::NoRoute)
+}
+
+/// Step 2, continued, for a routed request: hop-by-hop headers out, what weir adds in
+/// (`X-Forwarded-*`, `x-request-id`, `traceparent`), its [`RequestContext`] (client, route,
+/// priority), and its body bounded by the listener's limits. Returns the downstream upgrade to
+/// tunnel, if the client asked for one.
+fn prepare(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    route: &Route,
+    ex: &Exchange,
+    client: &HeaderValue,
+    l: &ListenerShared,
+) -> (Request, Option<OnUpgrade>) {
+    let on_upgrade = if ex.upgrade {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
     };
-    let upstream: &str = metrics.upstream();
+    hygiene::strip_hop_by_hop(&mut parts.headers, ex.upgrade);
+    // Room for what weir adds (X-Forwarded-*, Via, x-request-id, traceparent, the deadline),
+    // so the map grows once instead of several times.
+    parts.headers.reserve(8);
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    hygiene::add_forwarded(&mut parts.headers, client, l.proto, authority, ex.version);
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
+    let traceparent = ex.trace.traceparent(&parts.headers);
+    parts.headers.insert(TRACEPARENT.clone(), traceparent);
+    let priority = match parts.headers.get(&X_WEIR_PRIORITY) {
+        Some(asked) => route.priority.lowered_by(asked.as_bytes()),
+        None => route.priority,
+    };
+    parts.extensions.insert(RequestContext::new(
+        ex.peer.ip(),
+        route.name.clone(),
+        priority,
+    ));
+    let body = Body::request(body, l.limits.max_body_bytes, l.timeouts.idle);
+    (Request::from_parts(parts, body), on_upgrade)
+}
 
+/// Steps 4 to 7: the target's route stack (and below it the upstream's), through the
+/// connection's kept clone of it.
+async fn call(
+    conn: &ConnState,
+    generation: &Arc<Generation>,
+    target: &Target,
+    req: Request,
+) -> Result<Response, ProxyError> {
+    let mut service = conn.take_service(generation, target);
+    let result = match service.0.ready().await {
+        Ok(ready) => ready.call(req).await,
+        Err(e) => Err(e),
+    };
+    conn.keep_service(generation.clone(), target, service);
+    result
+}
+
+/// Step 8: the response the client gets, with the `reason` it is recorded under. An upstream's
+/// response loses its hop-by-hop headers and gains `Via` (or becomes a tunnel on `101`); an
+/// error becomes its response ([`respond::error_response`]). Both carry `x-request-id`, and an
+/// HTTP/1 response during a drain closes its connection.
+fn finish(
+    result: Result<Response, ProxyError>,
+    on_upgrade: Option<OnUpgrade>,
+    direct: bool,
+    route: &str,
+    metrics: &RouteMetrics,
+    ex: &Exchange,
+    guard: &RequestGuard,
+) -> (Response, &'static str) {
+    let (conn, l) = (&*guard.0, &*guard.1);
     let (mut resp, reason) = match result {
         Ok(mut resp) => {
-            let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if switching && let Some(down) = downstream_upgrade {
+            let switching = ex.upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if switching && let Some(down) = on_upgrade {
                 let up = hyper::upgrade::on(&mut resp);
                 conn.mark_upgraded();
                 l.tasks.spawn(tunnel(down, up));
@@ -260,54 +323,59 @@ async fn handle(
                 let upstream_version = resp.version();
                 hygiene::append_via(resp.headers_mut(), upstream_version);
             }
-            *resp.version_mut() = version;
-            (
-                resp,
-                if direct {
-                    REASON_DIRECT
-                } else {
-                    REASON_UPSTREAM
-                },
-            )
+            *resp.version_mut() = ex.version;
+            let reason = if direct {
+                REASON_DIRECT
+            } else {
+                REASON_UPSTREAM
+            };
+            (resp, reason)
         }
         Err(e) => {
             tracing::debug!(
-                route = route_name,
-                upstream,
-                request_id = request_id.to_str().unwrap_or(""),
+                route,
+                upstream = metrics.upstream().as_ref(),
+                request_id = ex.request_id.to_str().unwrap_or(""),
                 error = %e,
                 source = ?std::error::Error::source(&e),
                 "request failed"
             );
-            (
-                respond::error_response(&e, route_name, upstream),
-                e.reason(),
-            )
+            let resp = respond::error_response(&e, route, metrics.upstream());
+            (resp, e.reason())
         }
     };
     resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+        .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
     // A drain closes HTTP/1 connections after their response in flight (HTTP/2 connections get
     // GOAWAY from the listener).
     let draining_h1 = l.drain.is_draining()
-        && version < http::Version::HTTP_2
+        && ex.version < http::Version::HTTP_2
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
     if draining_h1 {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    (resp, reason)
+}
 
-    #[cfg(feature = "otel")]
-    crate::telemetry::record_response(span.as_ref(), route_name, upstream, resp.status(), reason);
+/// The request's [`Record`] rides on its response body and is written when the body ends.
+fn record(
+    resp: Response,
+    reason: &'static str,
+    metrics: &RouteMetrics,
+    ex: Exchange,
+    started: Instant,
+    guard: RequestGuard,
+) -> http::Response<ServedBody> {
     let record = Record {
         metrics: metrics.clone(),
-        method,
+        method: ex.method,
         route: metrics.route().clone(),
         status: resp.status(),
         reason,
         started,
-        request_id,
-        client: peer.ip(),
+        request_id: ex.request_id,
+        client: ex.peer.ip(),
         guard,
     };
     resp.map(|inner| Watched::new(inner, Finish(Some(record))))

@@ -434,7 +434,8 @@ async fn a_streaming_response_counts_in_flight_until_its_body_ends() {
             .await
             .get("weir_in_flight", &[("upstream", "stream-up")])
     };
-    assert_eq!(in_flight().await, Some(1.0), "the stream is in flight");
+    // Sampled by the upkeep task every second.
+    eventually_async(|| async move { in_flight().await == Some(1.0) }, SECS).await;
     drop(s);
     eventually_async(|| async move { in_flight().await == Some(0.0) }, SECS).await;
     eventually(|| up.closed.load(SeqCst) == 1, SECS).await;
