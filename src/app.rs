@@ -135,7 +135,7 @@ impl App {
             source,
         })?;
         listeners
-            .apply(&config.listeners, || ())
+            .apply(&config.listeners, || current.load().start())
             .map_err(StartError::from)?;
 
         let ready = Arc::new(AtomicBool::new(true));

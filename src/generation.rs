@@ -101,6 +101,15 @@ impl Generation {
         self.upstreams.get(i).cloned()
     }
 
+    /// Starts the background tasks of every upstream that has not started yet (health checks,
+    /// outlier upkeep, DNS discovery); called when the generation goes live, just before it is
+    /// swapped in. Upstreams kept from the previous generation are running already.
+    pub fn start(&self) {
+        for u in &self.upstreams {
+            u.start();
+        }
+    }
+
     /// Sets the gauges that are sampled rather than kept current per request (retry budgets,
     /// requests in flight); the app's upkeep task calls it every [`crate::app::UPKEEP`], so a
     /// scrape only renders and never writes.

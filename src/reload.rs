@@ -86,7 +86,10 @@ impl Reloader {
             let config = Arc::new(config);
             let previous = self.current.load_full();
             let next = Generation::build_after(config.clone(), &self.metrics, Some(&previous))?;
+            // Goes live only if the listeners take the new settings: a refused reload starts
+            // no task and opens no connection.
             self.listeners.apply(&config.listeners, || {
+                next.start();
                 self.current.store(Arc::new(next));
             })?;
             Ok(())

@@ -4,7 +4,7 @@
 //!
 //! Who writes what: the request path ([`crate::upstream::forward`]) only *reads* the snapshot
 //! and updates an endpoint's load atomics and failure counter when a try ends. The background
-//! tasks write: the upkeep task (started here; ejection decisions in
+//! tasks write: the upkeep task ([`EndpointSet::start`]; ejection decisions in
 //! [`crate::upstream::outlier`]) ejects and restores endpoints and republishes which ones serve;
 //! [`crate::upstream::health`] writes active-check verdicts; [`crate::upstream::discovery`]
 //! replaces the members ([`EndpointSet::update`]), keeping the [`Endpoint`] (connections,
@@ -87,6 +87,15 @@ impl std::fmt::Debug for Endpoint {
             .field("in_flight", &self.in_flight())
             .finish_non_exhaustive()
     }
+}
+
+/// What an endpoint set is built for, besides its members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetShape {
+    /// Build a consistent-hash ring over the members (`balance = "hash"`).
+    pub hashed: bool,
+    /// Active health checks will run on it (shown on the status page).
+    pub checked: bool,
 }
 
 /// How a try on an endpoint ended, for outlier detection.
@@ -428,17 +437,17 @@ impl Drop for SetInner {
 }
 
 impl EndpointSet {
-    /// The set of upstream `name` over `addrs`, reaching them through `transport`, and its
-    /// upkeep task (ejections, restorations, ramps, panic mode). `hashed` builds a hash ring;
-    /// `checked` says active health checks will run (shown on the status page).
+    /// The set of upstream `name` over `addrs`, reaching them through `transport`. Its upkeep
+    /// task (ejections, restorations, ramps, panic mode) runs from [`EndpointSet::start`].
     pub fn new(
         name: Arc<str>,
         addrs: &[Authority],
         transport: Transport,
         outlier: &OutlierSettings,
-        (hashed, checked): (bool, bool),
+        shape: SetShape,
         metrics: &Metrics,
     ) -> Self {
+        let SetShape { hashed, checked } = shape;
         let up = || ("upstream", name.clone());
         let inner = Arc::new(SetInner {
             epoch: Instant::now(),
@@ -471,10 +480,15 @@ impl EndpointSet {
         });
         let set = Self { inner };
         set.replace(addrs, false);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(upkeep(set.downgrade(), set.inner.signal.clone()));
-        }
         set
+    }
+
+    /// Starts the upkeep task; it ends with the set. Called once, when the set's generation
+    /// goes live ([`crate::upstream::Upstream::start`]).
+    pub fn start(&self) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(upkeep(self.downgrade(), self.inner.signal.clone()));
+        }
     }
 
     /// The upstream's name.
@@ -747,14 +761,16 @@ mod tests {
 
     fn set(list: &[&str], outlier: OutlierSettings) -> EndpointSet {
         let cfg = UpstreamConfig::default();
-        EndpointSet::new(
+        let s = EndpointSet::new(
             "up".into(),
             &addrs(list),
             Transport::new(&cfg).unwrap(),
             &outlier,
-            (false, false),
+            SetShape::default(),
             &Metrics::new().unwrap(),
-        )
+        );
+        s.start();
+        s
     }
 
     fn outlier(failures: u32, base: u64, ramp: u64) -> OutlierSettings {

@@ -15,12 +15,15 @@ pub mod outlier;
 pub mod pool;
 pub mod read_timeout;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
+use http::uri::Authority;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-use crate::config::{Balance, UpstreamConfig};
+use crate::config::{Balance, HealthSettings, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
 use crate::metrics::Metrics;
@@ -30,7 +33,7 @@ use crate::resilience::shed::{ShedHandle, ShedLayer};
 use crate::resilience::timeout::AttemptTimeoutLayer;
 use crate::tls::TlsError;
 use client::Transport;
-use endpoints::EndpointSet;
+use endpoints::{EndpointSet, SetShape};
 use forward::Forward;
 
 /// The erased stack of one upstream, shared by every route that names it.
@@ -77,18 +80,50 @@ pub struct Upstream {
     pub shed: ShedHandle,
     /// Retry budget and observed latency.
     pub retry: RetryHandle,
+    background: Arc<Background>,
 }
 
-/// Builds one upstream: its endpoint set (with the active health checks of `health`), and
-/// the stack over its forwarding leaf. Fails when its TLS settings cannot be loaded.
+impl Upstream {
+    /// Starts what the upstream runs in the background: its endpoint set's upkeep, its active
+    /// health checks and its DNS discovery. Runs once however many generations keep the
+    /// upstream, when the first of them goes live ([`crate::generation::Generation::start`]);
+    /// a generation that is built and then refused never calls it, so it starts nothing. The
+    /// tasks end when the endpoint set is dropped, with the last generation that holds it.
+    pub fn start(&self) {
+        let bg = &self.background;
+        bg.started.call_once(|| {
+            self.endpoints.start();
+            if let Some(h) = &bg.health {
+                health::spawn(self.endpoints.downgrade(), h.clone());
+            }
+            if let Some(dns) = &bg.dns {
+                discover(&self.name, dns, &self.endpoints, &bg.metrics);
+            }
+        });
+    }
+}
+
+/// What [`Upstream::start`] starts, kept from the upstream's settings.
+#[derive(Debug)]
+struct Background {
+    started: Once,
+    health: Option<HealthSettings>,
+    dns: Option<Dns>,
+    metrics: Metrics,
+}
+
+/// Where DNS discovery asks, and how often.
+#[derive(Debug)]
+struct Dns {
+    target: Authority,
+    refresh: Duration,
+    servers: Vec<SocketAddr>,
+}
+
+/// Builds one upstream: its endpoint set and the stack over its forwarding leaf. Starts
+/// nothing ([`Upstream::start`] does). Fails when its TLS settings cannot be loaded.
 pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, TlsError> {
     let set = endpoint_set(cfg, metrics)?;
-    if let Some(h) = &cfg.health {
-        health::spawn(set.downgrade(), h.clone());
-    }
-    if let Some(target) = &cfg.dns {
-        discover(cfg, target.clone(), &set, metrics);
-    }
     Ok(with_leaf(
         cfg,
         metrics,
@@ -97,24 +132,19 @@ pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, TlsErr
     ))
 }
 
-/// Starts the DNS discovery of `target` for `set`: its first answer fills the set (until then
-/// requests answer `no-healthy-endpoint`), later ones replace the members, keeping the
+/// Starts the DNS discovery of `dns.target` for `set`: its first answer fills the set (until
+/// then requests answer `no-healthy-endpoint`), later ones replace the members, keeping the
 /// endpoints that remain. The task ends with the set.
-fn discover(
-    cfg: &UpstreamConfig,
-    target: http::uri::Authority,
-    set: &EndpointSet,
-    metrics: &Metrics,
-) {
-    let resolver = if cfg.dns_servers.is_empty() {
+fn discover(name: &Arc<str>, dns: &Dns, set: &EndpointSet, metrics: &Metrics) {
+    let resolver = if dns.servers.is_empty() {
         discovery::HickoryResolver::system()
     } else {
-        discovery::HickoryResolver::with_servers(&cfg.dns_servers)
+        discovery::HickoryResolver::with_servers(&dns.servers)
     };
     let resolver: Arc<dyn discovery::Resolve> = match resolver {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            tracing::error!(upstream = %cfg.name, error = %e, "DNS discovery cannot start: the upstream has no endpoints");
+            tracing::error!(upstream = %name, error = %e, "DNS discovery cannot start: the upstream has no endpoints");
             return;
         }
     };
@@ -123,9 +153,9 @@ fn discover(
     };
     let weak = set.downgrade();
     rt.spawn(discovery::run(
-        cfg.name.clone(),
-        target,
-        cfg.dns_refresh,
+        name.clone(),
+        dns.target.clone(),
+        dns.refresh,
         resolver,
         metrics.clone(),
         set.stopped(),
@@ -139,15 +169,19 @@ fn discover(
     ));
 }
 
-/// The endpoint set of upstream `cfg` over its configured endpoints (no background checks).
-/// Fails when its TLS settings cannot be loaded.
+/// The endpoint set of upstream `cfg` over its configured endpoints (no background tasks until
+/// its upstream starts). Fails when its TLS settings cannot be loaded.
 pub fn endpoint_set(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<EndpointSet, TlsError> {
+    let shape = SetShape {
+        hashed: cfg.balance == Balance::Hash,
+        checked: cfg.health.is_some(),
+    };
     Ok(EndpointSet::new(
         cfg.name.clone(),
         &cfg.endpoints,
         Transport::new(cfg)?,
         &cfg.outlier,
-        (cfg.balance == Balance::Hash, cfg.health.is_some()),
+        shape,
         metrics,
     ))
 }
@@ -182,5 +216,15 @@ where
         shed: handles.0,
         breaker: handles.1,
         retry: handles.2,
+        background: Arc::new(Background {
+            started: Once::new(),
+            health: cfg.health.clone(),
+            dns: cfg.dns.clone().map(|target| Dns {
+                target,
+                refresh: cfg.dns_refresh,
+                servers: cfg.dns_servers.clone(),
+            }),
+            metrics: metrics.clone(),
+        }),
     }
 }

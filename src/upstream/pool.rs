@@ -8,6 +8,7 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -52,6 +53,9 @@ struct Shared {
     idle_timeout: Duration,
     builder: Builder,
     tls: Option<EndpointTls>,
+    /// Set when the first connection goes idle and the sweep task starts: a pool that never
+    /// held a connection (an endpoint of a generation a reload refused) runs no task.
+    sweeping: AtomicBool,
 }
 
 /// TLS toward one endpoint: the upstream's client settings and the name the endpoint's
@@ -80,9 +84,9 @@ struct Idle {
 }
 
 impl Pool {
-    /// A pool for `endpoint`, speaking TLS when `tls` is set. Starts a sweeper that closes
-    /// connections idle for longer than `idle_timeout`; it ends by itself when the pool is
-    /// dropped.
+    /// A pool for `endpoint`, speaking TLS when `tls` is set. With its first idle connection it
+    /// starts a sweeper that closes connections idle for longer than `idle_timeout`; it ends by
+    /// itself when the pool is dropped.
     pub fn new(
         endpoint: Authority,
         connect_timeout: Duration,
@@ -99,10 +103,8 @@ impl Pool {
             idle_timeout,
             builder,
             tls,
+            sweeping: AtomicBool::new(false),
         });
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(&shared)));
-        }
         Self { shared }
     }
 
@@ -251,10 +253,23 @@ impl Drop for Returning {
             && (self.done || http_body::Body::is_end_stream(&self.inner))
             && !tx.is_closed()
         {
-            let _ = pool.idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+            pool.keep(tx);
+        }
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Keeps `tx` for the next request, and starts the sweep task with the first one kept.
+    fn keep(self: &Arc<Self>, tx: SendRequest<Body>) {
+        let since = Instant::now();
+        let _ = self.idle.push(Idle { tx, since });
+        if !self.sweeping.load(Ordering::Relaxed)
+            && !self.sweeping.swap(true, Ordering::Relaxed)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(sweep(Arc::downgrade(self)));
         }
     }
 }

@@ -574,3 +574,46 @@ async fn a_drain_sends_http2_goaway_refusing_new_streams_while_the_one_in_flight
         "the refused stream never reached the upstream"
     );
 }
+
+/// A reload that builds a generation and then refuses it (its last upstream's TLS files do not
+/// exist) starts none of the background tasks of the upstreams it built first: the runtime has
+/// exactly as many tasks as before, and the health-checked endpoint never sees a connection.
+/// The same upstreams in a reload that is accepted start their tasks and checks.
+#[tokio::test]
+async fn a_refused_reload_starts_no_task_and_opens_no_socket() {
+    let up = Upstream::http1().start().await;
+    let weir = Weir::start(&one_route("rr-route", "rr-up", &[up.addr()], "")).await;
+    let checked = format!(
+        "[upstreams.rr-checked]\nendpoints = [\"{}\"]\nhealth = {{ interval = \"10ms\" }}\n\n\
+         [upstreams.rr-found]\ndns = \"rr.test:80\"\ndns_servers = [\"127.0.0.1:9\"]\n\n",
+        up.addr()
+    );
+    let refused = format!(
+        "{checked}[upstreams.rr-broken]\nendpoints = [\"127.0.0.1:9\"]\n\
+         tls = {{ ca = \"/nonexistent/weir-test-ca.pem\" }}\n\n{}",
+        one_route("rr-route", "rr-up", &[up.addr()], "")
+    );
+    let runtime = tokio::runtime::Handle::current();
+    let before = runtime.metrics().num_alive_tasks();
+    // On this test's one-thread runtime no other task runs between the two counts.
+    assert!(weir.reload(&refused).is_err(), "the reload is refused");
+    assert_eq!(
+        runtime.metrics().num_alive_tasks(),
+        before,
+        "no task started"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.connections(), 0, "no health check was sent");
+
+    // Accepted: the checks start (and can be seen), so the counts above can fail.
+    let accepted = format!(
+        "{checked}{}",
+        one_route("rr-route", "rr-up", &[up.addr()], "")
+    );
+    weir.reload(&accepted).expect("the reload is accepted");
+    assert!(
+        runtime.metrics().num_alive_tasks() > before,
+        "tasks started"
+    );
+    eventually(|| up.connections() > 0, Duration::from_secs(5)).await;
+}
