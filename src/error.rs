@@ -141,6 +141,34 @@ impl ProxyError {
     }
 }
 
+/// True when `E` is `err` or somewhere in its chain of sources (see [`cause`]).
+pub(crate) fn caused_by<E: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+) -> bool {
+    cause::<E>(err).is_some()
+}
+
+/// The first `E` in the chain of `err` and its sources. Looks inside `io::Error`s too, whose
+/// `source()` skips the error they wrap. The one walk of an error chain in weir.
+pub(crate) fn cause<'e, E: std::error::Error + 'static>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e E> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

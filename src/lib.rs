@@ -59,6 +59,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+mod watch;
 
 pub use app::{App, Drained, Running, StartError};
 pub use config::Config;

@@ -14,8 +14,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics::Counter;
-use notify_debouncer_full::notify::RecursiveMode;
-use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -184,44 +182,14 @@ impl Reloader {
 /// ones seen, until `stop`. Watching the directory (not the file) catches editors that save by
 /// rename and Kubernetes ConfigMaps that swap a symlink; bursts of events are debounced.
 pub async fn watch(reloader: Arc<Reloader>, file: PathBuf, stop: CancellationToken) {
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     reloader.seed(&file);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-    let debouncer = new_debouncer(DEBOUNCE, None, move |events: DebounceEventResult| {
-        let _ = tx.send(events);
-    });
-    let mut debouncer = match debouncer {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
-            return;
-        }
-    };
-    if let Err(e) = debouncer.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
-        return;
-    }
-    loop {
-        tokio::select! {
-            events = rx.recv() => match events {
-                None => return,
-                Some(Err(errors)) => {
-                    tracing::debug!(?errors, "config watch errors");
-                }
-                Some(Ok(_)) => {
-                    let _ = reloader.reload_changed_file(&file);
-                }
-            },
-            () = stop.cancelled() => return,
-        }
-    }
+    let what = "the config file";
+    crate::watch::on_change(&[&file], what, "reload with SIGHUP", stop, || {
+        let _ = reloader.reload_changed_file(&file);
+    })
+    .await;
 }
 
-/// How long a burst of file events is gathered before it counts as one change.
-const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Within this long of a file reload, the same bytes are not reloaded again: a write that is
-/// also signalled reaches weir twice, once by SIGHUP and once by the watch after `DEBOUNCE`.
+/// also signalled reaches weir twice, once by SIGHUP and once by the watch after [`crate::watch::DEBOUNCE`].
 const ONCE: Duration = Duration::from_secs(2);

@@ -46,16 +46,8 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
-        let stream = tokio::select! {
-            r = tcp.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
+        let Some((stream, _)) = crate::server::accept(&tcp, &stop, "admin").await else {
+            return;
         };
         let (state, builder, stop) = (state.clone(), builder.clone(), stop.clone());
         tasks.spawn(async move {

@@ -162,17 +162,9 @@ impl Listener {
                 p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 () = stop.cancelled() => return,
             };
-            let (stream, peer) = tokio::select! {
-                r = self.tcp.accept() => match r {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(listener = %self.shared.load().name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stop.cancelled() => return,
+            let name = self.shared.load().name.clone();
+            let Some((stream, peer)) = accept(&self.tcp, &stop, &name).await else {
+                return;
             };
             // Loaded after the accept: a reload while it waited (TLS turned on, say) applies.
             let shared = self.shared.load_full();
@@ -186,6 +178,32 @@ impl Listener {
         }
     }
 }
+
+/// The next connection on `tcp`, or `None` once `stop` fires. A failed accept (EMFILE and
+/// friends) is logged with `name` and retried after [`ACCEPT_BACKOFF`] instead of spinning.
+/// The one accept loop of the listeners and the admin port.
+pub(crate) async fn accept(
+    tcp: &TcpListener,
+    stop: &CancellationToken,
+    name: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(conn) => return Some(conn),
+                Err(e) => warn!(listener = name, error = %e, "accept failed"),
+            },
+            () = stop.cancelled() => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
+/// How long a listener waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Why listeners could not be started or moved to a new config; nothing was changed.
 #[derive(Debug, thiserror::Error)]

@@ -125,20 +125,7 @@ pub fn host_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 /// from the server) is somewhere in the cause chain of `err`. Looks inside `io::Error`s too,
 /// whose `source()` skips the error they wrap.
 pub fn is_tls_failure(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<rustls::Error>() {
-            return true;
-        }
-        cur = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => e.source(),
-        };
-    }
-    false
+    crate::error::caused_by::<rustls::Error>(err)
 }
 
 fn setting_error(what: &str, message: impl std::fmt::Display) -> TlsError {

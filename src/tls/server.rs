@@ -7,11 +7,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify_debouncer_full::notify::RecursiveMode;
-use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -160,49 +157,17 @@ pub fn intermediate(provider: &CryptoProvider) -> CryptoProvider {
 /// `stop`. A file that cannot be used is logged with the reason and the certificate in use
 /// stays; the next change is tried again.
 pub async fn watch(certs: Arc<Certs>, stop: CancellationToken) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-    let debouncer = new_debouncer(DEBOUNCE, None, move |events: DebounceEventResult| {
-        let _ = tx.send(events);
-    });
-    let mut debouncer = match debouncer {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(cert = %certs.cert.display(), error = %e,
-                "cannot watch the certificate; it reloads with the config only");
-            return;
+    let files = [certs.cert.as_path(), certs.key.as_path()];
+    let otherwise = "it reloads with the config only";
+    crate::watch::on_change(&files, "the certificate", otherwise, stop, || {
+        match certs.reload() {
+            Ok(true) => tracing::info!(cert = %certs.cert.display(), "certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(file = %e.path, error = %e.message,
+                "certificate not reloaded; the one in use stays"),
         }
-    };
-    let mut dirs = vec![dir_of(&certs.cert), dir_of(&certs.key)];
-    dirs.dedup();
-    for dir in &dirs {
-        if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e,
-                "cannot watch the certificate directory; it reloads with the config only");
-            return;
-        }
-    }
-    loop {
-        tokio::select! {
-            events = rx.recv() => match events {
-                None => return,
-                Some(Err(errors)) => tracing::debug!(?errors, "certificate watch errors"),
-                Some(Ok(_)) => match certs.reload() {
-                    Ok(true) => tracing::info!(cert = %certs.cert.display(), "certificate reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(file = %e.path, error = %e.message,
-                        "certificate not reloaded; the one in use stays"),
-                },
-            },
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
-fn dir_of(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    })
+    .await;
 }
 
 fn read(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
@@ -257,9 +222,6 @@ const INTERMEDIATE: [CipherSuite; 9] = [
     CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
     CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 ];
-
-/// How long a burst of file events is gathered before it counts as one change.
-const DEBOUNCE: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

@@ -33,7 +33,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::{Protocol, UpstreamConfig};
-use crate::error::{BoxError, ProxyError};
+use crate::error::{BoxError, ProxyError, cause, caused_by};
 use crate::http::{Body, Request, Response};
 use crate::tls::TlsError;
 use crate::tls::client::{ClientTls, host_name, is_tls_failure};
@@ -269,14 +269,7 @@ fn https_error(e: hyper_util::client::legacy::Error) -> ProxyError {
 /// Whether an HTTP/2 stream was refused by the server (`REFUSED_STREAM`): RFC 9113 §8.7 says
 /// the request was not processed, so any method may be retried.
 fn refused_stream(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cur = e.source();
-    }
-    false
+    cause::<h2::Error>(err).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// Builds the HTTP/2 client of one upstream. Cheap to clone; clones share the pool.
@@ -491,16 +484,4 @@ impl tower::Service<Uri> for TcpConnect {
         let connecting = self.0.call(dst);
         Box::pin(async move { connecting.await.map_err(|e| TcpConnectFailed(Box::new(e))) })
     }
-}
-
-/// True when `E` is somewhere in the cause chain of `err`.
-fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }

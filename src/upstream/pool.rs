@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::error::{BoxError, ProxyError};
+use crate::error::{BoxError, ProxyError, caused_by};
 use crate::http::{Body, BodyTooLarge, Request, RequestBodyError, RequestBodyStalled, Response};
 use crate::tls::client::{ClientTls, is_tls_failure};
 
@@ -304,16 +304,4 @@ pub fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {
     } else {
         ProxyError::UpstreamReset(Box::new(e) as BoxError)
     }
-}
-
-/// True when `E` is somewhere in the source chain of `err`.
-fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }
