@@ -92,7 +92,7 @@ enum Buckets {
     One(AtomicU64),
     /// Keyed: open addressing, probed over [`WINDOW`] slots from the key's hash.
     Table {
-        slots: Box<[Slot]>,
+        slots: Box<[KeyBucket]>,
         mask: usize,
         /// Never used: stands in should a probe window ever come out empty.
         overflow: AtomicU64,
@@ -101,7 +101,7 @@ enum Buckets {
 
 /// One tracked key: its hash ([`EMPTY`] when free) and its bucket's theoretical arrival time.
 #[derive(Default)]
-struct Slot {
+struct KeyBucket {
     key: AtomicU64,
     tat: AtomicU64,
 }
@@ -119,7 +119,7 @@ impl RateLimitLayer {
                 RateLimitKey::ClientIp | RateLimitKey::Header(_) => {
                     let len = table_len(cfg.max_keys);
                     Buckets::Table {
-                        slots: (0..len).map(|_| Slot::default()).collect(),
+                        slots: (0..len).map(|_| KeyBucket::default()).collect(),
                         mask: len.saturating_sub(1),
                         overflow: AtomicU64::new(0),
                     }
@@ -263,7 +263,7 @@ impl Shared {
     /// The bucket of key `hash`: its slot in the probe window, or a slot claimed for it (a free
     /// one first, else the one whose bucket is fullest, i.e. with the smallest arrival time).
     fn slot<'a>(
-        slots: &'a [Slot],
+        slots: &'a [KeyBucket],
         mask: usize,
         overflow: &'a AtomicU64,
         hash: u64,
@@ -271,7 +271,7 @@ impl Shared {
         // Truncating the hash to usize only drops high bits before masking.
         let start = usize::try_from(hash & u64::try_from(mask).unwrap_or(u64::MAX)).unwrap_or(0);
         loop {
-            let mut victim: Option<(&Slot, u64, u64)> = None;
+            let mut victim: Option<(&KeyBucket, u64, u64)> = None;
             for i in 0..WINDOW {
                 let Some(slot) = slots.get(start.wrapping_add(i) & mask) else {
                     continue;

@@ -51,7 +51,7 @@ struct LastService {
 
 /// What the connection task should do now.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum ConnAction {
     /// Nothing to do before this instant.
     WaitUntil(Instant),
     /// Idle for `idle_timeout`: close gracefully (h1: close when idle; h2: GOAWAY).
@@ -142,7 +142,7 @@ impl ConnState {
     }
 
     /// Decides what the connection task should do, given the listener's timeouts.
-    pub fn verdict(&self, t: Timeouts) -> Verdict {
+    pub fn next_action(&self, t: Timeouts) -> ConnAction {
         let now = Instant::now();
         let stalled = self.stalled_since.load(Ordering::Acquire);
         let send_deadline =
@@ -150,33 +150,35 @@ impl ConnState {
         if let Some(at) = send_deadline
             && now >= at
         {
-            return Verdict::SendStalled;
+            return ConnAction::SendStalled;
         }
         match self.timers(now, t.header_read, t.idle) {
-            Verdict::WaitUntil(at) => Verdict::WaitUntil(send_deadline.map_or(at, |s| s.min(at))),
+            ConnAction::WaitUntil(at) => {
+                ConnAction::WaitUntil(send_deadline.map_or(at, |s| s.min(at)))
+            }
             other => other,
         }
     }
 
-    fn timers(&self, now: Instant, header_read: Duration, idle: Duration) -> Verdict {
+    fn timers(&self, now: Instant, header_read: Duration, idle: Duration) -> ConnAction {
         if self.upgraded.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
-            return Verdict::WaitUntil(now + idle.max(header_read));
+            return ConnAction::WaitUntil(now + idle.max(header_read));
         }
         let head = self.head_since.load(Ordering::Acquire);
         if head != NONE && !header_read.is_zero() {
             let deadline = self.at(head) + header_read;
             return if now >= deadline {
-                Verdict::SlowHead
+                ConnAction::SlowHead
             } else {
-                Verdict::WaitUntil(deadline.min(now + idle))
+                ConnAction::WaitUntil(deadline.min(now + idle))
             };
         }
         let deadline = self.at(self.idle_since.load(Ordering::Acquire)) + idle;
         if idle.is_zero() {
-            return Verdict::WaitUntil(now + header_read.max(Duration::from_secs(3600)));
+            return ConnAction::WaitUntil(now + header_read.max(Duration::from_secs(3600)));
         }
         if now >= deadline {
-            Verdict::Idle
+            ConnAction::Idle
         } else {
             // Wake within header_read too, so a head that starts meanwhile is timed precisely.
             let cap = if header_read.is_zero() {
@@ -184,7 +186,7 @@ impl ConnState {
             } else {
                 now + header_read
             };
-            Verdict::WaitUntil(deadline.min(cap))
+            ConnAction::WaitUntil(deadline.min(cap))
         }
     }
 
@@ -323,9 +325,9 @@ mod tests {
     async fn idle_connection_closes_after_idle_timeout_not_header_timeout() {
         let s = ConnState::new();
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+        assert!(matches!(s.next_action(T), ConnAction::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(s.verdict(T), Verdict::Idle);
+        assert_eq!(s.next_action(T), ConnAction::Idle);
     }
 
     #[tokio::test(start_paused = true)]
@@ -335,9 +337,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         s.on_read(&mut scan, &mut first, b"GET / HTTP/1.1\r\nHo");
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+        assert!(matches!(s.next_action(T), ConnAction::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(s.verdict(T), Verdict::SlowHead);
+        assert_eq!(s.next_action(T), ConnAction::SlowHead);
     }
 
     #[tokio::test(start_paused = true)]
@@ -345,12 +347,12 @@ mod tests {
         let s = ConnState::new();
         s.begin_request();
         tokio::time::advance(Duration::from_secs(120)).await;
-        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+        assert!(matches!(s.next_action(T), ConnAction::WaitUntil(_)));
         s.end_request();
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+        assert!(matches!(s.next_action(T), ConnAction::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(s.verdict(T), Verdict::Idle);
+        assert_eq!(s.next_action(T), ConnAction::Idle);
     }
 
     #[tokio::test(start_paused = true)]
@@ -359,7 +361,7 @@ mod tests {
         let (mut scan, mut first) = (true, true);
         s.on_read(&mut scan, &mut first, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+        assert!(matches!(s.next_action(T), ConnAction::WaitUntil(_)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -369,20 +371,20 @@ mod tests {
         s.on_write::<usize>(&Poll::Pending, |n| *n > 0);
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            s.verdict(T),
-            Verdict::WaitUntil(Instant::now() + Duration::from_secs(1))
+            s.next_action(T),
+            ConnAction::WaitUntil(Instant::now() + Duration::from_secs(1))
         );
         s.on_write(&Poll::Ready(Ok(10usize)), |n| *n > 0);
         tokio::time::advance(Duration::from_secs(4)).await;
         s.on_write::<usize>(&Poll::Pending, |n| *n > 0);
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert!(matches!(s.verdict(T), Verdict::WaitUntil(_)));
+        assert!(matches!(s.next_action(T), ConnAction::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(s.verdict(T), Verdict::SendStalled);
+        assert_eq!(s.next_action(T), ConnAction::SendStalled);
         let none = Timeouts {
             send: Duration::ZERO,
             ..T
         };
-        assert!(matches!(s.verdict(none), Verdict::WaitUntil(_)));
+        assert!(matches!(s.next_action(none), ConnAction::WaitUntil(_)));
     }
 }

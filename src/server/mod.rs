@@ -33,7 +33,7 @@ use crate::http::hygiene::Limits;
 use crate::metrics::{DOWNSTREAM_CONNECTIONS, Metrics};
 use crate::tls::TlsError;
 use crate::tls::server::{self as tls_server, Certs, Loaded};
-use conn::{ConnIo, ConnState, Timeouts, Verdict};
+use conn::{ConnAction, ConnIo, ConnState, Timeouts};
 use service::ProxyService;
 use shutdown::Drain;
 
@@ -597,24 +597,24 @@ where
     tokio::pin!(conn);
     let mut closing = false;
     loop {
-        let wait = match state.verdict(shared.timeouts) {
-            Verdict::WaitUntil(at) => at,
-            Verdict::SlowHead => {
+        let wait = match state.next_action(shared.timeouts) {
+            ConnAction::WaitUntil(at) => at,
+            ConnAction::SlowHead => {
                 debug!(%peer, "request head not received in time; closing");
                 return;
             }
-            Verdict::SendStalled => {
+            ConnAction::SendStalled => {
                 // Dropping the connection drops its requests: their upstream tries are
                 // cancelled and their response bodies released.
                 debug!(%peer, "client read nothing for send_timeout; closing");
                 return;
             }
-            Verdict::Idle if !closing => {
+            ConnAction::Idle if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
                 continue;
             }
-            Verdict::Idle => tokio::time::Instant::now() + Duration::from_secs(3600),
+            ConnAction::Idle => tokio::time::Instant::now() + Duration::from_secs(3600),
         };
         tokio::select! {
             res = conn.as_mut() => {
