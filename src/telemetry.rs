@@ -298,7 +298,7 @@ mod otel {
     /// The span of one request with `method` and inbound `headers`, when OTLP export is on:
     /// `weir::request`, its parent the inbound `traceparent`. Not entered: it lasts from this
     /// call until it is dropped, when the response head is ready.
-    pub fn request_span(method: &Method, headers: &HeaderMap) -> Option<Span> {
+    pub(super) fn request_span(method: &Method, headers: &HeaderMap) -> Option<Span> {
         ACTIVE
             .load(Ordering::Relaxed)
             .then(|| new_request_span(method, headers))
@@ -328,7 +328,7 @@ mod otel {
     /// id, its own span id as the parent id, its sampled flag. `None` when there is no span or
     /// it is not recorded by the OTLP layer (filtered out by `RUST_LOG`, exporter shut down);
     /// the caller then uses [`crate::http::context::traceparent`].
-    pub fn traceparent(span: Option<&Span>) -> Option<HeaderValue> {
+    pub(super) fn traceparent(span: Option<&Span>) -> Option<HeaderValue> {
         let cx = span?.context();
         let otel = cx.span();
         let sc = otel.span_context();
@@ -346,7 +346,7 @@ mod otel {
 
     /// Records on the request's span what the access log says: route (when one matched),
     /// upstream, status, reason; a 5xx marks the span as an error.
-    pub fn record_response(
+    pub(super) fn record_response(
         span: Option<&Span>,
         route: &str,
         upstream: &str,
