@@ -111,7 +111,7 @@ impl Generation {
     }
 
     /// Sets the gauges that are sampled rather than kept current per request (retry budgets,
-    /// requests in flight); the app's upkeep task calls it every [`crate::app::UPKEEP`], so a
+    /// requests in flight); the app's upkeep task calls it every second (`app::UPKEEP`), so a
     /// scrape only renders and never writes.
     pub fn publish_gauges(&self) {
         for u in &self.upstreams {

@@ -13,8 +13,10 @@
 //!    one port) through one
 //!    [`server::service::ProxyService`] per connection; [`server::conn`] times idle
 //!    connections, slow request heads and writes the client does not take (`send_timeout`).
-//! 2. **`ProxyService`** loads the live [`generation::Generation`] once, so the whole request
-//!    runs on one generation, and runs [`http::hygiene`]: `Host` and framing → 400, header limits
+//! 2. **`ProxyService`** walks the request in named steps (`check` → `route` → `prepare` →
+//!    `call` → `finish` → `record`, in [`server::service`]). It loads the live
+//!    [`generation::Generation`] once, so the whole request runs on one generation, and runs
+//!    [`http::hygiene`]: `Host` and framing → 400, header limits
 //!    → 431, declared body size → 413, hop-by-hop headers stripped, `X-Forwarded-*` and `Via`
 //!    set, `x-request-id` and `traceparent` filled ([`http::context`]).
 //! 3. **[`router::Router`]** picks the first route whose match holds, or fails with `no-route`.
@@ -41,7 +43,10 @@
 //!    `weir::access`) with the same `reason`.
 //!
 //! Off the request path, [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/status`,
-//! `/status.json` and `/config`, and only reads. [`config`] turns a TOML file into a validated [`config::Config`].
+//! `/status.json` and `/config`, and only reads. [`config`] turns a TOML file into a validated
+//! [`config::Config`], assembled from the stages' own settings types. A generation's
+//! background tasks (health checks, endpoint upkeep, DNS discovery) start when it goes live
+//! ([`generation::Generation::start`]) and end with the last generation that holds them.
 //! [`telemetry`] sets up logs (and, with the feature `otel`, OTLP span export).
 
 pub mod admin;

@@ -98,7 +98,7 @@ impl Reloader {
 
     /// Reads, validates and swaps in the config file at `path` (SIGHUP). One change that is
     /// both written and signalled reloads once: a file whose bytes are those the last file
-    /// reload read less than [`ONCE`] ago is not reloaded again (the file watch sees the same
+    /// reload read less than `ONCE` (2 s) ago is not reloaded again (the file watch sees the same
     /// write after its debounce). A SIGHUP later than that reloads the same bytes, which
     /// re-reads TLS files.
     pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {

@@ -79,11 +79,11 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
 }
 
 /// A response body on its way to the client. When it ends (or is dropped: the client went
-/// away, or the connection was closed), its [`Record`] records the request's metrics, writes its
+/// away, or the connection was closed), its `Record` records the request's metrics, writes its
 /// access-log line and marks the request finished on its connection and for the drain.
 pub type ServedBody = Watched<Finish>;
 
-/// The request's [`Record`], finished once: when its response body ends or fails, or when the
+/// The request's `Record`, finished once: when its response body ends or fails, or when the
 /// body is dropped.
 #[derive(Debug)]
 pub struct Finish(Option<Record>);
