@@ -218,7 +218,7 @@ shed = { mode = "dry_run", adaptive = true }
     #[test]
     fn status_names_every_route_and_upstream_with_its_policies() {
         let s = snapshot(TWO_UPSTREAMS);
-        let doc: serde_json::Value = serde_json::from_str(&json(&s)).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&json(&s)).unwrap();
         assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(doc["routes"][0]["name"], "api");
         assert_eq!(doc["routes"][1]["targets"][1]["weight"], 1);
