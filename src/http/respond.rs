@@ -1,12 +1,11 @@
-//! The only place a [`ProxyError`] becomes a response: status, `x-weir-error`, JSON body,
-//! `Retry-After`.
+//! The only place a [`ProxyError`] becomes a response: status, `x-weir-error`, JSON body
+//! (written by serde_json, as `/status.json` is), `Retry-After`.
 //!
 //! Position: called once per failed request by [`crate::server::service`]. Config: none.
 
-use std::fmt::Write as _;
-
 use http::HeaderValue;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use serde::Serialize;
 
 use crate::error::ProxyError;
 use crate::http::{Body, Response, X_WEIR_ERROR};
@@ -18,14 +17,19 @@ use crate::http::{Body, Response, X_WEIR_ERROR};
 /// is whole seconds, rounded up, at least 1.
 pub fn error_response(err: &ProxyError, route: &str, upstream: &str) -> Response {
     let reason = err.reason();
-    let mut body = String::with_capacity(48 + route.len() + upstream.len());
-    body.push_str("{\"error\":\"");
-    push_json_str(&mut body, reason);
-    body.push_str("\",\"route\":\"");
-    push_json_str(&mut body, route);
-    body.push_str("\",\"upstream\":\"");
-    push_json_str(&mut body, upstream);
-    body.push_str("\"}\n");
+    // 64: the keys, quotes and newline (38 bytes) and the longest reason (19).
+    let mut body = Vec::with_capacity(64 + route.len() + upstream.len());
+    let fields = ErrorBody {
+        error: reason,
+        route,
+        upstream,
+    };
+    // Three strings written into a `Vec` cannot fail; should it ever, the body holds no JSON
+    // rather than half of it.
+    if serde_json::to_writer(&mut body, &fields).is_err() {
+        body.clear();
+    }
+    body.push(b'\n');
 
     let mut resp = Response::new(Body::full(body));
     *resp.status_mut() = err.status();
@@ -40,17 +44,12 @@ pub fn error_response(err: &ProxyError, route: &str, upstream: &str) -> Response
     resp
 }
 
-fn push_json_str(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
+/// The JSON error body, in this key order.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    route: &'a str,
+    upstream: &'a str,
 }
 
 #[cfg(test)]
