@@ -98,13 +98,44 @@ use tokio::time::{Instant, Sleep};
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::config::{Mode, Priority, ShedSettings};
 use crate::error::{BoxError, ProxyError};
-use crate::http::context::RequestContext;
+use crate::http::context::{Priority, RequestContext};
 use crate::http::{Body, Request, Response, Watch, Watched};
 use crate::metrics::{CONCURRENCY_LIMIT, DRY_RUN_REJECTIONS_TOTAL, IN_FLIGHT, Metrics, SHED_TOTAL};
+use crate::resilience::Mode;
 use crate::resilience::Outcome;
 use crate::resilience::adaptive::Gradient;
+
+/// Load shedding of an upstream (`upstreams.NAME.shed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Enforce, count only (dry run), or off; default enforce.
+    pub mode: Mode,
+    /// Most `default` requests in flight (the upper limit when adaptive); `critical` requests
+    /// may use a reserve of 10 % above it, `sheddable` ones stop 10 % below. Default 1024.
+    pub max_in_flight: u32,
+    /// Requests that may wait for a slot; 0 = no queue. Default 256.
+    pub queue: u32,
+    /// Longest wait in the queue; default 50ms.
+    pub queue_timeout: Duration,
+    /// Whether the limit adapts to latency between `min_limit` and `max_in_flight`; default false.
+    pub adaptive: bool,
+    /// Lower bound of the adaptive limit; default 8.
+    pub min_limit: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Enforce,
+            max_in_flight: 1024,
+            queue: 256,
+            queue_timeout: Duration::from_millis(50),
+            adaptive: false,
+            min_limit: 8,
+        }
+    }
+}
 
 /// Wraps a service in [`Shed`]. Clones, and every service they wrap, share one set of slots,
 /// one queue and one limit: build one layer per upstream.
@@ -185,7 +216,7 @@ pin_project! {
 impl ShedLayer {
     /// Shedding for `upstream` with `settings`; registers its metrics in `metrics` and sets
     /// `weir_concurrency_limit` to `max_in_flight` (left unset in mode `off`).
-    pub fn new(upstream: Arc<str>, settings: &ShedSettings, metrics: &Metrics) -> Self {
+    pub fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
         let up = || ("upstream", upstream.clone());
         let shed =
             |reason: &'static str| metrics.counter(SHED_TOTAL, &[up(), ("reason", reason.into())]);
@@ -1180,8 +1211,8 @@ mod tests {
         }
     }
 
-    fn settings(mode: Mode, max_in_flight: u32, queue: u32, wait_ms: u64) -> ShedSettings {
-        ShedSettings {
+    fn settings(mode: Mode, max_in_flight: u32, queue: u32, wait_ms: u64) -> Settings {
+        Settings {
             mode,
             max_in_flight,
             queue,
@@ -1239,7 +1270,7 @@ mod tests {
     }
 
     fn setup(
-        s: ShedSettings,
+        s: Settings,
     ) -> (
         Metrics,
         ShedLayer,
@@ -1499,7 +1530,7 @@ mod tests {
 
     /// Like [`setup`], with a leaf that logs each call's id and answers after `service_ms`.
     fn setup_timed(
-        s: ShedSettings,
+        s: Settings,
         service_ms: u64,
     ) -> (
         Metrics,

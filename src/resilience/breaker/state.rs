@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Settings;
 use super::window::Window;
-use crate::config::BreakerSettings;
 use crate::resilience::Outcome;
 
 /// The state of a circuit breaker.
@@ -218,7 +218,7 @@ pub(crate) struct Machine {
 
 impl Machine {
     /// A closed machine; times count from now.
-    pub(crate) fn new(s: &BreakerSettings) -> Self {
+    pub(crate) fn new(s: &Settings) -> Self {
         let closed = Word {
             state: BreakerState::Closed,
             trips: 0,
@@ -635,14 +635,14 @@ const PROBE_COUNT_MAX: u64 = (1 << 24) - 1;
 mod tests {
     use super::*;
 
-    fn settings() -> BreakerSettings {
-        BreakerSettings {
+    fn settings() -> Settings {
+        Settings {
             min_calls: 4,
             consecutive_failures: 3,
             open_for: Duration::from_secs(10),
             open_for_max: Duration::from_secs(60),
             half_open_probes: 2,
-            ..BreakerSettings::default()
+            ..Settings::default()
         }
     }
 
@@ -790,7 +790,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_probe_fails() {
-        let s = BreakerSettings {
+        let s = Settings {
             slow_call_duration: Duration::from_millis(100),
             ..settings()
         };
@@ -814,11 +814,11 @@ mod tests {
         use std::sync::Mutex;
         use std::sync::atomic::AtomicUsize;
 
-        let m = Machine::new(&BreakerSettings {
+        let m = Machine::new(&Settings {
             consecutive_failures: 1,
             open_for: Duration::ZERO, // half-open as soon as a request looks
             half_open_probes: 5,
-            ..BreakerSettings::default()
+            ..Settings::default()
         });
         let transitions = Mutex::new(Vec::new());
         let note = |t: Option<Transition>| {
@@ -874,20 +874,20 @@ mod tests {
 
     #[test]
     fn open_time_doubles_up_to_the_cap() {
-        let m = Machine::new(&BreakerSettings {
+        let m = Machine::new(&Settings {
             open_for: Duration::from_secs(10),
             open_for_max: Duration::from_secs(45),
-            ..BreakerSettings::default()
+            ..Settings::default()
         });
         let secs: Vec<u64> = [1, 2, 3, 4, 40, 255]
             .map(|t| m.open_time(t).as_secs())
             .to_vec();
         assert_eq!(secs, [10, 20, 40, 45, 45, 45]);
         // A cap below `open_for` does not shorten the first open time.
-        let m = Machine::new(&BreakerSettings {
+        let m = Machine::new(&Settings {
             open_for: Duration::from_secs(10),
             open_for_max: Duration::from_secs(1),
-            ..BreakerSettings::default()
+            ..Settings::default()
         });
         assert_eq!(m.open_time(3), Duration::from_secs(10));
     }

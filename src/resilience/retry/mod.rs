@@ -31,7 +31,6 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::config::RetrySettings;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
 use crate::http::{Body, Request, Response};
@@ -43,6 +42,45 @@ use budget::Budget;
 use latency::Latency;
 use policy::{Policy, Reason};
 use replay::Replay;
+
+/// Retry policy of an upstream (`upstreams.NAME.retry`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Most retries after the first try; default 2. 0 turns retries off.
+    pub max_retries: u32,
+    /// Response statuses that are retried; default 502, 503, 504.
+    pub statuses: Vec<u16>,
+    /// Whether any method carrying `Idempotency-Key` may be retried; default false.
+    pub idempotency_key: bool,
+    /// Largest body (bytes) buffered for replay; larger bodies are never retried. Default 64 KiB.
+    pub max_body: u64,
+    /// Base of the exponential backoff with full jitter; default 25ms.
+    pub backoff_base: Duration,
+    /// Cap of the backoff; default 1s.
+    pub backoff_cap: Duration,
+    /// Retries allowed as a fraction of requests in the budget window (0..=1); default 0.2.
+    pub budget_ratio: f64,
+    /// Retries per second always allowed, whatever the ratio; default 10.
+    pub budget_min_per_sec: u32,
+    /// Window over which the budget counts requests (1s..=60s); default 10s.
+    pub budget_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_retries: 2,
+            statuses: vec![502, 503, 504],
+            idempotency_key: false,
+            max_body: 65_536,
+            backoff_base: Duration::from_millis(25),
+            backoff_cap: Duration::from_secs(1),
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10,
+            budget_window: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Wraps a service in [`Retry`]. Clones (and every [`Retry`] they make) share one budget, one
 /// latency estimate and one set of metric handles: build one per upstream and keep it for as
@@ -130,7 +168,7 @@ enum Count {
 impl RetryLayer {
     /// The retry policy of `upstream` (its name labels the metrics). The budget starts now,
     /// with its floor at one second's worth of `budget_min_per_sec`.
-    pub fn new(upstream: Arc<str>, settings: &RetrySettings, metrics: &Metrics) -> Self {
+    pub fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
         let now = Instant::now();
         let budget_remaining =
             metrics.gauge(RETRY_BUDGET_REMAINING, &[("upstream", upstream.clone())]);
@@ -667,8 +705,8 @@ mod tests {
     use tower::util::BoxCloneSyncService;
 
     use super::*;
-    use crate::config::Priority;
     use crate::error::BoxError;
+    use crate::http::context::Priority;
     use crate::http::{BodyTooLarge, IDEMPOTENCY_KEY};
 
     type Reply = Result<Response, ProxyError>;
@@ -742,10 +780,10 @@ mod tests {
         Box::new(std::io::Error::other("x"))
     }
 
-    fn settings() -> RetrySettings {
-        RetrySettings {
+    fn settings() -> Settings {
+        Settings {
             backoff_base: Duration::ZERO,
-            ..RetrySettings::default()
+            ..Settings::default()
         }
     }
 
@@ -773,7 +811,7 @@ mod tests {
         req
     }
 
-    fn stack(settings: &RetrySettings, leaf: Leaf) -> (Retry<Leaf>, RetryHandle, Metrics) {
+    fn stack(settings: &Settings, leaf: Leaf) -> (Retry<Leaf>, RetryHandle, Metrics) {
         let metrics = Metrics::new().unwrap();
         let layer = RetryLayer::new(Arc::from("backend"), settings, &metrics);
         (layer.layer(leaf), layer.handle(), metrics)
@@ -885,7 +923,7 @@ mod tests {
     async fn idempotency_key_makes_post_retryable_only_when_allowed() {
         for (allowed, calls, code) in [(true, 2, 200), (false, 1, 503)] {
             let (leaf, seen) = scripted(Duration::ZERO, |n| status(if n == 0 { 503 } else { 200 }));
-            let s = RetrySettings {
+            let s = Settings {
                 idempotency_key: allowed,
                 ..settings()
             };
@@ -942,7 +980,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn large_bodies_stream_intact_and_are_never_retried() {
-        let s = RetrySettings {
+        let s = Settings {
             max_body: 8,
             ..settings()
         };
@@ -1007,7 +1045,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoff_stays_within_full_jitter_bounds() {
-        let s = RetrySettings {
+        let s = Settings {
             max_retries: 4,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_millis(300),
@@ -1029,7 +1067,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_sets_the_delay_exactly_and_beyond_the_cap_stops() {
-        let s = RetrySettings {
+        let s = Settings {
             backoff_base: Duration::from_secs(10),
             backoff_cap: Duration::from_secs(2),
             ..settings()
@@ -1061,7 +1099,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn budget_ratio_without_floor_over_a_storm() {
-        let s = RetrySettings {
+        let s = Settings {
             max_retries: 1,
             budget_ratio: 0.2,
             budget_min_per_sec: 0,
@@ -1082,7 +1120,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn budget_with_a_floor_follows_the_formula() {
-        let s = RetrySettings {
+        let s = Settings {
             max_retries: 1,
             budget_ratio: 0.2,
             budget_min_per_sec: 10,
@@ -1117,7 +1155,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_spends_the_budget_when_scheduled_not_when_sent() {
-        let s = RetrySettings {
+        let s = Settings {
             max_retries: 1,
             budget_ratio: 0.0,
             budget_min_per_sec: 1,
@@ -1231,7 +1269,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_retries_zero_passes_through_with_one_call() {
-        let s = RetrySettings {
+        let s = Settings {
             max_retries: 0,
             ..settings()
         };

@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, Method};
 
-use crate::config::RetrySettings;
+use super::Settings;
 use crate::error::ProxyError;
 use crate::http::{IDEMPOTENCY_KEY, Response};
 use crate::resilience::StatusSet;
@@ -32,7 +32,7 @@ pub(crate) enum Reason {
 }
 
 impl Policy {
-    pub(crate) fn new(settings: &RetrySettings) -> Self {
+    pub(crate) fn new(settings: &Settings) -> Self {
         Self {
             statuses: StatusSet::new(&settings.statuses),
             idempotency_key: settings.idempotency_key,
@@ -123,9 +123,9 @@ mod tests {
     }
 
     fn policy(idempotency_key: bool) -> Policy {
-        Policy::new(&RetrySettings {
+        Policy::new(&Settings {
             idempotency_key,
-            ..RetrySettings::default()
+            ..Settings::default()
         })
     }
 
