@@ -33,7 +33,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
-use crate::http::{Body, Request, Response};
+use crate::http::{Body, Request, Response, retry_after};
 use crate::metrics::{
     Metrics, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL, RETRY_BUDGET_REMAINING,
 };
@@ -554,7 +554,7 @@ impl Shared {
             return None;
         }
         let asked = match result {
-            Ok(resp) => backoff::retry_after(resp),
+            Ok(resp) => retry_after::delay(resp.headers()),
             Err(_) => None,
         };
         let Some(delay) = self.backoff.delay(n, asked) else {
