@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 pub use self::state::BreakerState;
-use self::state::{Admission, Machine, Reason, Ticket, Transition};
+use self::state::{Admission, Machine, Ticket, Transition, Trigger};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
 use crate::metrics::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DRY_RUN_REJECTIONS_TOTAL, Metrics};
@@ -126,7 +126,7 @@ struct Shared {
     failures: StatusSet,
     machine: Machine,
     state_gauge: Gauge,
-    /// One per [`Reason`], in [`Reason::ALL`] order (each reason has one target state).
+    /// One per [`Trigger`], in [`Trigger::ALL`] order (each trigger has one target state).
     transitions: [Counter; 6],
     /// Counts refusals a dry-run breaker let through; a no-op handle in the other modes.
     dry_run_rejections: Counter,
@@ -139,7 +139,7 @@ impl CircuitBreakerLayer {
     /// `metrics` now and sets `weir_circuit_state` to 0.
     pub fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
         let label = || ("upstream", upstream.clone());
-        let transitions = Reason::ALL.map(|r| {
+        let transitions = Trigger::ALL.map(|r| {
             metrics.counter(
                 CIRCUIT_TRANSITIONS_TOTAL,
                 &[
@@ -239,13 +239,13 @@ where
 impl BreakerHandle {
     /// The breaker's state now. In mode `off` it reads closed, forever.
     pub fn status(&self) -> BreakerStatus {
-        let s = self.shared.machine.snapshot();
+        let s = self.shared.machine.status();
         BreakerStatus {
             state: s.state,
             in_state_for: s.in_state_for,
             open_remaining: s.open_remaining,
             trips: s.trips,
-            last_reason: s.last_reason.map(Reason::as_str),
+            last_reason: s.last_trigger.map(Trigger::as_str),
             mode: self.shared.mode,
         }
     }
@@ -256,9 +256,9 @@ impl BreakerHandle {
 impl Shared {
     /// Counts and logs a transition; called once per transition, by the caller that made it.
     fn on_transition(&self, t: Transition) {
-        let to = t.reason.to();
+        let to = t.trigger.to();
         self.state_gauge.set(to.gauge());
-        if let Some(c) = self.transitions.get(t.reason.index()) {
+        if let Some(c) = self.transitions.get(t.trigger.index()) {
             c.increment(1);
         }
         let open_for_ms = t
@@ -267,7 +267,7 @@ impl Shared {
         tracing::info!(
             upstream = %self.upstream,
             to = to.as_str(),
-            reason = t.reason.as_str(),
+            reason = t.trigger.as_str(),
             trips = t.trips,
             open_for_ms,
             dry_run = self.mode == Mode::DryRun,

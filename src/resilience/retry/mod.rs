@@ -40,7 +40,7 @@ use crate::metrics::{
 use backoff::Backoff;
 use budget::Budget;
 use latency::Latency;
-use policy::{Policy, Reason};
+use policy::{Policy, Retryable};
 use replay::Replay;
 
 /// Retry policy of an upstream (`upstreams.NAME.retry`).
@@ -159,7 +159,7 @@ struct Shared {
 /// Which counter of a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Count {
-    Retry(Reason),
+    Retry(Retryable),
     Exhausted,
 }
 
