@@ -9,9 +9,8 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::header::RETRY_AFTER;
 use libfuzzer_sys::fuzz_target;
-use weir::config::Priority;
-use weir::http::{Body, context};
-use weir::resilience::retry::backoff::retry_after;
+use weir::http::context::Priority;
+use weir::http::{context, retry_after};
 use weir::route::{deadline, fault};
 
 fuzz_target!(|data: &[u8]| {
@@ -43,10 +42,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(delay <= Duration::from_secs(60));
     }
 
-    // Retry-After: delta-seconds exactly; a date no further off than year 9999.
-    let mut resp = http::Response::new(Body::default());
-    resp.headers_mut().insert(RETRY_AFTER, value.clone());
-    if let Some(after) = retry_after(&resp) {
+    // Retry-After: delta-seconds exactly; a date (any of the three forms) no further off than
+    // year 9999.
+    let mut headers = http::HeaderMap::new();
+    headers.insert(RETRY_AFTER, value.clone());
+    if let Some(after) = retry_after::delay(&headers) {
         if digits {
             let secs = std::str::from_utf8(trimmed)
                 .ok()

@@ -158,17 +158,7 @@ pub struct RespondConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Criticality of a request: under pressure `Sheddable` goes first and `Critical` last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Priority {
-    /// `critical`: shed last.
-    Critical,
-    /// `default`.
-    #[default]
-    Default,
-    /// `sheddable`: shed first.
-    Sheddable,
-}
+pub use crate::http::context::Priority;
 
 /// Token-bucket rate limit of a route (`rate_limit`). Over the limit weir answers 429.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,85 +297,13 @@ pub struct UpstreamTls {
     pub key: Option<PathBuf>,
 }
 
-/// Retry policy of an upstream (`upstreams.NAME.retry`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetrySettings {
-    /// Most retries after the first try; default 2. 0 turns retries off.
-    pub max_retries: u32,
-    /// Response statuses that are retried; default 502, 503, 504.
-    pub statuses: Vec<u16>,
-    /// Whether any method carrying `Idempotency-Key` may be retried; default false.
-    pub idempotency_key: bool,
-    /// Largest body (bytes) buffered for replay; larger bodies are never retried. Default 64 KiB.
-    pub max_body: u64,
-    /// Base of the exponential backoff with full jitter; default 25ms.
-    pub backoff_base: Duration,
-    /// Cap of the backoff; default 1s.
-    pub backoff_cap: Duration,
-    /// Retries allowed as a fraction of requests in the budget window (0..=1); default 0.2.
-    pub budget_ratio: f64,
-    /// Retries per second always allowed, whatever the ratio; default 10.
-    pub budget_min_per_sec: u32,
-    /// Window over which the budget counts requests (1s..=60s); default 10s.
-    pub budget_window: Duration,
-}
+pub use crate::resilience::retry::Settings as RetrySettings;
 
-/// Circuit breaker of an upstream (`upstreams.NAME.breaker`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerSettings {
-    /// Enforce, count only (dry run), or off; default enforce.
-    pub mode: Mode,
-    /// Length of the sliding window; default 10s.
-    pub window: Duration,
-    /// Fewest calls in the window before rates are judged; default 20.
-    pub min_calls: u32,
-    /// Failure rate (0..=1) that opens the breaker; default 0.5.
-    pub failure_rate: f64,
-    /// A call slower than this counts as slow; `Duration::ZERO` (the default) counts none.
-    pub slow_call_duration: Duration,
-    /// Slow-call rate (0..=1) that opens the breaker; default 1.0.
-    pub slow_call_rate: f64,
-    /// Consecutive failures that open the breaker; default 5.
-    pub consecutive_failures: u32,
-    /// How long the breaker stays open the first time; default 10s, doubling on repeated trips.
-    pub open_for: Duration,
-    /// Cap of the growing open time; default 5m.
-    pub open_for_max: Duration,
-    /// Probe calls let through when half-open; default 3.
-    pub half_open_probes: u32,
-    /// Response statuses that count as failures; default 500..=505.
-    pub failure_statuses: Vec<u16>,
-}
+pub use crate::resilience::breaker::Settings as BreakerSettings;
 
-/// Whether a policy acts on its decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// `enforce`: decide and act.
-    #[default]
-    Enforce,
-    /// `dry_run`: decide and count what would have been rejected, reject nothing.
-    DryRun,
-    /// `off`: decide nothing.
-    Off,
-}
+pub use crate::resilience::Mode;
 
-/// Load shedding of an upstream (`upstreams.NAME.shed`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShedSettings {
-    /// Enforce, count only (dry run), or off; default enforce.
-    pub mode: Mode,
-    /// Most `default` requests in flight (the upper limit when adaptive); `critical` requests
-    /// may use a reserve of 10 % above it, `sheddable` ones stop 10 % below. Default 1024.
-    pub max_in_flight: u32,
-    /// Requests that may wait for a slot; 0 = no queue. Default 256.
-    pub queue: u32,
-    /// Longest wait in the queue; default 50ms.
-    pub queue_timeout: Duration,
-    /// Whether the limit adapts to latency between `min_limit` and `max_in_flight`; default false.
-    pub adaptive: bool,
-    /// Lower bound of the adaptive limit; default 8.
-    pub min_limit: u32,
-}
+pub use crate::resilience::shed::Settings as ShedSettings;
 
 /// Active health checks of an upstream (`upstreams.NAME.health`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -577,53 +495,6 @@ impl Default for UpstreamConfig {
     }
 }
 
-impl Default for RetrySettings {
-    fn default() -> Self {
-        RetrySettings {
-            max_retries: 2,
-            statuses: vec![502, 503, 504],
-            idempotency_key: false,
-            max_body: 65_536,
-            backoff_base: Duration::from_millis(25),
-            backoff_cap: Duration::from_secs(1),
-            budget_ratio: 0.2,
-            budget_min_per_sec: 10,
-            budget_window: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        BreakerSettings {
-            mode: Mode::Enforce,
-            window: Duration::from_secs(10),
-            min_calls: 20,
-            failure_rate: 0.5,
-            slow_call_duration: Duration::ZERO,
-            slow_call_rate: 1.0,
-            consecutive_failures: 5,
-            open_for: Duration::from_secs(10),
-            open_for_max: Duration::from_secs(300),
-            half_open_probes: 3,
-            failure_statuses: vec![500, 501, 502, 503, 504, 505],
-        }
-    }
-}
-
-impl Default for ShedSettings {
-    fn default() -> Self {
-        ShedSettings {
-            mode: Mode::Enforce,
-            max_in_flight: 1024,
-            queue: 256,
-            queue_timeout: Duration::from_millis(50),
-            adaptive: false,
-            min_limit: 8,
-        }
-    }
-}
-
 impl Default for HealthSettings {
     fn default() -> Self {
         HealthSettings {
@@ -672,42 +543,6 @@ impl RateLimitConfig {
 
 // === impl the keyword enums ===
 
-impl Priority {
-    /// The config spelling: `critical`, `default` or `sheddable`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Critical => "critical",
-            Priority::Default => "default",
-            Priority::Sheddable => "sheddable",
-        }
-    }
-
-    /// 0 for critical, 1 for default, 2 for sheddable: higher is shed sooner.
-    pub fn rank(self) -> u8 {
-        match self {
-            Priority::Critical => 0,
-            Priority::Default => 1,
-            Priority::Sheddable => 2,
-        }
-    }
-
-    /// The priority a request asks for with `x-weir-priority`, which may lower the route's
-    /// priority but never raise it. An unknown value changes nothing.
-    pub fn lowered_by(self, asked: &[u8]) -> Self {
-        let asked = match asked {
-            b"critical" => Priority::Critical,
-            b"default" => Priority::Default,
-            b"sheddable" => Priority::Sheddable,
-            _ => return self,
-        };
-        if asked.rank() > self.rank() {
-            asked
-        } else {
-            self
-        }
-    }
-}
-
 impl Protocol {
     /// The config spelling: `http1` or `http2`.
     pub fn as_str(self) -> &'static str {
@@ -726,17 +561,6 @@ impl Balance {
             Balance::RoundRobin => "round_robin",
             Balance::LeastRequest => "least_request",
             Balance::Hash => "hash",
-        }
-    }
-}
-
-impl Mode {
-    /// The config spelling: `enforce`, `dry_run` or `off`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::DryRun => "dry_run",
-            Mode::Off => "off",
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Request identity (the `x-request-id` and W3C `traceparent` rules) and [`RequestContext`],
-//! the per-request facts the stages share.
+//! Request identity (the `x-request-id` and W3C `traceparent` rules), [`RequestContext`], the
+//! per-request facts the stages share, and the [`Priority`] it carries.
 //!
 //! Position: applied by [`crate::server::service`] before routing, to the request sent upstream
-//! and (the request id) to the response. Headers: `x-request-id`, `traceparent`.
+//! and (the request id) to the response. Config: `routes[N].priority` (read by `shed`).
+//! Headers: `x-request-id`, `traceparent`, `x-weir-priority`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,8 +13,6 @@ use http::HeaderValue;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tokio::time::Instant;
-
-use crate::config::Priority;
 
 /// What the stages of one request share, stored once in the request's extensions by
 /// [`crate::server::service`] (one allocation per request). Cloned with the extensions when a
@@ -47,6 +46,56 @@ impl RequestContext {
             deadline: None,
             try_end: None,
             last_endpoint: None,
+        }
+    }
+}
+
+/// Criticality of a request: under pressure `Sheddable` goes first and `Critical` last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// `critical`: shed last.
+    Critical,
+    /// `default`.
+    #[default]
+    Default,
+    /// `sheddable`: shed first.
+    Sheddable,
+}
+
+// === impl Priority ===
+
+impl Priority {
+    /// The config spelling: `critical`, `default` or `sheddable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Default => "default",
+            Priority::Sheddable => "sheddable",
+        }
+    }
+
+    /// 0 for critical, 1 for default, 2 for sheddable: higher is shed sooner.
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::Critical => 0,
+            Priority::Default => 1,
+            Priority::Sheddable => 2,
+        }
+    }
+
+    /// The priority a request asks for with `x-weir-priority`, which may lower the route's
+    /// priority but never raise it. An unknown value changes nothing.
+    pub fn lowered_by(self, asked: &[u8]) -> Self {
+        let asked = match asked {
+            b"critical" => Priority::Critical,
+            b"default" => Priority::Default,
+            b"sheddable" => Priority::Sheddable,
+            _ => return self,
+        };
+        if asked.rank() > self.rank() {
+            asked
+        } else {
+            self
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod context;
 pub mod hygiene;
 pub mod respond;
+pub mod retry_after;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,8 +1,10 @@
 //! Generic resilience middleware: load shedding, circuit breaker, retries, per-try timeout.
 //!
 //! Position: the upstream stack, shed → breaker → retry → per-try timeout → forward (see
-//! [`crate::upstream::build`]). Knows nothing of config files, routes or sockets; shares the
-//! [`Outcome`] classification between breaker, retry and (later) outlier detection.
+//! [`crate::upstream::build`]). Knows nothing of config files, routes or sockets; each stage
+//! owns its `Settings` and their defaults, and `config` fills them in. Shares the [`Outcome`]
+//! classification between breaker, retry and outlier detection, and the [`Mode`] (enforce, dry
+//! run, off) of the policies that can refuse: shed, breaker and outlier ejection.
 
 pub mod adaptive;
 pub mod breaker;
@@ -14,6 +16,31 @@ use http::StatusCode;
 
 use crate::error::ProxyError;
 use crate::http::Response;
+
+/// Whether a policy acts on its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `enforce`: decide and act.
+    #[default]
+    Enforce,
+    /// `dry_run`: decide and count what would have been rejected, reject nothing.
+    DryRun,
+    /// `off`: decide nothing.
+    Off,
+}
+
+// === impl Mode ===
+
+impl Mode {
+    /// The config spelling: `enforce`, `dry_run` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry_run",
+            Mode::Off => "off",
+        }
+    }
+}
 
 /// How one result counts for a policy that judges upstream health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -171,8 +171,8 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use crate::config::Priority;
     use crate::http::Body;
+    use crate::http::context::Priority;
 
     fn slow(secs: u64) -> impl Service<Request, Response = Response, Error = ProxyError> + Clone {
         service_fn(move |req: Request| async move {

@@ -31,10 +31,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Mode, OutlierSettings};
+use crate::config::OutlierSettings;
 use crate::metrics::{
     DRY_RUN_REJECTIONS_TOTAL, ENDPOINT_EJECTIONS_TOTAL, ENDPOINT_HEALTHY, Metrics, PANIC_MODE,
 };
+use crate::resilience::Mode;
 use crate::upstream::client::{EndpointConn, Transport};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier;

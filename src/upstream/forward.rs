@@ -30,9 +30,8 @@ use tower::Service;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
-use crate::http::{Body, Request, Response};
+use crate::http::{Body, Request, Response, retry_after};
 use crate::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
-use crate::resilience::retry::backoff::retry_after;
 use crate::upstream::balance::Balancer;
 use crate::upstream::client::SendFuture;
 use crate::upstream::endpoints::{Endpoint, EndpointSet, Verdict};
@@ -198,7 +197,7 @@ fn judge(result: &Result<Response, ProxyError>) -> (Verdict, Option<std::time::D
             };
             let pushback = match status {
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                    retry_after(resp)
+                    retry_after::delay(resp.headers())
                 }
                 _ => None,
             };

@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use crate::config::{Mode, OutlierSettings};
+use crate::config::OutlierSettings;
+use crate::resilience::Mode;
 use crate::upstream::endpoints::{Endpoint, SetInner, micros};
 
 /// The longest ejection, in multiples of `base_ejection` (Envoy's default max is 10 × 30 s).

@@ -27,12 +27,57 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 pub use self::state::BreakerState;
-use self::state::{Admission, Machine, Reason, Ticket, Transition};
-use crate::config::{BreakerSettings, Mode};
+use self::state::{Admission, Machine, Ticket, Transition, Trigger};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
 use crate::metrics::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DRY_RUN_REJECTIONS_TOTAL, Metrics};
+use crate::resilience::Mode;
 use crate::resilience::{Outcome, StatusSet};
+
+/// Circuit breaker of an upstream (`upstreams.NAME.breaker`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Enforce, count only (dry run), or off; default enforce.
+    pub mode: Mode,
+    /// Length of the sliding window; default 10s.
+    pub window: Duration,
+    /// Fewest calls in the window before rates are judged; default 20.
+    pub min_calls: u32,
+    /// Failure rate (0..=1) that opens the breaker; default 0.5.
+    pub failure_rate: f64,
+    /// A call slower than this counts as slow; `Duration::ZERO` (the default) counts none.
+    pub slow_call_duration: Duration,
+    /// Slow-call rate (0..=1) that opens the breaker; default 1.0.
+    pub slow_call_rate: f64,
+    /// Consecutive failures that open the breaker; default 5.
+    pub consecutive_failures: u32,
+    /// How long the breaker stays open the first time; default 10s, doubling on repeated trips.
+    pub open_for: Duration,
+    /// Cap of the growing open time; default 5m.
+    pub open_for_max: Duration,
+    /// Probe calls let through when half-open; default 3.
+    pub half_open_probes: u32,
+    /// Response statuses that count as failures; default 500..=505.
+    pub failure_statuses: Vec<u16>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Enforce,
+            window: Duration::from_secs(10),
+            min_calls: 20,
+            failure_rate: 0.5,
+            slow_call_duration: Duration::ZERO,
+            slow_call_rate: 1.0,
+            consecutive_failures: 5,
+            open_for: Duration::from_secs(10),
+            open_for_max: Duration::from_secs(300),
+            half_open_probes: 3,
+            failure_statuses: vec![500, 501, 502, 503, 504, 505],
+        }
+    }
+}
 
 /// Wraps a service in [`CircuitBreaker`]. Clones (and every service it makes) share one
 /// breaker: one state machine, one window, one set of metric handles.
@@ -81,7 +126,7 @@ struct Shared {
     failures: StatusSet,
     machine: Machine,
     state_gauge: Gauge,
-    /// One per [`Reason`], in [`Reason::ALL`] order (each reason has one target state).
+    /// One per [`Trigger`], in [`Trigger::ALL`] order (each trigger has one target state).
     transitions: [Counter; 6],
     /// Counts refusals a dry-run breaker let through; a no-op handle in the other modes.
     dry_run_rejections: Counter,
@@ -92,9 +137,9 @@ struct Shared {
 impl CircuitBreakerLayer {
     /// A closed breaker for `upstream` with `settings`; resolves its metric handles in
     /// `metrics` now and sets `weir_circuit_state` to 0.
-    pub fn new(upstream: Arc<str>, settings: &BreakerSettings, metrics: &Metrics) -> Self {
+    pub fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
         let label = || ("upstream", upstream.clone());
-        let transitions = Reason::ALL.map(|r| {
+        let transitions = Trigger::ALL.map(|r| {
             metrics.counter(
                 CIRCUIT_TRANSITIONS_TOTAL,
                 &[
@@ -194,13 +239,13 @@ where
 impl BreakerHandle {
     /// The breaker's state now. In mode `off` it reads closed, forever.
     pub fn status(&self) -> BreakerStatus {
-        let s = self.shared.machine.snapshot();
+        let s = self.shared.machine.status();
         BreakerStatus {
             state: s.state,
             in_state_for: s.in_state_for,
             open_remaining: s.open_remaining,
             trips: s.trips,
-            last_reason: s.last_reason.map(Reason::as_str),
+            last_reason: s.last_trigger.map(Trigger::as_str),
             mode: self.shared.mode,
         }
     }
@@ -211,9 +256,9 @@ impl BreakerHandle {
 impl Shared {
     /// Counts and logs a transition; called once per transition, by the caller that made it.
     fn on_transition(&self, t: Transition) {
-        let to = t.reason.to();
+        let to = t.trigger.to();
         self.state_gauge.set(to.gauge());
-        if let Some(c) = self.transitions.get(t.reason.index()) {
+        if let Some(c) = self.transitions.get(t.trigger.index()) {
             c.increment(1);
         }
         let open_for_ms = t
@@ -222,7 +267,7 @@ impl Shared {
         tracing::info!(
             upstream = %self.upstream,
             to = to.as_str(),
-            reason = t.reason.as_str(),
+            reason = t.trigger.as_str(),
             trips = t.trips,
             open_for_ms,
             dry_run = self.mode == Mode::DryRun,
@@ -405,7 +450,7 @@ mod tests {
 
     fn fixture(
         upstream: &str,
-        s: BreakerSettings,
+        s: Settings,
     ) -> Fixture<
         impl Service<Request, Response = Response, Error = ProxyError, Future: Send>
         + Clone
@@ -452,15 +497,15 @@ mod tests {
         }
     }
 
-    fn settings() -> BreakerSettings {
-        BreakerSettings {
+    fn settings() -> Settings {
+        Settings {
             window: Duration::from_secs(10),
             min_calls: 100,
             consecutive_failures: 5,
             open_for: Duration::from_secs(10),
             open_for_max: Duration::from_secs(300),
             half_open_probes: 3,
-            ..BreakerSettings::default()
+            ..Settings::default()
         }
     }
 
@@ -494,7 +539,7 @@ mod tests {
     async fn trips_on_failure_rate_only_after_min_calls() {
         let f = fixture(
             "rate",
-            BreakerSettings {
+            Settings {
                 min_calls: 10,
                 failure_rate: 0.5,
                 consecutive_failures: 0, // off
@@ -516,7 +561,7 @@ mod tests {
     async fn failure_rate_below_the_threshold_stays_closed() {
         let f = fixture(
             "rate-low",
-            BreakerSettings {
+            Settings {
                 min_calls: 4,
                 failure_rate: 0.5,
                 ..settings()
@@ -534,7 +579,7 @@ mod tests {
     async fn trips_on_slow_call_rate() {
         let f = fixture(
             "slow",
-            BreakerSettings {
+            Settings {
                 min_calls: 4,
                 slow_call_duration: Duration::from_millis(100),
                 slow_call_rate: 0.5,
@@ -559,7 +604,7 @@ mod tests {
         async fn after(gap: Duration) -> BreakerState {
             let f = fixture(
                 "slide",
-                BreakerSettings {
+                Settings {
                     min_calls: 4,
                     failure_rate: 0.5,
                     consecutive_failures: 0,
@@ -581,7 +626,7 @@ mod tests {
     async fn open_rejects_at_once_with_the_time_left() {
         let f = fixture(
             "open",
-            BreakerSettings {
+            Settings {
                 consecutive_failures: 1,
                 ..settings()
             },
@@ -601,7 +646,7 @@ mod tests {
     async fn half_open_admits_exactly_n_probes_then_closes() {
         let f = fixture(
             "probes",
-            BreakerSettings {
+            Settings {
                 consecutive_failures: 1,
                 ..settings()
             },
@@ -627,7 +672,7 @@ mod tests {
     async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
         let f = fixture(
             "doubling",
-            BreakerSettings {
+            Settings {
                 consecutive_failures: 1,
                 open_for: Duration::from_secs(10),
                 open_for_max: Duration::from_secs(25),
@@ -661,7 +706,7 @@ mod tests {
     async fn client_errors_are_successes() {
         let f = fixture(
             "4xx",
-            BreakerSettings {
+            Settings {
                 consecutive_failures: 2,
                 min_calls: 1,
                 ..settings()
@@ -679,7 +724,7 @@ mod tests {
     async fn ignored_outcomes_move_nothing() {
         let f = fixture(
             "ignored",
-            BreakerSettings {
+            Settings {
                 consecutive_failures: 2,
                 ..settings()
             },
@@ -695,7 +740,7 @@ mod tests {
     async fn a_dropped_probe_gives_back_its_slot() {
         let f = fixture(
             "dropped",
-            BreakerSettings {
+            Settings {
                 consecutive_failures: 1,
                 half_open_probes: 1,
                 ..settings()
@@ -726,7 +771,7 @@ mod tests {
     async fn dry_run_admits_everything_and_counts_what_it_would_refuse() {
         let f = fixture(
             "dry",
-            BreakerSettings {
+            Settings {
                 mode: Mode::DryRun,
                 consecutive_failures: 2,
                 half_open_probes: 1,
@@ -765,7 +810,7 @@ mod tests {
     async fn off_passes_everything_through() {
         let f = fixture(
             "off",
-            BreakerSettings {
+            Settings {
                 mode: Mode::Off,
                 consecutive_failures: 1,
                 min_calls: 1,
@@ -790,7 +835,7 @@ mod tests {
     async fn metrics_show_state_and_transitions() {
         let f = fixture(
             "m",
-            BreakerSettings {
+            Settings {
                 consecutive_failures: 1,
                 half_open_probes: 1,
                 ..settings()

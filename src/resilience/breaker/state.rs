@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Settings;
 use super::window::Window;
-use crate::config::BreakerSettings;
 use crate::resilience::Outcome;
 
 /// The state of a circuit breaker.
@@ -60,9 +60,10 @@ impl BreakerState {
     }
 }
 
-/// Why a transition happened: the `reason` label. Each reason has exactly one target state.
+/// What triggered a transition; [`Trigger::as_str`] is its `reason` label. Each trigger has
+/// exactly one target state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reason {
+pub(crate) enum Trigger {
     /// Closed → Open: `consecutive_failures` failures in a row.
     Consecutive,
     /// Closed → Open: the failure rate of the window reached `failure_rate`.
@@ -77,9 +78,9 @@ pub(crate) enum Reason {
     OpenElapsed,
 }
 
-impl Reason {
-    /// Every reason, in the order of [`Reason::index`].
-    pub(crate) const ALL: [Reason; 6] = [
+impl Trigger {
+    /// Every trigger, in the order of [`Trigger::index`].
+    pub(crate) const ALL: [Trigger; 6] = [
         Self::Consecutive,
         Self::FailureRate,
         Self::SlowRate,
@@ -100,7 +101,7 @@ impl Reason {
         }
     }
 
-    /// The state this reason leads to.
+    /// The state this trigger leads to.
     pub(crate) fn to(self) -> BreakerState {
         match self {
             Self::Consecutive | Self::FailureRate | Self::SlowRate | Self::ProbeFailed => {
@@ -111,7 +112,7 @@ impl Reason {
         }
     }
 
-    /// Position in [`Reason::ALL`].
+    /// Position in [`Trigger::ALL`].
     pub(crate) fn index(self) -> usize {
         match self {
             Self::Consecutive => 0,
@@ -143,7 +144,7 @@ impl Reason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Transition {
     /// Why; also says to which state.
-    pub(crate) reason: Reason,
+    pub(crate) trigger: Trigger,
     /// Consecutive trips after the transition (0 once closed).
     pub(crate) trips: u32,
     /// How long the breaker stays open, when it opened.
@@ -178,14 +179,14 @@ pub(crate) enum Ticket {
     },
 }
 
-/// A snapshot of the machine for the admin page.
+/// What the machine is doing now, for [`super::BreakerStatus`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Snapshot {
+pub(crate) struct MachineStatus {
     pub(crate) state: BreakerState,
     pub(crate) in_state_for: Duration,
     pub(crate) open_remaining: Option<Duration>,
     pub(crate) trips: u32,
-    pub(crate) last_reason: Option<Reason>,
+    pub(crate) last_trigger: Option<Trigger>,
 }
 
 /// The state machine of one upstream's breaker.
@@ -202,7 +203,7 @@ pub(crate) struct Machine {
     /// `seq` (16 bits) | probes admitted (24) | probes succeeded (24).
     probes: AtomicU64,
     consecutive: AtomicU32,
-    last_reason: AtomicU8,
+    last_trigger: AtomicU8,
     window: Window,
     min_calls: u64,
     failure_rate: f64,
@@ -218,7 +219,7 @@ pub(crate) struct Machine {
 
 impl Machine {
     /// A closed machine; times count from now.
-    pub(crate) fn new(s: &BreakerSettings) -> Self {
+    pub(crate) fn new(s: &Settings) -> Self {
         let closed = Word {
             state: BreakerState::Closed,
             trips: 0,
@@ -230,7 +231,7 @@ impl Machine {
             word: AtomicU64::new(closed.encode()),
             probes: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
-            last_reason: AtomicU8::new(0),
+            last_trigger: AtomicU8::new(0),
             window: Window::new(s.window),
             min_calls: u64::from(s.min_calls),
             failure_rate: s.failure_rate,
@@ -277,9 +278,9 @@ impl Machine {
                     .encode();
                     match self.cas(cur, next) {
                         Ok(()) => {
-                            self.set_reason(Reason::OpenElapsed);
+                            self.set_trigger(Trigger::OpenElapsed);
                             transition = Some(Transition {
-                                reason: Reason::OpenElapsed,
+                                trigger: Trigger::OpenElapsed,
                                 trips: w.trips,
                                 open_for: None,
                             });
@@ -289,17 +290,17 @@ impl Machine {
                     }
                 }
                 BreakerState::HalfOpen => match self.take_probe(cur, w.seq) {
-                    Slot::Taken => {
+                    ProbeClaim::Taken => {
                         let ticket = Ticket::Probe { seq: w.seq };
                         return (Admission::Admit(ticket), transition);
                     }
-                    Slot::Full => {
+                    ProbeClaim::Full => {
                         let reject = Admission::Reject {
                             retry_after: PROBE_RETRY_AFTER,
                         };
                         return (reject, transition);
                     }
-                    Slot::Moved(actual) => cur = actual,
+                    ProbeClaim::Moved(actual) => cur = actual,
                 },
             }
         }
@@ -343,17 +344,17 @@ impl Machine {
 
     /// The state as the admin page shows it. An open breaker whose time has passed reads as
     /// open with nothing remaining until a request moves it to half-open.
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    pub(crate) fn status(&self) -> MachineStatus {
         let now = Instant::now();
         let w = Word::decode(self.word.load(Ordering::Acquire));
         let open_remaining = (w.state == BreakerState::Open)
             .then(|| self.open_until(w).saturating_duration_since(now));
-        Snapshot {
+        MachineStatus {
             state: w.state,
             in_state_for: now.saturating_duration_since(self.at(w.since_ms)),
             open_remaining,
             trips: w.trips,
-            last_reason: Reason::from_code(self.last_reason.load(Ordering::Relaxed)),
+            last_trigger: Trigger::from_code(self.last_trigger.load(Ordering::Relaxed)),
         }
     }
 
@@ -379,7 +380,7 @@ impl Machine {
                 .fetch_add(1, Ordering::Relaxed)
                 .saturating_add(1);
             if self.consecutive_failures > 0 && run >= self.consecutive_failures {
-                return self.trip(word, Reason::Consecutive, now);
+                return self.trip(word, Trigger::Consecutive, now);
             }
         } else if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
@@ -393,15 +394,15 @@ impl Machine {
             return None;
         }
         if failure && reached(t.failures, t.calls, self.failure_rate) {
-            return self.trip(word, Reason::FailureRate, now);
+            return self.trip(word, Trigger::FailureRate, now);
         }
         if slow && reached(t.slow, t.calls, self.slow_call_rate) {
-            return self.trip(word, Reason::SlowRate, now);
+            return self.trip(word, Trigger::SlowRate, now);
         }
         None
     }
 
-    fn trip(&self, word: u64, reason: Reason, now: Instant) -> Option<Transition> {
+    fn trip(&self, word: u64, trigger: Trigger, now: Instant) -> Option<Transition> {
         let w = Word::decode(word);
         let next = Word {
             state: BreakerState::Open,
@@ -410,9 +411,9 @@ impl Machine {
             since_ms: self.ms(now),
         };
         self.cas(word, next.encode()).ok()?;
-        self.set_reason(reason);
+        self.set_trigger(trigger);
         Some(Transition {
-            reason,
+            trigger,
             trips: 1,
             open_for: Some(self.open_time(1)),
         })
@@ -441,14 +442,14 @@ impl Machine {
     // --- half-open ---
 
     /// Takes a probe slot of the half-open period `seq` whose word is `cur`.
-    fn take_probe(&self, cur: u64, seq: u64) -> Slot {
+    fn take_probe(&self, cur: u64, seq: u64) -> ProbeClaim {
         let tag = seq & PROBE_SEQ_MASK;
         let mut p = self.probes.load(Ordering::Acquire);
         loop {
             let next = if p >> PROBE_SEQ_SHIFT == tag {
                 let admitted = (p >> PROBE_ADMITTED_SHIFT) & PROBE_COUNT_MAX;
                 if admitted >= self.half_open_probes {
-                    return Slot::Full;
+                    return ProbeClaim::Full;
                 }
                 p + (1 << PROBE_ADMITTED_SHIFT)
             } else {
@@ -457,7 +458,7 @@ impl Machine {
                 // not wipe the slots of a newer period.
                 let actual = self.word.load(Ordering::Acquire);
                 if actual != cur {
-                    return Slot::Moved(actual);
+                    return ProbeClaim::Moved(actual);
                 }
                 (tag << PROBE_SEQ_SHIFT) | (1 << PROBE_ADMITTED_SHIFT)
             };
@@ -465,7 +466,7 @@ impl Machine {
                 .probes
                 .compare_exchange_weak(p, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Slot::Taken,
+                Ok(_) => return ProbeClaim::Taken,
                 Err(actual) => p = actual,
             }
         }
@@ -496,9 +497,9 @@ impl Machine {
             since_ms: self.ms(now),
         };
         self.cas(cur, next.encode()).ok()?;
-        self.set_reason(Reason::ProbeFailed);
+        self.set_trigger(Trigger::ProbeFailed);
         Some(Transition {
-            reason: Reason::ProbeFailed,
+            trigger: Trigger::ProbeFailed,
             trips,
             open_for: Some(self.open_time(trips)),
         })
@@ -532,9 +533,9 @@ impl Machine {
             since_ms: self.ms(now),
         };
         self.cas(cur, next.encode()).ok()?;
-        self.set_reason(Reason::ProbeSucceeded);
+        self.set_trigger(Trigger::ProbeSucceeded);
         Some(Transition {
-            reason: Reason::ProbeSucceeded,
+            trigger: Trigger::ProbeSucceeded,
             trips: 0,
             open_for: None,
         })
@@ -548,8 +549,8 @@ impl Machine {
             .map(drop)
     }
 
-    fn set_reason(&self, reason: Reason) {
-        self.last_reason.store(reason.code(), Ordering::Relaxed);
+    fn set_trigger(&self, trigger: Trigger) {
+        self.last_trigger.store(trigger.code(), Ordering::Relaxed);
     }
 
     /// Milliseconds from `base` to `now`, saturating at the word's 40 bits (34 years).
@@ -566,7 +567,7 @@ impl Machine {
 }
 
 /// The outcome of trying to take a probe slot.
-enum Slot {
+enum ProbeClaim {
     Taken,
     Full,
     /// The state word changed under the caller; it is now this.
@@ -635,14 +636,14 @@ const PROBE_COUNT_MAX: u64 = (1 << 24) - 1;
 mod tests {
     use super::*;
 
-    fn settings() -> BreakerSettings {
-        BreakerSettings {
+    fn settings() -> Settings {
+        Settings {
             min_calls: 4,
             consecutive_failures: 3,
             open_for: Duration::from_secs(10),
             open_for_max: Duration::from_secs(60),
             half_open_probes: 2,
-            ..BreakerSettings::default()
+            ..Settings::default()
         }
     }
 
@@ -659,7 +660,7 @@ mod tests {
     }
 
     fn state(m: &Machine) -> BreakerState {
-        m.snapshot().state
+        m.status().state
     }
 
     #[test]
@@ -682,12 +683,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn full_cycle_with_reasons() {
+    async fn full_cycle_with_triggers() {
         let m = Machine::new(&settings());
         assert_eq!(call(&m, Outcome::Failure), None);
         assert_eq!(call(&m, Outcome::Failure), None);
         let t = call(&m, Outcome::Failure).unwrap();
-        assert_eq!(t.reason, Reason::Consecutive);
+        assert_eq!(t.trigger, Trigger::Consecutive);
         assert_eq!(t.open_for, Some(Duration::from_secs(10)));
         assert_eq!(state(&m), BreakerState::Open);
 
@@ -703,7 +704,7 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(6)).await;
         let (a, t) = m.admit();
-        assert_eq!(t.unwrap().reason, Reason::OpenElapsed);
+        assert_eq!(t.unwrap().trigger, Trigger::OpenElapsed);
         let Admission::Admit(p1) = a else { panic!() };
         let p2 = admit(&m);
         assert!(
@@ -713,11 +714,11 @@ mod tests {
         let t = m
             .record(p2, Outcome::Success, Instant::now(), None)
             .unwrap();
-        assert_eq!(t.reason, Reason::ProbeSucceeded);
-        let snap = m.snapshot();
-        assert_eq!(snap.state, BreakerState::Closed);
-        assert_eq!(snap.trips, 0);
-        assert_eq!(snap.last_reason, Some(Reason::ProbeSucceeded));
+        assert_eq!(t.trigger, Trigger::ProbeSucceeded);
+        let st = m.status();
+        assert_eq!(st.state, BreakerState::Closed);
+        assert_eq!(st.trips, 0);
+        assert_eq!(st.last_trigger, Some(Trigger::ProbeSucceeded));
     }
 
     #[tokio::test(start_paused = true)]
@@ -738,8 +739,8 @@ mod tests {
         assert_eq!(m.window.totals(m.ms(Instant::now())).failures, 2);
         assert_eq!(state(&m), BreakerState::Closed);
         assert_eq!(
-            call(&m, Outcome::Failure).unwrap().reason,
-            Reason::Consecutive
+            call(&m, Outcome::Failure).unwrap().trigger,
+            Trigger::Consecutive
         );
     }
 
@@ -766,7 +767,7 @@ mod tests {
         assert_eq!(m.record(p1, Outcome::Success, Instant::now(), None), None);
         assert_eq!(state(&m), BreakerState::HalfOpen);
         let t = m.record(p2, Outcome::Success, Instant::now(), None);
-        assert_eq!(t.unwrap().reason, Reason::ProbeSucceeded);
+        assert_eq!(t.unwrap().trigger, Trigger::ProbeSucceeded);
     }
 
     #[tokio::test(start_paused = true)]
@@ -785,12 +786,12 @@ mod tests {
         let p4 = admit(&m);
         assert_eq!(m.record(p3, Outcome::Success, Instant::now(), None), None);
         let t = m.record(p4, Outcome::Success, Instant::now(), None);
-        assert_eq!(t.unwrap().reason, Reason::ProbeSucceeded);
+        assert_eq!(t.unwrap().trigger, Trigger::ProbeSucceeded);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_probe_fails() {
-        let s = BreakerSettings {
+        let s = Settings {
             slow_call_duration: Duration::from_millis(100),
             ..settings()
         };
@@ -806,7 +807,7 @@ mod tests {
             Instant::now(),
             Some(Duration::from_millis(101)),
         );
-        assert_eq!(t.unwrap().reason, Reason::ProbeFailed);
+        assert_eq!(t.unwrap().trigger, Trigger::ProbeFailed);
     }
 
     #[test]
@@ -814,16 +815,16 @@ mod tests {
         use std::sync::Mutex;
         use std::sync::atomic::AtomicUsize;
 
-        let m = Machine::new(&BreakerSettings {
+        let m = Machine::new(&Settings {
             consecutive_failures: 1,
             open_for: Duration::ZERO, // half-open as soon as a request looks
             half_open_probes: 5,
-            ..BreakerSettings::default()
+            ..Settings::default()
         });
         let transitions = Mutex::new(Vec::new());
         let note = |t: Option<Transition>| {
             if let Some(t) = t {
-                transitions.lock().unwrap().push(t.reason);
+                transitions.lock().unwrap().push(t.trigger);
             }
         };
         // Closed: eight threads fail at once; one trip.
@@ -864,9 +865,9 @@ mod tests {
         assert_eq!(
             transitions.into_inner().unwrap(),
             [
-                Reason::Consecutive,
-                Reason::OpenElapsed,
-                Reason::ProbeSucceeded
+                Trigger::Consecutive,
+                Trigger::OpenElapsed,
+                Trigger::ProbeSucceeded
             ]
         );
         assert_eq!(state(&m), BreakerState::Closed);
@@ -874,30 +875,30 @@ mod tests {
 
     #[test]
     fn open_time_doubles_up_to_the_cap() {
-        let m = Machine::new(&BreakerSettings {
+        let m = Machine::new(&Settings {
             open_for: Duration::from_secs(10),
             open_for_max: Duration::from_secs(45),
-            ..BreakerSettings::default()
+            ..Settings::default()
         });
         let secs: Vec<u64> = [1, 2, 3, 4, 40, 255]
             .map(|t| m.open_time(t).as_secs())
             .to_vec();
         assert_eq!(secs, [10, 20, 40, 45, 45, 45]);
         // A cap below `open_for` does not shorten the first open time.
-        let m = Machine::new(&BreakerSettings {
+        let m = Machine::new(&Settings {
             open_for: Duration::from_secs(10),
             open_for_max: Duration::from_secs(1),
-            ..BreakerSettings::default()
+            ..Settings::default()
         });
         assert_eq!(m.open_time(3), Duration::from_secs(10));
     }
 
     #[test]
-    fn reasons_are_a_closed_set() {
-        for (i, r) in Reason::ALL.into_iter().enumerate() {
+    fn triggers_are_a_closed_set() {
+        for (i, r) in Trigger::ALL.into_iter().enumerate() {
             assert_eq!(r.index(), i);
-            assert_eq!(Reason::from_code(r.code()), Some(r));
+            assert_eq!(Trigger::from_code(r.code()), Some(r));
         }
-        assert_eq!(Reason::from_code(0), None);
+        assert_eq!(Trigger::from_code(0), None);
     }
 }

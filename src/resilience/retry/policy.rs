@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, Method};
 
-use crate::config::RetrySettings;
+use super::Settings;
 use crate::error::ProxyError;
 use crate::http::{IDEMPOTENCY_KEY, Response};
 use crate::resilience::StatusSet;
@@ -17,9 +17,10 @@ pub(crate) struct Policy {
     idempotency_key: bool,
 }
 
-/// Why a try is retried: the `reason` label of `weir_retries_total`.
+/// What makes a try worth retrying; [`Retryable::label`] is the `reason` label of
+/// `weir_retries_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reason {
+pub(crate) enum Retryable {
     /// The request provably never left (connect refused or timed out, pool checkout failure,
     /// HTTP/2 REFUSED_STREAM).
     UpstreamConnect,
@@ -32,7 +33,7 @@ pub(crate) enum Reason {
 }
 
 impl Policy {
-    pub(crate) fn new(settings: &RetrySettings) -> Self {
+    pub(crate) fn new(settings: &Settings) -> Self {
         Self {
             statuses: StatusSet::new(&settings.statuses),
             idempotency_key: settings.idempotency_key,
@@ -52,14 +53,14 @@ impl Policy {
         &self,
         result: &Result<Response, ProxyError>,
         may_resend: bool,
-    ) -> Option<Reason> {
+    ) -> Option<Retryable> {
         let reason = match result {
-            Ok(resp) if self.statuses.contains(resp.status()) => Reason::Status,
+            Ok(resp) if self.statuses.contains(resp.status()) => Retryable::Status,
             Ok(_) => return None,
             Err(err) => match err {
-                ProxyError::UpstreamConnect(_) => return Some(Reason::UpstreamConnect),
-                ProxyError::UpstreamReset(_) => Reason::UpstreamReset,
-                ProxyError::UpstreamTimeout => Reason::UpstreamTimeout,
+                ProxyError::UpstreamConnect(_) => return Some(Retryable::UpstreamConnect),
+                ProxyError::UpstreamReset(_) => Retryable::UpstreamReset,
+                ProxyError::UpstreamTimeout => Retryable::UpstreamTimeout,
                 // A TLS handshake failure is a certificate or configuration fault: another try
                 // fails the same way and only doubles the load.
                 ProxyError::UpstreamTls(_)
@@ -78,7 +79,7 @@ impl Policy {
     }
 }
 
-impl Reason {
+impl Retryable {
     /// The `reason` label value.
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -123,9 +124,9 @@ mod tests {
     }
 
     fn policy(idempotency_key: bool) -> Policy {
-        Policy::new(&RetrySettings {
+        Policy::new(&Settings {
             idempotency_key,
-            ..RetrySettings::default()
+            ..Settings::default()
         })
     }
 
@@ -156,25 +157,29 @@ mod tests {
     fn what_is_retried() {
         let p = policy(false);
         // (answer, reason when the request may be re-sent, reason when it may not)
-        type Case = (Result<Response, ProxyError>, Option<Reason>, Option<Reason>);
+        type Case = (
+            Result<Response, ProxyError>,
+            Option<Retryable>,
+            Option<Retryable>,
+        );
         let cases: Vec<Case> = vec![
             (status(200), None, None),
             (status(500), None, None),
-            (status(503), Some(Reason::Status), None),
-            (status(502), Some(Reason::Status), None),
+            (status(503), Some(Retryable::Status), None),
+            (status(502), Some(Retryable::Status), None),
             (
                 Err(ProxyError::UpstreamConnect(io())),
-                Some(Reason::UpstreamConnect),
-                Some(Reason::UpstreamConnect),
+                Some(Retryable::UpstreamConnect),
+                Some(Retryable::UpstreamConnect),
             ),
             (
                 Err(ProxyError::UpstreamReset(io())),
-                Some(Reason::UpstreamReset),
+                Some(Retryable::UpstreamReset),
                 None,
             ),
             (
                 Err(ProxyError::UpstreamTimeout),
-                Some(Reason::UpstreamTimeout),
+                Some(Retryable::UpstreamTimeout),
                 None,
             ),
             (Err(ProxyError::UpstreamTls(io())), None, None),
