@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::error::{BoxError, ProxyError};
+use crate::error::{BoxError, ProxyError, caused_by};
 use crate::http::{Body, BodyTooLarge};
 
 /// A request body made ready for one or more tries.
@@ -68,14 +68,11 @@ impl Replay {
 /// The answer to a request whose body could not be read: too large for the listener
 /// ([`BodyTooLarge`] anywhere in the source chain) or otherwise the client's failure.
 pub(crate) fn client_error(err: &BoxError) -> ProxyError {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
-    while let Some(e) = cur {
-        if e.is::<BodyTooLarge>() {
-            return ProxyError::PayloadTooLarge;
-        }
-        cur = e.source();
+    if caused_by::<BodyTooLarge>(&**err) {
+        ProxyError::PayloadTooLarge
+    } else {
+        ProxyError::BadRequest("request body could not be read from the client")
     }
-    ProxyError::BadRequest("request body could not be read from the client")
 }
 
 fn concat(mut chunks: VecDeque<Bytes>, len: u64) -> Bytes {
