@@ -31,13 +31,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Mode, OutlierSettings};
+use crate::config::Mode;
 use crate::metrics::{
     DRY_RUN_REJECTIONS_TOTAL, ENDPOINT_EJECTIONS_TOTAL, ENDPOINT_HEALTHY, Metrics, PANIC_MODE,
 };
 use crate::upstream::client::{EndpointConn, Transport};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier;
+use crate::upstream::outlier::Settings as OutlierSettings;
 
 /// The latency an endpoint is assumed to have before its first response (Linkerd's default).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -739,7 +740,7 @@ fn to_u64(x: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::UpstreamConfig;
+    use crate::upstream::Settings as UpstreamConfig;
 
     fn addrs(list: &[&str]) -> Vec<Authority> {
         list.iter().map(|a| a.parse().unwrap()).collect()
