@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod error;
+mod keys;
 mod read;
 mod render;
 mod validate;
