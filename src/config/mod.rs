@@ -494,6 +494,107 @@ pub(crate) mod tests {
         assert_eq!(u, &expected);
     }
 
+    /// What `config/full.toml` shows: the defaults, one route `api` to one upstream `backend`
+    /// with health checks on.
+    fn documented() -> Config {
+        Config {
+            routes: vec![RouteConfig {
+                name: "api".into(),
+                action: RouteAction::Upstream("backend".into()),
+                ..RouteConfig::default()
+            }],
+            upstreams: vec![UpstreamConfig {
+                name: "backend".into(),
+                endpoints: vec![Authority::from_static("127.0.0.1:9000")],
+                health: Some(HealthSettings::default()),
+                ..UpstreamConfig::default()
+            }],
+            ..Config::default()
+        }
+    }
+
+    /// full.toml is written by the key tables (each key's default and doc, examples for what
+    /// the defaults leave out), so it cannot drift from them. After changing a row, regenerate
+    /// it with `WEIR_WRITE_FULL_TOML=1 cargo test full_toml_is`.
+    #[test]
+    fn full_toml_is_what_the_tables_render() {
+        assert_eq!(full(), documented());
+        let rendered = render::documented(&documented());
+        if std::env::var_os("WEIR_WRITE_FULL_TOML").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/full.toml");
+            std::fs::write(path, &rendered).unwrap();
+        } else {
+            assert!(
+                FILES[4].1 == rendered,
+                "config/full.toml is not what the key tables render; regenerate it with \
+                 WEIR_WRITE_FULL_TOML=1 cargo test full_toml_is. The tables render:\n{rendered}"
+            );
+        }
+    }
+
+    /// Every row of every key table has a line in full.toml, in its table's section: `key = …`
+    /// (`# key = …` for an example), or a sub-table's header `[table.key]`.
+    #[test]
+    fn full_toml_has_a_line_for_every_row() {
+        use crate::config::keys::Keys;
+
+        fn rows<S: Keys>(section: &'static str) -> (&'static str, Vec<&'static str>) {
+            (section, S::ROWS.iter().map(|r| r.key).collect())
+        }
+        // (section, key) of each line; a header is the key of its parent section.
+        let mut lines = Vec::new();
+        let mut section = "";
+        let full = FILES[4].1;
+        for line in full.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)) {
+            if let Some(header) = line.strip_prefix('[') {
+                section = header.trim_matches(['[', ']']).split(']').next().unwrap();
+                lines.push(section.rsplit_once('.').unwrap_or(("", section)));
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                lines.push((section, key));
+            }
+        }
+        let upstream = |s: &str| format!("upstreams.backend{s}");
+        let tables = [
+            rows::<Config>(""),
+            rows::<AdminConfig>("admin"),
+            rows::<ListenerConfig>("listeners"),
+            rows::<ListenerTls>("listeners.tls"),
+            rows::<DrainConfig>("drain"),
+            rows::<RouteConfig>("routes"),
+            rows::<RouteMatch>("routes.match"),
+            rows::<RateLimitConfig>("routes.rate_limit"),
+            rows::<FaultConfig>("routes.fault"),
+        ];
+        let upstream_tables = [
+            rows::<UpstreamConfig>(""),
+            rows::<UpstreamTls>(".tls"),
+            rows::<RetrySettings>(".retry"),
+            rows::<BreakerSettings>(".breaker"),
+            rows::<ShedSettings>(".shed"),
+            rows::<HealthSettings>(".health"),
+            rows::<OutlierSettings>(".outlier"),
+        ];
+        let all = tables.into_iter().map(|(s, k)| (s.to_owned(), k));
+        let all = all.chain(upstream_tables.into_iter().map(|(s, k)| (upstream(s), k)));
+        for (section, keys) in all {
+            for key in keys {
+                let found = lines.iter().any(|&(s, k)| s == section && k == key)
+                    || (section.is_empty() && key == "upstreams");
+                assert!(found, "full.toml has no line for {section}.{key}");
+            }
+        }
+        // The inline tables: a route's `split` targets and its `respond`.
+        for (line, keys) in [
+            ("# split = ", rows::<SplitTarget>("").1),
+            ("# respond = ", rows::<RespondConfig>("").1),
+        ] {
+            let text = full.lines().find(|l| l.starts_with(line)).unwrap();
+            for key in keys {
+                assert!(text.contains(&format!("{key} = ")), "{line}has no {key}");
+            }
+        }
+    }
+
     /// Every key that `to_toml` writes for full.toml is written in full.toml, and no other.
     #[test]
     fn full_toml_names_every_key() {

@@ -22,6 +22,19 @@ pub(crate) fn render(c: &Config) -> String {
     out.text
 }
 
+/// `c` as `config/full.toml`: every key with its doc, and each key or table that `c` leaves
+/// out commented out with an example value.
+#[cfg(test)]
+pub(crate) fn documented(c: &Config) -> String {
+    let mut out = Toml {
+        text: FULL_TOML_HEAD.to_owned(),
+        docs: true,
+        commented: false,
+    };
+    out.section("", "", "", c);
+    out.text
+}
+
 /// The document being written.
 #[derive(Default)]
 pub(crate) struct Toml {
@@ -273,6 +286,14 @@ pub(crate) fn rate_limit_key(k: &RateLimitKey) -> String {
 /// Where `full.toml` starts a key's doc (0-based column of its `#`).
 const DOC_COLUMN: usize = 32;
 
+/// The head of `config/full.toml`.
+#[cfg(test)]
+const FULL_TOML_HEAD: &str = "\
+# Every key weir reads, each set to its default. Copy what you need; leave out what you don't:
+# a missing key takes the value shown here. Alternatives that exclude each other are comments.
+# Durations are strings such as \"250ms\", \"10s\", \"5m\". Key paths in errors index arrays from 0.
+";
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -407,5 +428,26 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn docs_start_at_their_column_and_continue_below() {
+        let mut out = Toml {
+            docs: true,
+            ..Toml::default()
+        };
+        out.line("a = 1", "one\ntwo");
+        out.commented = true;
+        out.line("a_much_longer_key = \"and its value\"", "three\nfour");
+        let lines: Vec<&str> = out.text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "a = 1                           # one",
+                "                                # two",
+                "# a_much_longer_key = \"and its value\"  # three",
+                "#                               # four",
+            ]
+        );
     }
 }
