@@ -1,7 +1,10 @@
-//! Configuration: the typed, validated [`Config`] that every other module is built from.
+//! Configuration: the typed, validated [`Config`] that every other module is built from. It
+//! assembles the stages' own settings types (each defined, with its `Default`, beside the code
+//! it governs, and re-exported here under its config name) and depends on them, not the reverse.
 //!
 //! Position: file → validated `Config`; does no I/O beyond reading the file (before any stage).
-//! Keys: all of them (`admin`, `listeners`, `drain`, `routes`, `upstreams`), see DESIGN §3.
+//! Keys: all of them (`admin`, `listeners`, `drain`, `routes`, `upstreams`), see DESIGN §3; one
+//! key table per settings type in `keys.rs` drives reading, rendering and `config/full.toml`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
