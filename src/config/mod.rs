@@ -1,23 +1,43 @@
-//! Configuration: the typed, validated [`Config`] that every other module is built from.
+//! Configuration: the typed, validated [`Config`] that every other module is built from. It
+//! assembles the stages' own settings types (each defined, with its `Default`, beside the code
+//! it governs, and re-exported here under its config name) and depends on them, not the reverse.
 //!
 //! Position: file → validated `Config`; does no I/O beyond reading the file (before any stage).
-//! Keys: all of them (`admin`, `listeners`, `drain`, `routes`, `upstreams`), see DESIGN §3.
+//! Keys: all of them (`admin`, `listeners`, `drain`, `routes`, `upstreams`), see DESIGN §3; one
+//! key table per settings type in `keys.rs` drives reading, rendering and `config/full.toml`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::Authority;
-use http::{HeaderName, HeaderValue, Method, StatusCode};
-
 mod error;
+mod keys;
 mod read;
 mod render;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+
+// The stages own their settings types; the config assembles them, under these names.
+pub use crate::http::context::Priority;
+pub use crate::resilience::Mode;
+pub use crate::resilience::breaker::Settings as BreakerSettings;
+pub use crate::resilience::retry::Settings as RetrySettings;
+pub use crate::resilience::shed::Settings as ShedSettings;
+pub use crate::route::direct::Settings as RespondConfig;
+pub use crate::route::fault::Settings as FaultConfig;
+pub use crate::route::ratelimit::{Key as RateLimitKey, Settings as RateLimitConfig};
+pub use crate::route::split::SplitTarget;
+pub use crate::route::{RouteAction, Settings as RouteConfig};
+pub use crate::router::matcher::RouteMatch;
+pub use crate::server::Settings as ListenerConfig;
+pub use crate::tls::client::Settings as UpstreamTls;
+pub use crate::tls::server::Settings as ListenerTls;
+pub use crate::upstream::Settings as UpstreamConfig;
+pub use crate::upstream::balance::{Balance, HashOn};
+pub use crate::upstream::client::Protocol;
+pub use crate::upstream::health::Settings as HealthSettings;
+pub use crate::upstream::outlier::Settings as OutlierSettings;
 
 /// The whole configuration of one weir process: one config generation.
 ///
@@ -45,45 +65,6 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
-/// One downstream listener (`[[listeners]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
-    /// Name used in metrics and logs; default `main` for the first listener, else `listener-N`.
-    pub name: Arc<str>,
-    /// Address to bind (`ip:port`); default 127.0.0.1:8080. Port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// Time allowed for a request head to arrive (slowloris guard); default 10s.
-    pub header_read_timeout: Duration,
-    /// Downstream keep-alive idle timeout; default 60s. It also bounds the wait for the next
-    /// bytes of a request body the client stops sending.
-    pub idle_timeout: Duration,
-    /// The longest a response write may make no progress (the client reads nothing); then the
-    /// connection is closed and its upstream requests cancelled. Default 60s (nginx's
-    /// `send_timeout`); 0 = no limit.
-    pub send_timeout: Duration,
-    /// Most connections open at once; default 10000.
-    pub max_connections: usize,
-    /// Largest request head in bytes; beyond it weir answers 431. Default 65536.
-    pub max_header_bytes: usize,
-    /// Most request headers; beyond it weir answers 431. Default 100.
-    pub max_headers: usize,
-    /// Largest request body in bytes; beyond it weir answers 413. 0 = unlimited. Default 10 MiB.
-    pub max_body_bytes: u64,
-    /// TLS termination; `None` (the default) serves plain TCP.
-    pub tls: Option<ListenerTls>,
-}
-
-/// TLS settings of a listener (`listeners[N].tls`). Files are read when the listener starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerTls {
-    /// PEM certificate chain (`cert`); required.
-    pub cert: PathBuf,
-    /// PEM private key (`key`); required.
-    pub key: PathBuf,
-    /// PEM CA bundle for client certificates (`client_ca`); set, it turns on mTLS.
-    pub client_ca: Option<PathBuf>,
-}
-
 /// Graceful shutdown timing (`[drain]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainConfig {
@@ -91,248 +72,6 @@ pub struct DrainConfig {
     pub delay: Duration,
     /// Then weir stops accepting, and in-flight requests get this long; default 30s.
     pub timeout: Duration,
-}
-
-/// One route (`[[routes]]`): what it matches and what serves it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteConfig {
-    /// Name used in metrics and logs; `[A-Za-z0-9_.-]+`, default `route-N` (0-based index).
-    pub name: Arc<str>,
-    /// What a request must look like to take this route (TOML key `match`); default: anything.
-    pub matcher: RouteMatch,
-    /// Exactly one of `upstream`, `split`, `respond`.
-    pub action: RouteAction,
-    /// Total deadline covering every try and every backoff; default 15s.
-    pub timeout: Duration,
-    /// Criticality of the route's requests under load; default `default`.
-    pub priority: Priority,
-    /// Token-bucket rate limit; `None` (the default) means unlimited.
-    pub rate_limit: Option<RateLimitConfig>,
-    /// Fault injection; the default injects nothing.
-    pub fault: FaultConfig,
-}
-
-/// Conditions a request must meet to take a route; all given conditions must hold.
-///
-/// `Default` matches every request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RouteMatch {
-    /// The request path starts with this (`/`-prefixed); `None` matches any path.
-    pub path_prefix: Option<String>,
-    /// The request host equals this, ignoring case (stored lowercase); `None` matches any.
-    pub host: Option<String>,
-    /// The request method is one of these; empty matches any method.
-    pub methods: Vec<Method>,
-    /// Each of these headers is present with exactly this value.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// What serves a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteAction {
-    /// Forward to one upstream (`upstream = "NAME"`).
-    Upstream(Arc<str>),
-    /// Forward to upstreams chosen by weight (`split = [{ upstream, weight }, …]`).
-    Split(Vec<SplitTarget>),
-    /// Answer directly, with no upstream (`respond = { status, body, headers }`).
-    Respond(RespondConfig),
-}
-
-/// One weighted target of a traffic split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitTarget {
-    /// Name of an upstream in `[upstreams]`.
-    pub upstream: Arc<str>,
-    /// Relative weight; 0 sends nothing. Default 1.
-    pub weight: u32,
-}
-
-/// A direct response (`respond`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RespondConfig {
-    /// Status code; default 200.
-    pub status: StatusCode,
-    /// Body; default empty.
-    pub body: Bytes,
-    /// Response headers, in file order; default none.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-pub use crate::http::context::Priority;
-
-/// Token-bucket rate limit of a route (`rate_limit`). Over the limit weir answers 429.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimitConfig {
-    /// Tokens added per second; required, greater than 0.
-    pub rps: f64,
-    /// Bucket size; default `max(1, ceil(rps))`.
-    pub burst: u32,
-    /// What the bucket is keyed by; default one bucket for the route.
-    pub key: RateLimitKey,
-    /// Most distinct keys tracked at once; default 10000.
-    pub max_keys: usize,
-}
-
-/// What a rate limit bucket is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum RateLimitKey {
-    /// `none`: one bucket for the whole route.
-    #[default]
-    None,
-    /// `client_ip`: one bucket per client address.
-    ClientIp,
-    /// `header:NAME`: one bucket per value of this request header.
-    Header(HeaderName),
-}
-
-/// Fault injection of a route (`fault`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaultConfig {
-    /// Percentage of requests (0..=100) answered with `abort_status`; default 0.
-    pub abort_percent: f64,
-    /// Status of an injected abort; default 503.
-    pub abort_status: StatusCode,
-    /// Percentage of requests (0..=100) delayed by `delay`; default 0.
-    pub delay_percent: f64,
-    /// Injected delay; default 0ms.
-    pub delay: Duration,
-    /// Whether a request may switch faults on itself with a request header; default false.
-    pub allow_header: bool,
-}
-
-/// One upstream (`[upstreams.NAME]`): its endpoints, how to reach them, its resilience stack.
-///
-/// `Default` has an empty name and no endpoints (so it is not valid by itself); every other
-/// field is its documented default.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamConfig {
-    /// Name from the table key; `[A-Za-z0-9_.-]+`.
-    pub name: Arc<str>,
-    /// Static endpoints (`host:port`); empty when `dns` is set.
-    pub endpoints: Vec<Authority>,
-    /// Name to resolve for endpoints (`host:port`), instead of `endpoints`.
-    pub dns: Option<Authority>,
-    /// How often `dns` is resolved again; default 5s.
-    pub dns_refresh: Duration,
-    /// DNS servers (`ip:port`) that resolve `dns`, in order of preference; only with `dns`.
-    /// Empty (the default) means the system configuration (`/etc/resolv.conf`).
-    pub dns_servers: Vec<SocketAddr>,
-    /// Protocol spoken to the upstream; default HTTP/1.1.
-    pub protocol: Protocol,
-    /// TCP (and TLS) connect timeout; default 1s.
-    pub connect_timeout: Duration,
-    /// Timeout of each try; `Duration::ZERO` (the default) means bounded by the route deadline.
-    pub try_timeout: Duration,
-    /// The longest wait for the next bytes of an upstream's response, head or body, counted
-    /// from the last bytes that went either way; then the try ends with `upstream-timeout`
-    /// (before the head: 504; in the body: the response is aborted and the connection closed).
-    /// Default 60s (nginx's `proxy_read_timeout`); 0 = no limit.
-    pub read_timeout: Duration,
-    /// How long an idle pooled connection is kept; default 90s.
-    pub pool_idle_timeout: Duration,
-    /// Load-balancing algorithm; default p2c over peak EWMA.
-    pub balance: Balance,
-    /// What `balance = "hash"` hashes; default the client address.
-    pub hash_on: HashOn,
-    /// TLS to the upstream; `None` (the default) speaks plain TCP.
-    pub tls: Option<UpstreamTls>,
-    /// Retries (`retry`).
-    pub retry: RetrySettings,
-    /// Circuit breaker (`breaker`).
-    pub breaker: BreakerSettings,
-    /// Load shedding (`shed`).
-    pub shed: ShedSettings,
-    /// Active health checks (`health`); `None` (the default) means none.
-    pub health: Option<HealthSettings>,
-    /// Passive outlier ejection (`outlier`).
-    pub outlier: OutlierSettings,
-}
-
-/// Protocol spoken to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Protocol {
-    /// `http1`: HTTP/1.1.
-    #[default]
-    Http1,
-    /// `http2`: HTTP/2, by prior knowledge or by ALPN with TLS.
-    Http2,
-}
-
-/// Load-balancing algorithm of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Balance {
-    /// `p2c`: power of two choices over peak-EWMA latency.
-    #[default]
-    P2c,
-    /// `round_robin`.
-    RoundRobin,
-    /// `least_request`: fewest requests in flight.
-    LeastRequest,
-    /// `hash`: consistent hashing on `hash_on`, for session affinity.
-    Hash,
-}
-
-/// What consistent hashing hashes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum HashOn {
-    /// `client_ip`: the client address.
-    #[default]
-    ClientIp,
-    /// `header:NAME`: the value of this request header.
-    Header(HeaderName),
-    /// `cookie:NAME`: the value of this cookie.
-    Cookie(String),
-}
-
-/// TLS to an upstream (`upstreams.NAME.tls`). Files are read when the upstream is built.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamTls {
-    /// Server name to send and verify; default the endpoint host.
-    pub sni: Option<String>,
-    /// PEM CA bundle to trust; default the built-in web roots.
-    pub ca: Option<PathBuf>,
-    /// PEM client certificate chain for mTLS; needs `key`.
-    pub cert: Option<PathBuf>,
-    /// PEM client private key for mTLS; needs `cert`.
-    pub key: Option<PathBuf>,
-}
-
-pub use crate::resilience::retry::Settings as RetrySettings;
-
-pub use crate::resilience::breaker::Settings as BreakerSettings;
-
-pub use crate::resilience::Mode;
-
-pub use crate::resilience::shed::Settings as ShedSettings;
-
-/// Active health checks of an upstream (`upstreams.NAME.health`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthSettings {
-    /// Path of the HTTP GET probe; default `/healthz`.
-    pub path: String,
-    /// Time between probes of one endpoint; default 5s.
-    pub interval: Duration,
-    /// Timeout of one probe; default 1s.
-    pub timeout: Duration,
-    /// Consecutive successes that make an endpoint healthy; default 2.
-    pub healthy_threshold: u32,
-    /// Consecutive failures that make an endpoint unhealthy; default 3.
-    pub unhealthy_threshold: u32,
-}
-
-/// Passive outlier ejection of an upstream's endpoints (`upstreams.NAME.outlier`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutlierSettings {
-    /// Consecutive gateway errors that eject an endpoint; default 5.
-    pub consecutive_failures: u32,
-    /// Ejection time, multiplied by the times the endpoint was ejected; default 30s.
-    pub base_ejection: Duration,
-    /// Most endpoints of the upstream ejected at once, in percent (0..=100); default 50.
-    pub max_ejection_percent: u32,
-    /// Enforce, count only (dry run), or off; default enforce.
-    pub mode: Mode,
-    /// Time over which a returning endpoint's traffic share grows back; default 10s.
-    pub ramp: Duration,
 }
 
 // === impl Config ===
@@ -406,23 +145,6 @@ impl Default for AdminConfig {
     }
 }
 
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            name: Arc::from("main"),
-            listen: SocketAddr::new(LOCALHOST, 8080),
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            send_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            max_header_bytes: 65_536,
-            max_headers: 100,
-            max_body_bytes: 10 * 1024 * 1024,
-            tls: None,
-        }
-    }
-}
-
 impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig {
@@ -432,138 +154,7 @@ impl Default for DrainConfig {
     }
 }
 
-/// Every field its documented default, with an empty name and a direct `200` response as the
-/// action (a route in a file must name its action).
-impl Default for RouteConfig {
-    fn default() -> Self {
-        RouteConfig {
-            name: Arc::from(""),
-            matcher: RouteMatch::default(),
-            action: RouteAction::Respond(RespondConfig::default()),
-            timeout: Duration::from_secs(15),
-            priority: Priority::default(),
-            rate_limit: None,
-            fault: FaultConfig::default(),
-        }
-    }
-}
-
-impl Default for RespondConfig {
-    fn default() -> Self {
-        RespondConfig {
-            status: StatusCode::OK,
-            body: Bytes::new(),
-            headers: Vec::new(),
-        }
-    }
-}
-
-impl Default for FaultConfig {
-    fn default() -> Self {
-        FaultConfig {
-            abort_percent: 0.0,
-            abort_status: StatusCode::SERVICE_UNAVAILABLE,
-            delay_percent: 0.0,
-            delay: Duration::ZERO,
-            allow_header: false,
-        }
-    }
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            name: Arc::from(""),
-            endpoints: Vec::new(),
-            dns: None,
-            dns_refresh: Duration::from_secs(5),
-            dns_servers: Vec::new(),
-            protocol: Protocol::default(),
-            connect_timeout: Duration::from_secs(1),
-            try_timeout: Duration::ZERO,
-            read_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(90),
-            balance: Balance::default(),
-            hash_on: HashOn::default(),
-            tls: None,
-            retry: RetrySettings::default(),
-            breaker: BreakerSettings::default(),
-            shed: ShedSettings::default(),
-            health: None,
-            outlier: OutlierSettings::default(),
-        }
-    }
-}
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        HealthSettings {
-            path: String::from("/healthz"),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(1),
-            healthy_threshold: 2,
-            unhealthy_threshold: 3,
-        }
-    }
-}
-
-impl Default for OutlierSettings {
-    fn default() -> Self {
-        OutlierSettings {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(30),
-            max_ejection_percent: 50,
-            mode: Mode::Enforce,
-            ramp: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RateLimitConfig {
-    /// A limit of `rps` requests per second with every other field its default: burst
-    /// `max(1, ceil(rps))`, one bucket for the route, at most 10000 keys.
-    pub fn new(rps: f64) -> RateLimitConfig {
-        let ceil = rps.ceil();
-        let burst = if ceil >= f64::from(u32::MAX) {
-            u32::MAX
-        } else if ceil >= 1.0 {
-            // Integral and within 1..u32::MAX, so the conversion is exact.
-            ceil as u32
-        } else {
-            1
-        };
-        RateLimitConfig {
-            rps,
-            burst,
-            key: RateLimitKey::None,
-            max_keys: 10_000,
-        }
-    }
-}
-
 // === impl the keyword enums ===
-
-impl Protocol {
-    /// The config spelling: `http1` or `http2`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http1",
-            Protocol::Http2 => "http2",
-        }
-    }
-}
-
-impl Balance {
-    /// The config spelling: `p2c`, `round_robin`, `least_request` or `hash`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::P2c => "p2c",
-            Balance::RoundRobin => "round_robin",
-            Balance::LeastRequest => "least_request",
-            Balance::Hash => "hash",
-        }
-    }
-}
 
 /// The embedded default config file.
 const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -581,6 +172,9 @@ pub(crate) mod tests {
     pub(crate) fn at(line: usize, path: &str) -> (usize, String) {
         (line, path.to_owned())
     }
+
+    use http::uri::Authority;
+    use http::{HeaderName, HeaderValue, StatusCode};
 
     use super::*;
 
@@ -717,6 +311,107 @@ pub(crate) mod tests {
         assert_eq!(u.health, Some(HealthSettings::default()));
         assert_eq!(u.outlier, OutlierSettings::default());
         assert_eq!(u, &expected);
+    }
+
+    /// What `config/full.toml` shows: the defaults, one route `api` to one upstream `backend`
+    /// with health checks on.
+    fn documented() -> Config {
+        Config {
+            routes: vec![RouteConfig {
+                name: "api".into(),
+                action: RouteAction::Upstream("backend".into()),
+                ..RouteConfig::default()
+            }],
+            upstreams: vec![UpstreamConfig {
+                name: "backend".into(),
+                endpoints: vec![Authority::from_static("127.0.0.1:9000")],
+                health: Some(HealthSettings::default()),
+                ..UpstreamConfig::default()
+            }],
+            ..Config::default()
+        }
+    }
+
+    /// full.toml is written by the key tables (each key's default and doc, examples for what
+    /// the defaults leave out), so it cannot drift from them. After changing a row, regenerate
+    /// it with `WEIR_WRITE_FULL_TOML=1 cargo test full_toml_is`.
+    #[test]
+    fn full_toml_is_what_the_tables_render() {
+        assert_eq!(full(), documented());
+        let rendered = render::documented(&documented());
+        if std::env::var_os("WEIR_WRITE_FULL_TOML").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/full.toml");
+            std::fs::write(path, &rendered).unwrap();
+        } else {
+            assert!(
+                FILES[4].1 == rendered,
+                "config/full.toml is not what the key tables render; regenerate it with \
+                 WEIR_WRITE_FULL_TOML=1 cargo test full_toml_is. The tables render:\n{rendered}"
+            );
+        }
+    }
+
+    /// Every row of every key table has a line in full.toml, in its table's section: `key = …`
+    /// (`# key = …` for an example), or a sub-table's header `[table.key]`.
+    #[test]
+    fn full_toml_has_a_line_for_every_row() {
+        use crate::config::keys::Keys;
+
+        fn rows<S: Keys>(section: &'static str) -> (&'static str, Vec<&'static str>) {
+            (section, S::ROWS.iter().map(|r| r.key).collect())
+        }
+        // (section, key) of each line; a header is the key of its parent section.
+        let mut lines = Vec::new();
+        let mut section = "";
+        let full = FILES[4].1;
+        for line in full.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)) {
+            if let Some(header) = line.strip_prefix('[') {
+                section = header.trim_matches(['[', ']']).split(']').next().unwrap();
+                lines.push(section.rsplit_once('.').unwrap_or(("", section)));
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                lines.push((section, key));
+            }
+        }
+        let upstream = |s: &str| format!("upstreams.backend{s}");
+        let tables = [
+            rows::<Config>(""),
+            rows::<AdminConfig>("admin"),
+            rows::<ListenerConfig>("listeners"),
+            rows::<ListenerTls>("listeners.tls"),
+            rows::<DrainConfig>("drain"),
+            rows::<RouteConfig>("routes"),
+            rows::<RouteMatch>("routes.match"),
+            rows::<RateLimitConfig>("routes.rate_limit"),
+            rows::<FaultConfig>("routes.fault"),
+        ];
+        let upstream_tables = [
+            rows::<UpstreamConfig>(""),
+            rows::<UpstreamTls>(".tls"),
+            rows::<RetrySettings>(".retry"),
+            rows::<BreakerSettings>(".breaker"),
+            rows::<ShedSettings>(".shed"),
+            rows::<HealthSettings>(".health"),
+            rows::<OutlierSettings>(".outlier"),
+        ];
+        let all = tables.into_iter().map(|(s, k)| (s.to_owned(), k));
+        let all = all.chain(upstream_tables.into_iter().map(|(s, k)| (upstream(s), k)));
+        for (section, keys) in all {
+            for key in keys {
+                let found = lines.iter().any(|&(s, k)| s == section && k == key)
+                    || (section.is_empty() && key == "upstreams");
+                assert!(found, "full.toml has no line for {section}.{key}");
+            }
+        }
+        // The inline tables: a route's `split` targets and its `respond`.
+        for (line, keys) in [
+            ("# split = ", rows::<SplitTarget>("").1),
+            ("# respond = ", rows::<RespondConfig>("").1),
+        ] {
+            let text = full.lines().find(|l| l.starts_with(line)).unwrap();
+            for key in keys {
+                assert!(text.contains(&format!("{key} = ")), "{line}has no {key}");
+            }
+        }
     }
 
     /// Every key that `to_toml` writes for full.toml is written in full.toml, and no other.

@@ -1,43 +1,179 @@
-//! Renders a `Config` back to weir TOML with every key spelled out: the effective config.
+//! Rendering: writes a `Config` back to weir TOML through the key tables, every key spelled
+//! out (the effective config); with the rows' docs, the same walk writes `config/full.toml`.
 //!
-//! Position: `Config` → text, for `weir check` and the admin `/config` page; no I/O.
-//! Keys: all of them; optional ones (`tls`, `dns`, `dns_servers`, `health`, `rate_limit`, …)
-//! only when set.
+//! Position: `Config` → text, for the admin `/config` page and `config/full.toml`; no I/O.
+//! Keys: those of [`crate::config::keys`]; optional ones (`tls`, `dns`, `dns_servers`,
+//! `health`, `rate_limit`, …) only when set, or in `full.toml` commented out with an example.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
+use std::path::Path;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::config::read::quote;
-use crate::config::{
-    Config, FaultConfig, HashOn, ListenerConfig, RateLimitKey, RouteAction, RouteConfig,
-    UpstreamConfig,
-};
+use crate::config::keys::{Keys, Write};
+use crate::config::{Config, HashOn, Mode, RateLimitKey};
 
 /// The effective config as TOML; reading it back gives an equal `Config`.
 pub(crate) fn render(c: &Config) -> String {
     let mut out = Toml::default();
-    out.header("[admin]");
-    out.kv("listen", quote(&c.admin.listen.to_string()));
-    for l in &c.listeners {
-        listener(&mut out, l);
+    out.section("", "", "", c);
+    out.text
+}
+
+/// `c` as `config/full.toml`: every key with its doc, and each key or table that `c` leaves
+/// out commented out with an example value.
+#[cfg(test)]
+pub(crate) fn documented(c: &Config) -> String {
+    let mut out = Toml {
+        text: FULL_TOML_HEAD.to_owned(),
+        docs: true,
+        commented: false,
+    };
+    out.section("", "", "", c);
+    out.text
+}
+
+/// The document being written.
+#[derive(Default)]
+pub(crate) struct Toml {
+    text: String,
+    /// Writing `full.toml`: docs after the keys, left-out keys as commented examples.
+    docs: bool,
+    /// Inside a commented-out example.
+    commented: bool,
+}
+
+impl Toml {
+    /// Writes `s` under the line `header` (none for the root): its values, then its sub-tables
+    /// as `[path.KEY]`.
+    pub(crate) fn section<S: Keys>(&mut self, header: &str, path: &str, doc: &str, s: &S) {
+        if !header.is_empty() {
+            if !self.text.is_empty() {
+                self.text.push('\n');
+            }
+            self.line(header, doc);
+        }
+        for row in S::ROWS {
+            let Write::Value { value, example } = &row.write else {
+                continue;
+            };
+            match value(s) {
+                Some(v) => self.line(&format!("{} = {v}", row.key), row.doc),
+                None if self.docs => {
+                    if let Some(v) = example() {
+                        let was = std::mem::replace(&mut self.commented, true);
+                        self.line(&format!("{} = {v}", row.key), row.doc);
+                        self.commented = was;
+                    }
+                }
+                None => {}
+            }
+        }
+        for row in S::ROWS {
+            if let Write::Table(write) = &row.write {
+                let child = if path.is_empty() {
+                    row.key.to_owned()
+                } else {
+                    format!("{path}.{}", row.key)
+                };
+                write(s, self, &child, row.doc);
+            }
+        }
     }
-    out.header("[drain]");
-    out.kv("delay", duration(c.drain.delay));
-    out.kv("timeout", duration(c.drain.timeout));
-    for r in &c.routes {
-        route(&mut out, r);
+
+    /// Writes the sub-table `[path]`; when it is absent (`None`) it is left out, or in
+    /// `full.toml` written commented out from `example`.
+    pub(crate) fn table<S: Keys>(
+        &mut self,
+        path: &str,
+        doc: &str,
+        s: Option<&S>,
+        example: impl FnOnce() -> S,
+    ) {
+        match s {
+            Some(s) => self.section(&format!("[{path}]"), path, doc, s),
+            None if self.docs => {
+                let was = std::mem::replace(&mut self.commented, true);
+                self.section(&format!("[{path}]"), path, doc, &example());
+                self.commented = was;
+            }
+            None => {}
+        }
     }
-    for u in &c.upstreams {
-        upstream(&mut out, u);
+
+    /// One line; in `full.toml` its doc follows from [`DOC_COLUMN`], each further doc line on
+    /// a line of its own.
+    fn line(&mut self, text: &str, doc: &str) {
+        let lead = if self.commented { "#" } else { "" };
+        let line = if self.commented {
+            format!("# {text}")
+        } else {
+            text.to_owned()
+        };
+        let mut docs = doc.lines().filter(|_| self.docs);
+        // Writing to a String cannot fail.
+        let _ = match docs.next() {
+            Some(first) => {
+                let pad = DOC_COLUMN.saturating_sub(line.chars().count()).max(2);
+                writeln!(self.text, "{line}{:pad$}# {first}", "")
+            }
+            None => writeln!(self.text, "{line}"),
+        };
+        for more in docs {
+            let _ = writeln!(self.text, "{lead:<DOC_COLUMN$}# {more}");
+        }
     }
-    out.0
+}
+
+// === values ===
+
+/// A TOML basic string holding `s`.
+pub(crate) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML key: bare when it can be, else quoted (a name may hold a `.`).
+pub(crate) fn key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if bare { k.to_owned() } else { quote(k) }
+}
+
+/// A value written as it displays: integers, booleans.
+pub(crate) fn plain(x: &impl Display) -> String {
+    x.to_string()
+}
+
+/// A value written as a string of how it displays: addresses.
+pub(crate) fn quoted(x: &impl Display) -> String {
+    quote(&x.to_string())
+}
+
+/// A file path, as a string.
+pub(crate) fn path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
 }
 
 /// A duration in the largest unit that holds it exactly, quoted: `"5m"`, `"10s"`, `"250ms"`.
-pub(crate) fn duration(d: Duration) -> String {
-    quote(&duration_text(d))
+pub(crate) fn duration(d: &Duration) -> String {
+    quote(&duration_text(*d))
 }
 
 fn duration_text(d: Duration) -> String {
@@ -62,264 +198,116 @@ fn duration_text(d: Duration) -> String {
     }
 }
 
-fn listener(out: &mut Toml, l: &ListenerConfig) {
-    out.header("[[listeners]]");
-    out.kv("name", quote(&l.name));
-    out.kv("listen", quote(&l.listen.to_string()));
-    out.kv("header_read_timeout", duration(l.header_read_timeout));
-    out.kv("idle_timeout", duration(l.idle_timeout));
-    out.kv("send_timeout", duration(l.send_timeout));
-    out.kv("max_connections", l.max_connections.to_string());
-    out.kv("max_header_bytes", l.max_header_bytes.to_string());
-    out.kv("max_headers", l.max_headers.to_string());
-    out.kv("max_body_bytes", l.max_body_bytes.to_string());
-    if let Some(tls) = &l.tls {
-        let mut t = vec![
-            ("cert", quote(&tls.cert.to_string_lossy())),
-            ("key", quote(&tls.key.to_string_lossy())),
-        ];
-        if let Some(ca) = &tls.client_ca {
-            t.push(("client_ca", quote(&ca.to_string_lossy())));
-        }
-        out.kv("tls", inline(&t));
-    }
-}
-
-fn route(out: &mut Toml, r: &RouteConfig) {
-    out.header("[[routes]]");
-    out.kv("name", quote(&r.name));
-    let m = &r.matcher;
-    let mut t = Vec::new();
-    if let Some(p) = &m.path_prefix {
-        t.push(("path_prefix", quote(p)));
-    }
-    if let Some(h) = &m.host {
-        t.push(("host", quote(h)));
-    }
-    t.push((
-        "methods",
-        array(m.methods.iter().map(|x| quote(x.as_str()))),
-    ));
-    t.push(("headers", headers(&m.headers)));
-    out.kv("match", inline(&t));
-    match &r.action {
-        RouteAction::Upstream(name) => out.kv("upstream", quote(name)),
-        RouteAction::Split(targets) => {
-            let items = targets.iter().map(|s| {
-                inline(&[
-                    ("upstream", quote(&s.upstream)),
-                    ("weight", s.weight.to_string()),
-                ])
-            });
-            out.kv("split", array(items));
-        }
-        RouteAction::Respond(resp) => {
-            let body = String::from_utf8_lossy(&resp.body);
-            out.kv(
-                "respond",
-                inline(&[
-                    ("status", resp.status.as_u16().to_string()),
-                    ("body", quote(&body)),
-                    ("headers", headers(&resp.headers)),
-                ]),
-            );
-        }
-    }
-    out.kv("timeout", duration(r.timeout));
-    out.kv("priority", quote(r.priority.as_str()));
-    if let Some(rl) = &r.rate_limit {
-        let key = match &rl.key {
-            RateLimitKey::None => "none".to_owned(),
-            RateLimitKey::ClientIp => "client_ip".to_owned(),
-            RateLimitKey::Header(h) => format!("header:{h}"),
-        };
-        out.kv(
-            "rate_limit",
-            inline(&[
-                ("rps", float(rl.rps)),
-                ("burst", rl.burst.to_string()),
-                ("key", quote(&key)),
-                ("max_keys", rl.max_keys.to_string()),
-            ]),
-        );
-    }
-    out.kv("fault", fault(&r.fault));
-}
-
-fn fault(f: &FaultConfig) -> String {
-    inline(&[
-        ("abort_percent", float(f.abort_percent)),
-        ("abort_status", f.abort_status.as_u16().to_string()),
-        ("delay_percent", float(f.delay_percent)),
-        ("delay", duration(f.delay)),
-        ("allow_header", f.allow_header.to_string()),
-    ])
-}
-
-fn upstream(out: &mut Toml, u: &UpstreamConfig) {
-    let path = format!("upstreams.{}", key(&u.name));
-    out.header(&format!("[{path}]"));
-    match &u.dns {
-        Some(dns) => out.kv("dns", quote(dns.as_str())),
-        None => out.kv(
-            "endpoints",
-            array(u.endpoints.iter().map(|e| quote(e.as_str()))),
-        ),
-    }
-    out.kv("dns_refresh", duration(u.dns_refresh));
-    if !u.dns_servers.is_empty() {
-        out.kv(
-            "dns_servers",
-            array(u.dns_servers.iter().map(|s| quote(&s.to_string()))),
-        );
-    }
-    out.kv("protocol", quote(u.protocol.as_str()));
-    out.kv("connect_timeout", duration(u.connect_timeout));
-    out.kv("try_timeout", duration(u.try_timeout));
-    out.kv("read_timeout", duration(u.read_timeout));
-    out.kv("pool_idle_timeout", duration(u.pool_idle_timeout));
-    out.kv("balance", quote(u.balance.as_str()));
-    let hash_on = match &u.hash_on {
-        HashOn::ClientIp => "client_ip".to_owned(),
-        HashOn::Header(h) => format!("header:{h}"),
-        HashOn::Cookie(c) => format!("cookie:{c}"),
-    };
-    out.kv("hash_on", quote(&hash_on));
-    if let Some(tls) = &u.tls {
-        let mut t = Vec::new();
-        if let Some(sni) = &tls.sni {
-            t.push(("sni", quote(sni)));
-        }
-        for (k, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
-            if let Some(p) = p {
-                t.push((k, quote(&p.to_string_lossy())));
-            }
-        }
-        out.kv("tls", inline(&t));
-    }
-
-    let r = &u.retry;
-    out.header(&format!("[{path}.retry]"));
-    out.kv("max_retries", r.max_retries.to_string());
-    out.kv("statuses", array(r.statuses.iter().map(u16::to_string)));
-    out.kv("idempotency_key", r.idempotency_key.to_string());
-    out.kv("max_body", r.max_body.to_string());
-    out.kv("backoff_base", duration(r.backoff_base));
-    out.kv("backoff_cap", duration(r.backoff_cap));
-    out.kv("budget_ratio", float(r.budget_ratio));
-    out.kv("budget_min_per_sec", r.budget_min_per_sec.to_string());
-    out.kv("budget_window", duration(r.budget_window));
-
-    let b = &u.breaker;
-    out.header(&format!("[{path}.breaker]"));
-    out.kv("mode", quote(b.mode.as_str()));
-    out.kv("window", duration(b.window));
-    out.kv("min_calls", b.min_calls.to_string());
-    out.kv("failure_rate", float(b.failure_rate));
-    out.kv("slow_call_duration", duration(b.slow_call_duration));
-    out.kv("slow_call_rate", float(b.slow_call_rate));
-    out.kv("consecutive_failures", b.consecutive_failures.to_string());
-    out.kv("open_for", duration(b.open_for));
-    out.kv("open_for_max", duration(b.open_for_max));
-    out.kv("half_open_probes", b.half_open_probes.to_string());
-    out.kv(
-        "failure_statuses",
-        array(b.failure_statuses.iter().map(u16::to_string)),
-    );
-
-    let s = &u.shed;
-    out.header(&format!("[{path}.shed]"));
-    out.kv("mode", quote(s.mode.as_str()));
-    out.kv("max_in_flight", s.max_in_flight.to_string());
-    out.kv("queue", s.queue.to_string());
-    out.kv("queue_timeout", duration(s.queue_timeout));
-    out.kv("adaptive", s.adaptive.to_string());
-    out.kv("min_limit", s.min_limit.to_string());
-
-    if let Some(h) = &u.health {
-        out.header(&format!("[{path}.health]"));
-        out.kv("path", quote(&h.path));
-        out.kv("interval", duration(h.interval));
-        out.kv("timeout", duration(h.timeout));
-        out.kv("healthy_threshold", h.healthy_threshold.to_string());
-        out.kv("unhealthy_threshold", h.unhealthy_threshold.to_string());
-    }
-
-    let o = &u.outlier;
-    out.header(&format!("[{path}.outlier]"));
-    out.kv("consecutive_failures", o.consecutive_failures.to_string());
-    out.kv("base_ejection", duration(o.base_ejection));
-    out.kv("max_ejection_percent", o.max_ejection_percent.to_string());
-    out.kv("mode", quote(o.mode.as_str()));
-    out.kv("ramp", duration(o.ramp));
-}
-
-// === TOML text ===
-
-/// The document being written.
-#[derive(Default)]
-struct Toml(String);
-
-impl Toml {
-    fn header(&mut self, header: &str) {
-        if !self.0.is_empty() {
-            self.0.push('\n');
-        }
-        self.0.push_str(header);
-        self.0.push('\n');
-    }
-
-    fn kv(&mut self, key: &str, value: String) {
-        // Writing to a String cannot fail.
-        let _ = writeln!(self.0, "{key} = {value}");
-    }
-}
-
-/// A TOML key: bare when it can be, else quoted (a name may hold a `.`).
-fn key(k: &str) -> String {
-    let bare = !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
-    if bare { k.to_owned() } else { quote(k) }
-}
-
-fn inline(entries: &[(&str, String)]) -> String {
-    if entries.is_empty() {
-        return "{}".into();
-    }
-    let body: Vec<String> = entries.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-    format!("{{ {} }}", body.join(", "))
-}
-
-fn array(items: impl Iterator<Item = String>) -> String {
-    format!("[{}]", items.collect::<Vec<_>>().join(", "))
-}
-
-fn headers(h: &[(HeaderName, HeaderValue)]) -> String {
-    let entries: Vec<(String, String)> = h
-        .iter()
-        .map(|(n, v)| {
-            (
-                quote(n.as_str()),
-                quote(&String::from_utf8_lossy(v.as_bytes())),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, String)> = entries
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
-    inline(&refs)
-}
-
 /// A float that reads back as the same `f64` (`0.2`, `100.0`, `1e-7`).
-fn float(x: f64) -> String {
+pub(crate) fn float(x: &f64) -> String {
     format!("{x:?}")
 }
 
+/// `[a, b, …]` of the items, each written by `write`.
+pub(crate) fn array<T>(items: &[T], write: impl Fn(&T) -> String) -> String {
+    let items: Vec<String> = items.iter().map(write).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// `{ key = value, … }` of the values of `s` that are set.
+pub(crate) fn inline<S: Keys>(s: &S) -> String {
+    let entries: Vec<String> = S::ROWS
+        .iter()
+        .filter_map(|row| match &row.write {
+            Write::Value { value, .. } => value(s).map(|v| format!("{} = {v}", row.key)),
+            Write::Table(_) => None,
+        })
+        .collect();
+    if entries.is_empty() {
+        "{}".into()
+    } else {
+        format!("{{ {} }}", entries.join(", "))
+    }
+}
+
+/// An HTTP status code.
+pub(crate) fn status(s: &StatusCode) -> String {
+    s.as_u16().to_string()
+}
+
+/// `"host:port"`.
+pub(crate) fn authority(a: &Authority) -> String {
+    quote(a.as_str())
+}
+
+/// `"enforce"`, `"dry_run"` or `"off"`.
+pub(crate) fn mode(m: &Mode) -> String {
+    quote(m.as_str())
+}
+
+/// Response statuses.
+pub(crate) fn statuses(s: &[u16]) -> String {
+    array(s, plain)
+}
+
+/// HTTP methods, as strings.
+pub(crate) fn methods(m: &[Method]) -> String {
+    array(m, |m| quote(m.as_str()))
+}
+
+/// A header table, in order: `{ "name" = "value", … }`.
+pub(crate) fn headers(h: &[(HeaderName, HeaderValue)]) -> String {
+    if h.is_empty() {
+        return "{}".into();
+    }
+    let entries: Vec<String> = h
+        .iter()
+        .map(|(n, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes());
+            format!("{} = {}", quote(n.as_str()), quote(&value))
+        })
+        .collect();
+    format!("{{ {} }}", entries.join(", "))
+}
+
+/// `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
+pub(crate) fn hash_on(h: &HashOn) -> String {
+    quote(&match h {
+        HashOn::ClientIp => "client_ip".to_owned(),
+        HashOn::Header(h) => format!("header:{h}"),
+        HashOn::Cookie(c) => format!("cookie:{c}"),
+    })
+}
+
+/// `"none"`, `"client_ip"` or `"header:NAME"`.
+pub(crate) fn rate_limit_key(k: &RateLimitKey) -> String {
+    quote(&match k {
+        RateLimitKey::None => "none".to_owned(),
+        RateLimitKey::ClientIp => "client_ip".to_owned(),
+        RateLimitKey::Header(h) => format!("header:{h}"),
+    })
+}
+
+/// Where `full.toml` starts a key's doc (0-based column of its `#`).
+const DOC_COLUMN: usize = 32;
+
+/// The head of `config/full.toml`.
+#[cfg(test)]
+const FULL_TOML_HEAD: &str = "\
+# Every key weir reads, each set to its default. Copy what you need; leave out what you don't:
+# a missing key takes the value shown here. Alternatives that exclude each other are comments.
+# Durations are strings such as \"250ms\", \"10s\", \"5m\". Key paths in errors index arrays from 0.
+";
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http::uri::Authority;
+
     use super::*;
+    use crate::config::{
+        Balance, HealthSettings, ListenerTls, Mode, Priority, Protocol, RateLimitConfig,
+        RespondConfig, RouteAction, RouteConfig, RouteMatch, SplitTarget, UpstreamConfig,
+        UpstreamTls,
+    };
 
     #[test]
     fn durations_use_the_largest_exact_unit() {
@@ -342,17 +330,6 @@ mod tests {
 
     #[test]
     fn unusual_values_round_trip() {
-        use std::sync::Arc;
-
-        use bytes::Bytes;
-        use http::StatusCode;
-        use http::uri::Authority;
-
-        use crate::config::{
-            Balance, HealthSettings, ListenerTls, Mode, Priority, Protocol, RateLimitConfig,
-            RespondConfig, RouteMatch, SplitTarget, UpstreamTls,
-        };
-
         let header = |n: &str, v: &str| {
             (
                 HeaderName::from_bytes(n.as_bytes()).unwrap(),
@@ -443,7 +420,7 @@ mod tests {
     #[test]
     fn floats_read_back_exactly() {
         for x in [0.0, 0.2, 1.0, 100.0, 1e-7, 12345.678, 1e21] {
-            let text = float(x);
+            let text = float(&x);
             let back: toml::Value = toml::from_str(&format!("x = {text}")).unwrap();
             assert_eq!(
                 back.get("x").and_then(toml::Value::as_float),
@@ -451,5 +428,26 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn docs_start_at_their_column_and_continue_below() {
+        let mut out = Toml {
+            docs: true,
+            ..Toml::default()
+        };
+        out.line("a = 1", "one\ntwo");
+        out.commented = true;
+        out.line("a_much_longer_key = \"and its value\"", "three\nfour");
+        let lines: Vec<&str> = out.text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "a = 1                           # one",
+                "                                # two",
+                "# a_much_longer_key = \"and its value\"  # three",
+                "#                               # four",
+            ]
+        );
     }
 }

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::error::Collector;
-use crate::config::read::{join, quote};
-use crate::config::render::duration;
+use crate::config::read::join;
+use crate::config::render::{duration, quote};
 use crate::config::{Config, ListenerConfig, RouteAction, UpstreamConfig};
 
 /// Records every cross-key problem of `config`, each at the line of the key it is about.
@@ -178,7 +178,7 @@ enum Value {
 impl Value {
     fn text(&self) -> String {
         match self {
-            Value::Duration(d) => duration(*d),
+            Value::Duration(d) => duration(d),
             Value::Count(n) => n.to_string(),
         }
     }

@@ -194,7 +194,7 @@ mod tests {
         req.extensions_mut().insert(RequestContext::new(
             [127, 0, 0, 1].into(),
             "r".into(),
-            crate::config::Priority::Default,
+            crate::http::context::Priority::Default,
         ));
         assert!(svc.oneshot(req).await.is_ok());
     }

@@ -8,12 +8,32 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tower::Service;
 
-use crate::config::RespondConfig;
 use crate::error::ProxyError;
 use crate::http::{Body, Request, Response};
+
+/// A direct response (`routes[].respond`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Status code; default 200.
+    pub status: StatusCode,
+    /// Body; default empty.
+    pub body: Bytes,
+    /// Response headers, in file order; default none.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            status: StatusCode::OK,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
+    }
+}
 
 /// Answers every request with the configured response. Always ready; the future is ready.
 #[derive(Clone, Debug)]
@@ -30,7 +50,7 @@ struct Shared {
 
 impl Direct {
     /// A service answering with `cfg`.
-    pub fn new(cfg: &RespondConfig) -> Self {
+    pub fn new(cfg: &Settings) -> Self {
         let mut headers = HeaderMap::with_capacity(cfg.headers.len());
         for (k, v) in &cfg.headers {
             headers.append(k.clone(), v.clone());
@@ -71,7 +91,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_with_the_configured_response() {
-        let cfg = RespondConfig {
+        let cfg = Settings {
             status: StatusCode::CREATED,
             body: Bytes::from_static(b"made"),
             headers: vec![(

@@ -16,9 +16,35 @@ use pin_project_lite::pin_project;
 use rand::Rng;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::config::FaultConfig;
 use crate::error::ProxyError;
 use crate::http::{Request, Response, X_WEIR_FAULT_ABORT, X_WEIR_FAULT_DELAY};
+
+/// Fault injection of a route (`routes[].fault`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Percentage of requests (0..=100) answered with `abort_status`; default 0.
+    pub abort_percent: f64,
+    /// Status of an injected abort; default 503.
+    pub abort_status: StatusCode,
+    /// Percentage of requests (0..=100) delayed by `delay`; default 0.
+    pub delay_percent: f64,
+    /// Injected delay; default 0ms.
+    pub delay: Duration,
+    /// Whether a request may switch faults on itself with a request header; default false.
+    pub allow_header: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            abort_percent: 0.0,
+            abort_status: StatusCode::SERVICE_UNAVAILABLE,
+            delay_percent: 0.0,
+            delay: Duration::ZERO,
+            allow_header: false,
+        }
+    }
+}
 
 /// Wraps a service in [`Fault`]. Clones share the settings.
 ///
@@ -33,14 +59,14 @@ use crate::http::{Request, Response, X_WEIR_FAULT_ABORT, X_WEIR_FAULT_DELAY};
 /// pass through untouched. A route with nothing to inject (the default) costs one branch.
 #[derive(Clone, Debug)]
 pub struct FaultLayer {
-    settings: Option<Arc<Settings>>,
+    settings: Option<Arc<Armed>>,
 }
 
 /// See [`FaultLayer`].
 #[derive(Clone, Debug)]
 pub struct Fault<S> {
     inner: S,
-    settings: Option<Arc<Settings>>,
+    settings: Option<Arc<Armed>>,
 }
 
 pin_project! {
@@ -64,7 +90,7 @@ pin_project! {
 
 /// The route's fault settings; only built when there is something to inject.
 #[derive(Debug)]
-struct Settings {
+struct Armed {
     abort_percent: f64,
     abort_status: StatusCode,
     delay_percent: f64,
@@ -77,11 +103,11 @@ struct Settings {
 impl FaultLayer {
     /// The faults of one route; a config that injects nothing (both percentages 0 and
     /// `allow_header = false`) makes a pure pass-through.
-    pub fn new(cfg: &FaultConfig) -> Self {
+    pub fn new(cfg: &Settings) -> Self {
         let delays = cfg.delay_percent > 0.0 && !cfg.delay.is_zero();
         let active = cfg.abort_percent > 0.0 || delays || cfg.allow_header;
         let settings = active.then(|| {
-            Arc::new(Settings {
+            Arc::new(Armed {
                 abort_percent: cfg.abort_percent,
                 abort_status: cfg.abort_status,
                 delay_percent: if delays { cfg.delay_percent } else { 0.0 },
@@ -272,7 +298,7 @@ mod tests {
         }
     }
 
-    fn fault(cfg: FaultConfig) -> (Fault<Leaf>, Leaf) {
+    fn fault(cfg: Settings) -> (Fault<Leaf>, Leaf) {
         let leaf = Leaf::default();
         (FaultLayer::new(&cfg).layer(leaf.clone()), leaf)
     }
@@ -303,11 +329,11 @@ mod tests {
         }
     }
 
-    fn abort(percent: f64, status: u16) -> FaultConfig {
-        FaultConfig {
+    fn abort(percent: f64, status: u16) -> Settings {
+        Settings {
             abort_percent: percent,
             abort_status: StatusCode::from_u16(status).unwrap(),
-            ..FaultConfig::default()
+            ..Settings::default()
         }
     }
 
@@ -334,16 +360,16 @@ mod tests {
         }
         assert_eq!(leaf.calls.load(Ordering::Relaxed), 1000);
         // A delay percentage with a zero delay injects nothing either.
-        let (svc, _) = fault(FaultConfig {
+        let (svc, _) = fault(Settings {
             delay_percent: 50.0,
-            ..FaultConfig::default()
+            ..Settings::default()
         });
         assert!(svc.settings.is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn zero_percent_never_aborts_on_an_active_route() {
-        let (svc, leaf) = fault(FaultConfig {
+        let (svc, leaf) = fault(Settings {
             allow_header: true,
             delay_percent: 100.0,
             delay: Duration::from_millis(1),
@@ -369,10 +395,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delay_then_call_the_leaf() {
-        let (svc, leaf) = fault(FaultConfig {
+        let (svc, leaf) = fault(Settings {
             delay_percent: 100.0,
             delay: Duration::from_millis(250),
-            ..FaultConfig::default()
+            ..Settings::default()
         });
         let start = Instant::now();
         assert_eq!(send(&svc, req()).await, None);
@@ -385,7 +411,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delay_comes_before_abort() {
-        let (svc, leaf) = fault(FaultConfig {
+        let (svc, leaf) = fault(Settings {
             delay_percent: 100.0,
             delay: Duration::from_secs(2),
             ..abort(100.0, 500)
@@ -398,9 +424,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn headers_act_and_are_removed_only_when_allowed() {
-        let allowed = FaultConfig {
+        let allowed = Settings {
             allow_header: true,
-            ..FaultConfig::default()
+            ..Settings::default()
         };
         let (svc, leaf) = fault(allowed);
         assert_eq!(send(&svc, with(Some("429"), None)).await, Some(429));
@@ -417,7 +443,7 @@ mod tests {
             "the headers were for this hop"
         );
 
-        let (svc, leaf) = fault(FaultConfig::default());
+        let (svc, leaf) = fault(Settings::default());
         let start = Instant::now();
         assert_eq!(send(&svc, with(Some("503"), Some("5s"))).await, None);
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -433,9 +459,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bad_header_values_are_ignored_and_removed() {
-        let (svc, leaf) = fault(FaultConfig {
+        let (svc, leaf) = fault(Settings {
             allow_header: true,
-            ..FaultConfig::default()
+            ..Settings::default()
         });
         let bad = [
             (Some("99"), Some("61s")),
@@ -452,7 +478,7 @@ mod tests {
         assert_eq!(leaf.calls.load(Ordering::Relaxed), bad.len());
         assert!(leaf.seen.lock().unwrap().iter().all(|s| *s == (None, None)));
         // Config faults still apply when a header is unusable.
-        let (svc, _) = fault(FaultConfig {
+        let (svc, _) = fault(Settings {
             allow_header: true,
             ..abort(100.0, 503)
         });
@@ -468,25 +494,24 @@ mod tests {
     async fn composes_into_an_erased_route_stack() {
         use tower::util::BoxCloneSyncService;
 
-        use crate::config::{RateLimitConfig, RespondConfig};
         use crate::metrics::Metrics;
         use crate::route::deadline::DeadlineLayer;
-        use crate::route::direct::Direct;
-        use crate::route::ratelimit::RateLimitLayer;
+        use crate::route::direct::{self, Direct};
+        use crate::route::ratelimit::{self, RateLimitLayer};
 
         let metrics = Metrics::new().unwrap();
         let stack = tower::ServiceBuilder::new()
             .layer(DeadlineLayer::new(Duration::from_secs(1)))
             .layer(RateLimitLayer::new(
                 Arc::from("stack"),
-                Some(&RateLimitConfig::new(1.0)),
+                Some(&ratelimit::Settings::new(1.0)),
                 &metrics,
             ))
-            .layer(FaultLayer::new(&FaultConfig {
+            .layer(FaultLayer::new(&Settings {
                 allow_header: true,
-                ..FaultConfig::default()
+                ..Settings::default()
             }))
-            .service(Direct::new(&RespondConfig::default()));
+            .service(Direct::new(&direct::Settings::default()));
         let svc = BoxCloneSyncService::new(stack);
         assert!(svc.clone().oneshot(req()).await.is_ok());
         let err = svc.clone().oneshot(req()).await.unwrap_err();

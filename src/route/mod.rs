@@ -13,19 +13,67 @@ pub mod split;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-use crate::config::{Priority, RouteAction, RouteConfig};
 use crate::error::ProxyError;
+use crate::http::context::Priority;
 use crate::http::{Request, Response};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::router::matcher::RouteMatch;
 use crate::upstream::UpstreamService;
 use deadline::DeadlineLayer;
 use direct::Direct;
 use fault::FaultLayer;
 use ratelimit::RateLimitLayer;
+
+/// One route (`[[routes]]`): what it matches and what serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Name used in metrics and logs; `[A-Za-z0-9_.-]+`, default `route-N` (0-based index).
+    pub name: Arc<str>,
+    /// What a request must look like to take this route (TOML key `match`); default: anything.
+    pub matcher: RouteMatch,
+    /// Exactly one of `upstream`, `split`, `respond`.
+    pub action: RouteAction,
+    /// Total deadline covering every try and every backoff; default 15s.
+    pub timeout: Duration,
+    /// Criticality of the route's requests under load; default `default`.
+    pub priority: Priority,
+    /// Token-bucket rate limit; `None` (the default) means unlimited.
+    pub rate_limit: Option<ratelimit::Settings>,
+    /// Fault injection; the default injects nothing.
+    pub fault: fault::Settings,
+}
+
+/// What serves a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Forward to one upstream (`upstream = "NAME"`).
+    Upstream(Arc<str>),
+    /// Forward to upstreams chosen by weight (`split = [{ upstream, weight }, …]`).
+    Split(Vec<split::SplitTarget>),
+    /// Answer directly, with no upstream (`respond = { status, body, headers }`).
+    Respond(direct::Settings),
+}
+
+/// Every field its documented default, with an empty name and a direct `200` response as the
+/// action (a route in a file must name its action).
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            name: Arc::from(""),
+            matcher: RouteMatch::default(),
+            action: RouteAction::Respond(direct::Settings::default()),
+            timeout: Duration::from_secs(15),
+            priority: Priority::default(),
+            rate_limit: None,
+            fault: fault::Settings::default(),
+        }
+    }
+}
 
 /// The erased stack of one route target. Cloned per request (one allocation).
 #[derive(Clone)]
@@ -116,7 +164,7 @@ impl Layers {
 /// Builds a route: for each target, deadline → rate limit → fault → upstream stack (or the
 /// direct response).
 pub fn build(
-    cfg: &RouteConfig,
+    cfg: &Settings,
     upstreams: &HashMap<Arc<str>, UpstreamService>,
     metrics: &Metrics,
 ) -> Result<Route, RouteError> {

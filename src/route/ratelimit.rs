@@ -11,16 +11,63 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderName;
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::config::{RateLimitConfig, RateLimitKey};
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
 use crate::http::{Request, Response};
 use crate::metrics::{Metrics, RATE_LIMITED_TOTAL};
+
+/// Token-bucket rate limit of a route (`routes[].rate_limit`). Over the limit weir answers 429.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Tokens added per second; required, greater than 0.
+    pub rps: f64,
+    /// Bucket size; default `max(1, ceil(rps))`.
+    pub burst: u32,
+    /// What the bucket is keyed by; default one bucket for the route.
+    pub key: Key,
+    /// Most distinct keys tracked at once; default 10000.
+    pub max_keys: usize,
+}
+
+/// What a rate limit bucket is keyed by (`routes[].rate_limit.key`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Key {
+    /// `none`: one bucket for the whole route.
+    #[default]
+    None,
+    /// `client_ip`: one bucket per client address.
+    ClientIp,
+    /// `header:NAME`: one bucket per value of this request header.
+    Header(HeaderName),
+}
+
+impl Settings {
+    /// A limit of `rps` requests per second with every other field its default: burst
+    /// `max(1, ceil(rps))`, one bucket for the route, at most 10000 keys.
+    pub fn new(rps: f64) -> Settings {
+        let ceil = rps.ceil();
+        let burst = if ceil >= f64::from(u32::MAX) {
+            u32::MAX
+        } else if ceil >= 1.0 {
+            // Integral and within 1..u32::MAX, so the conversion is exact.
+            ceil as u32
+        } else {
+            1
+        };
+        Settings {
+            rps,
+            burst,
+            key: Key::None,
+            max_keys: 10_000,
+        }
+    }
+}
 
 /// Wraps a service in [`RateLimit`]. Clones (and every service it builds) share the buckets,
 /// so one route's targets draw from the same limit.
@@ -81,7 +128,7 @@ struct Shared {
     tolerance: u64,
     /// Time zero of every theoretical arrival time (nanoseconds since `base`).
     base: Instant,
-    key: RateLimitKey,
+    key: Key,
     hasher: RandomState,
     buckets: Buckets,
     refused: Counter,
@@ -111,12 +158,12 @@ struct KeyBucket {
 impl RateLimitLayer {
     /// The limit of `route` (the label of `weir_rate_limited_total`); `None` lets every request
     /// through at the cost of one branch. Its clock starts now.
-    pub fn new(route: Arc<str>, cfg: Option<&RateLimitConfig>, metrics: &Metrics) -> Self {
+    pub fn new(route: Arc<str>, cfg: Option<&Settings>, metrics: &Metrics) -> Self {
         let shared = cfg.map(|cfg| {
             let interval = interval_ns(cfg.rps);
             let buckets = match cfg.key {
-                RateLimitKey::None => Buckets::One(AtomicU64::new(0)),
-                RateLimitKey::ClientIp | RateLimitKey::Header(_) => {
+                Key::None => Buckets::One(AtomicU64::new(0)),
+                Key::ClientIp | Key::Header(_) => {
                     let len = table_len(cfg.max_keys);
                     Buckets::Table {
                         slots: (0..len).map(|_| KeyBucket::default()).collect(),
@@ -247,13 +294,13 @@ impl Shared {
     /// The key's hash, never [`EMPTY`]. `Some`/`None` keep "no key" apart from every value.
     fn hash(&self, req: &Request) -> u64 {
         let h = match &self.key {
-            RateLimitKey::None => 0,
-            RateLimitKey::ClientIp => self.hasher.hash_one(
+            Key::None => 0,
+            Key::ClientIp => self.hasher.hash_one(
                 req.extensions()
                     .get::<RequestContext>()
                     .map(|ctx| ctx.client),
             ),
-            RateLimitKey::Header(name) => self
+            Key::Header(name) => self
                 .hasher
                 .hash_one(req.headers().get(name).map(|v| v.as_bytes())),
         };
@@ -371,8 +418,8 @@ mod tests {
     use http::{HeaderName, HeaderValue};
 
     use super::*;
-    use crate::config::Priority;
     use crate::http::Body;
+    use crate::http::context::Priority;
 
     /// Counts the requests that reach it.
     #[derive(Clone)]
@@ -397,15 +444,15 @@ mod tests {
         Leaf(calls)
     }
 
-    fn limit(cfg: RateLimitConfig) -> (RateLimit<Leaf>, Arc<AtomicUsize>, Metrics) {
+    fn limit(cfg: Settings) -> (RateLimit<Leaf>, Arc<AtomicUsize>, Metrics) {
         let metrics = Metrics::new().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = RateLimitLayer::new(Arc::from("rl-route"), Some(&cfg), &metrics);
         (layer.layer(leaf(calls.clone())), calls, metrics)
     }
 
-    fn cfg(rps: f64, burst: u32, key: RateLimitKey, max_keys: usize) -> RateLimitConfig {
-        RateLimitConfig {
+    fn cfg(rps: f64, burst: u32, key: Key, max_keys: usize) -> Settings {
+        Settings {
             rps,
             burst,
             key,
@@ -480,7 +527,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_at_once_then_rps_per_second() {
-        let (svc, calls, _) = limit(cfg(2.0, 5, RateLimitKey::None, 10));
+        let (svc, calls, _) = limit(cfg(2.0, 5, Key::None, 10));
         assert_eq!(admitted(&svc, 8, req).await, 5);
         assert_eq!(
             calls.load(Ordering::Relaxed),
@@ -498,7 +545,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_is_the_real_wait() {
         // 3 rps: one token every 333_333_334 ns (rounded up).
-        let (svc, _, _) = limit(cfg(3.0, 2, RateLimitKey::None, 10));
+        let (svc, _, _) = limit(cfg(3.0, 2, Key::None, 10));
         assert_eq!(admitted(&svc, 2, req).await, 2);
         let wait = send(&svc, req()).await.unwrap_err();
         assert_eq!(wait, Duration::from_nanos(333_333_334));
@@ -517,7 +564,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refills_to_burst_and_no_further() {
-        let (svc, _, _) = limit(cfg(10.0, 4, RateLimitKey::None, 10));
+        let (svc, _, _) = limit(cfg(10.0, 4, Key::None, 10));
         assert_eq!(admitted(&svc, 10, req).await, 4);
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(admitted(&svc, 10, req).await, 4);
@@ -527,7 +574,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn client_ip_keys_separate_clients() {
-        let (svc, _, _) = limit(cfg(1.0, 2, RateLimitKey::ClientIp, 100));
+        let (svc, _, _) = limit(cfg(1.0, 2, Key::ClientIp, 100));
         assert_eq!(admitted(&svc, 5, || from([10, 0, 0, 1])).await, 2);
         assert_eq!(admitted(&svc, 5, || from([10, 0, 0, 2])).await, 2);
         assert!(send(&svc, from([10, 0, 0, 1])).await.is_err());
@@ -540,7 +587,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn header_keys_separate_values_and_missing_header_shares_one_bucket() {
-        let key = RateLimitKey::Header(HeaderName::from_static("x-api-key"));
+        let key = Key::Header(HeaderName::from_static("x-api-key"));
         let (svc, _, _) = limit(cfg(1.0, 1, key, 100));
         assert_eq!(send(&svc, with_header("a")).await, Ok(()));
         assert_eq!(send(&svc, with_header("b")).await, Ok(()));
@@ -559,7 +606,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_keys_bounds_the_table_and_evicts_the_oldest_keys() {
-        let (svc, _, _) = limit(cfg(1.0, 2, RateLimitKey::ClientIp, 4));
+        let (svc, _, _) = limit(cfg(1.0, 2, Key::ClientIp, 4));
         let capacity = 8;
         for i in 0..8 {
             assert_eq!(send(&svc, from([10, 0, 0, i])).await, Ok(()));
@@ -598,7 +645,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_use_never_admits_more_than_the_rate() {
         let start = Instant::now();
-        let (svc, calls, metrics) = limit(cfg(2000.0, 50, RateLimitKey::None, 10));
+        let (svc, calls, metrics) = limit(cfg(2000.0, 50, Key::None, 10));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let svc = svc.clone();
@@ -632,7 +679,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refusals_are_counted_per_route() {
-        let (svc, _, metrics) = limit(cfg(1.0, 1, RateLimitKey::None, 10));
+        let (svc, _, metrics) = limit(cfg(1.0, 1, Key::None, 10));
         assert_eq!(admitted(&svc, 4, req).await, 1);
         let text = metrics.render();
         assert!(

@@ -3,7 +3,18 @@
 //! Position: [`crate::route::Route::pick`], right after the router.
 //! Config: `routes[].split` (`upstream`, `weight`).
 
+use std::sync::Arc;
+
 use rand::Rng;
+
+/// One weighted target of a traffic split (`routes[].split[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitTarget {
+    /// Name of an upstream in `[upstreams]`.
+    pub upstream: Arc<str>,
+    /// Relative weight; 0 sends nothing. Default 1.
+    pub weight: u32,
+}
 
 /// Items with integer weights; `pick` returns one with probability weight / total.
 #[derive(Debug)]

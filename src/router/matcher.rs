@@ -5,7 +5,21 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::config::RouteMatch;
+/// Conditions a request must meet to take a route (`routes[].match`); all given conditions
+/// must hold.
+///
+/// `Default` matches every request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteMatch {
+    /// The request path starts with this (`/`-prefixed); `None` matches any path.
+    pub path_prefix: Option<String>,
+    /// The request host equals this, ignoring case (stored lowercase); `None` matches any.
+    pub host: Option<String>,
+    /// The request method is one of these; empty matches any method.
+    pub methods: Vec<Method>,
+    /// Each of these headers is present with exactly this value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
 
 /// One route's match conditions; every condition given must hold.
 #[derive(Clone, Debug)]

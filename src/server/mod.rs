@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod service;
+pub mod settings;
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -27,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::ListenerConfig;
 use crate::generation::Current;
 use crate::http::hygiene::Limits;
 use crate::metrics::{DOWNSTREAM_CONNECTIONS, Metrics};
@@ -35,6 +35,8 @@ use crate::tls::TlsError;
 use crate::tls::server::{self as tls_server, Certs, Loaded};
 use conn::{ConnAction, ConnIo, ConnState, Timeouts};
 use service::ProxyService;
+pub use settings::Settings;
+use settings::Settings as ListenerConfig;
 use shutdown::Drain;
 
 /// Room in hyper's HTTP/1 buffer beyond `max_header_bytes`. The buffer holds a request head

@@ -7,7 +7,7 @@
 //! `upstreams.<name>.tls` (`sni`, `ca`, `cert`, `key`), `protocol`. Metrics: none.
 
 use std::error::Error as StdError;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::uri::Authority;
@@ -17,8 +17,21 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{Protocol, UpstreamTls};
 use crate::tls::{TlsError, load_certs, load_key, load_roots, provider};
+use crate::upstream::client::Protocol;
+
+/// TLS to an upstream (`upstreams.NAME.tls`). Files are read when the upstream is built.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Server name to send and verify; default the endpoint host.
+    pub sni: Option<String>,
+    /// PEM CA bundle to trust; default the built-in web roots.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain for mTLS; needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM client private key for mTLS; needs `cert`.
+    pub key: Option<PathBuf>,
+}
 
 /// The TLS settings of one upstream, loaded: files are read once, when the upstream is built.
 /// Cheap to clone.
@@ -36,7 +49,7 @@ impl ClientTls {
     /// (webpki-roots). `cert` + `key` are presented when the upstream asks for a client
     /// certificate. ALPN offers `http/1.1` for `http1`, and `h2` then `http/1.1` for `http2`
     /// (the server chooses). Errors name the file (or `tls.sni`) at fault.
-    pub fn new(tls: &UpstreamTls, protocol: Protocol) -> Result<Self, TlsError> {
+    pub fn new(tls: &Settings, protocol: Protocol) -> Result<Self, TlsError> {
         let roots = match &tls.ca {
             Some(ca) => load_roots(ca)?,
             None => rustls::RootCertStore {
@@ -143,8 +156,8 @@ mod tests {
 
     use super::*;
 
-    fn tls() -> UpstreamTls {
-        UpstreamTls::default()
+    fn tls() -> Settings {
+        Settings::default()
     }
 
     #[test]
@@ -175,7 +188,7 @@ mod tests {
             name(&by_host, "[::1]:8443"),
             ServerName::IpAddress(_)
         ));
-        let fixed = UpstreamTls {
+        let fixed = Settings {
             sni: Some("api.example.com".into()),
             ..tls()
         };
@@ -190,16 +203,16 @@ mod tests {
     fn load_errors_name_the_file() {
         let missing = PathBuf::from("/nonexistent/weir-ca.pem");
         let cases = [
-            UpstreamTls {
+            Settings {
                 ca: Some(missing.clone()),
                 ..tls()
             },
-            UpstreamTls {
+            Settings {
                 cert: Some(missing.clone()),
                 key: Some("/nonexistent/k.pem".into()),
                 ..tls()
             },
-            UpstreamTls {
+            Settings {
                 cert: Some(missing.clone()),
                 ..tls()
             },
@@ -208,7 +221,7 @@ mod tests {
             let err = ClientTls::new(&case, Protocol::Http1).unwrap_err();
             assert_eq!(err.path, missing.display().to_string(), "{err}");
         }
-        let bad_sni = UpstreamTls {
+        let bad_sni = Settings {
             sni: Some("not a name".into()),
             ..tls()
         };

@@ -17,8 +17,18 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ListenerTls;
 use crate::tls::{TlsError, load_roots};
+
+/// TLS settings of a listener (`listeners[].tls`). Files are read when the listener starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// PEM certificate chain (`cert`); required.
+    pub cert: PathBuf,
+    /// PEM private key (`key`); required.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (`client_ca`); set, it turns on mTLS.
+    pub client_ca: Option<PathBuf>,
+}
 
 /// The certificate a listener presents, swappable while it serves: the resolver of its
 /// `ServerConfig`. A handshake takes the certificate current when it starts; a swap changes
@@ -48,7 +58,7 @@ impl Certs {
     /// Reads `tls.cert` and `tls.key`. An error names the file at fault and what is wrong:
     /// unreadable, not PEM, no certificate, an unsupported key, a key that does not match
     /// the certificate.
-    pub fn load(tls: &ListenerTls) -> Result<Arc<Self>, TlsError> {
+    pub fn load(tls: &Settings) -> Result<Arc<Self>, TlsError> {
         let loaded = read(&tls.cert, &tls.key)?;
         Ok(Arc::new(Self {
             cert: tls.cert.clone(),
@@ -115,7 +125,7 @@ impl ResolvesServerCert for Certs {
 /// The `ServerConfig` of a listener with `tls`, presenting `certs`. With `tls.client_ca` a
 /// client must present a certificate that CA signed, or the handshake fails. An error names
 /// the file at fault.
-pub fn server_config(tls: &ListenerTls, certs: Arc<Certs>) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(tls: &Settings, certs: Arc<Certs>) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(intermediate(&super::provider()));
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -254,8 +264,8 @@ mod tests {
         )
     }
 
-    fn settings(dir: &Dir) -> ListenerTls {
-        ListenerTls {
+    fn settings(dir: &Dir) -> Settings {
+        Settings {
             cert: dir.0.join("server.pem"),
             key: dir.0.join("server.key"),
             client_ca: None,
@@ -311,7 +321,7 @@ mod tests {
         let (cert, key, _) = self_signed();
         std::fs::write(&tls.cert, cert).unwrap();
         std::fs::write(&tls.key, key).unwrap();
-        let with_ca = ListenerTls {
+        let with_ca = Settings {
             client_ca: Some(ca.clone()),
             ..tls.clone()
         };

@@ -24,14 +24,52 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use http::HeaderName;
 use http::header::COOKIE;
 use rand::Rng;
 
-use crate::config::{Balance, HashOn};
 use crate::http::Request;
 use crate::http::context::with_fast_rng as with_rng;
 use crate::upstream::endpoints::{Endpoint, Snapshot, micros};
 use crate::upstream::hash::hash_bytes;
+
+/// Load-balancing algorithm of an upstream (`upstreams.NAME.balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// `p2c`: power of two choices over peak-EWMA latency.
+    #[default]
+    P2c,
+    /// `round_robin`.
+    RoundRobin,
+    /// `least_request`: fewest requests in flight.
+    LeastRequest,
+    /// `hash`: consistent hashing on `hash_on`, for session affinity.
+    Hash,
+}
+
+/// What consistent hashing hashes (`upstreams.NAME.hash_on`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashOn {
+    /// `client_ip`: the client address.
+    #[default]
+    ClientIp,
+    /// `header:NAME`: the value of this request header.
+    Header(HeaderName),
+    /// `cookie:NAME`: the value of this cookie.
+    Cookie(String),
+}
+
+impl Balance {
+    /// The config spelling: `p2c`, `round_robin`, `least_request` or `hash`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::P2c => "p2c",
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequest => "least_request",
+            Balance::Hash => "hash",
+        }
+    }
+}
 
 /// Up to this many serving endpoints, `least_request` scans them all.
 const LEAST_REQUEST_EXACT: usize = 16;
@@ -242,8 +280,8 @@ fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::UpstreamConfig;
     use crate::metrics::Metrics;
+    use crate::upstream::Settings as UpstreamConfig;
     use crate::upstream::endpoints::{EndpointSet, Verdict};
     use std::time::Duration;
 

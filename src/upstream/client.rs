@@ -32,12 +32,32 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::config::{Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError, cause, caused_by};
 use crate::http::{Body, Request, Response};
 use crate::tls::TlsError;
 use crate::tls::client::{ClientTls, host_name, is_tls_failure};
+use crate::upstream::Settings as UpstreamConfig;
 use crate::upstream::pool::{EndpointTls, Pool, UPSTREAM_READ_BUF, sent_error};
+
+/// Protocol spoken to an upstream (`upstreams.NAME.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// `http1`: HTTP/1.1.
+    #[default]
+    Http1,
+    /// `http2`: HTTP/2, by prior knowledge or by ALPN with TLS.
+    Http2,
+}
+
+impl Protocol {
+    /// The config spelling: `http1` or `http2`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+        }
+    }
+}
 
 /// The HTTP/2 flow-control window weir gives each upstream stream: how much of a response the
 /// upstream may send before the client has taken it. hyper's default (2 MiB per stream, 5 MiB

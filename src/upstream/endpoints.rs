@@ -31,7 +31,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::OutlierSettings;
 use crate::metrics::{
     DRY_RUN_REJECTIONS_TOTAL, ENDPOINT_EJECTIONS_TOTAL, ENDPOINT_HEALTHY, Metrics, PANIC_MODE,
 };
@@ -39,6 +38,7 @@ use crate::resilience::Mode;
 use crate::upstream::client::{EndpointConn, Transport};
 use crate::upstream::hash::Ring;
 use crate::upstream::outlier;
+use crate::upstream::outlier::Settings as OutlierSettings;
 
 /// The latency an endpoint is assumed to have before its first response (Linkerd's default).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -754,7 +754,7 @@ fn to_u64(x: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::UpstreamConfig;
+    use crate::upstream::Settings as UpstreamConfig;
 
     fn addrs(list: &[&str]) -> Vec<Authority> {
         list.iter().map(|a| a.parse().unwrap()).collect()

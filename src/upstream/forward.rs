@@ -27,11 +27,11 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
 use crate::http::{Body, Request, Response, retry_after};
 use crate::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
+use crate::upstream::Settings as UpstreamConfig;
 use crate::upstream::balance::Balancer;
 use crate::upstream::client::SendFuture;
 use crate::upstream::endpoints::{Endpoint, EndpointSet, Verdict};

@@ -20,15 +20,41 @@ use http::{HeaderValue, Method};
 use http_body_util::BodyExt;
 use rand::Rng;
 
-use crate::config::HealthSettings;
 use crate::http::{Body, Request};
 use crate::upstream::endpoints::{Endpoint, WeakEndpointSet};
+
+/// Active health checks of an upstream (`upstreams.NAME.health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Path of the HTTP GET probe; default `/healthz`.
+    pub path: String,
+    /// Time between probes of one endpoint; default 5s.
+    pub interval: Duration,
+    /// Timeout of one probe; default 1s.
+    pub timeout: Duration,
+    /// Consecutive successes that make an endpoint healthy; default 2.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make an endpoint unhealthy; default 3.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            path: String::from("/healthz"),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
 
 /// The most of a check's response body read (so the connection can be reused).
 const MAX_BODY: usize = 64 * 1024;
 
 /// Starts the checks of an upstream's endpoint set; the task ends with the set.
-pub fn spawn(set: WeakEndpointSet, settings: HealthSettings) {
+pub fn spawn(set: WeakEndpointSet, settings: Settings) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(run(set, settings));
     }
@@ -41,7 +67,7 @@ struct Streak {
     failures: u32,
 }
 
-async fn run(set: WeakEndpointSet, s: HealthSettings) {
+async fn run(set: WeakEndpointSet, s: Settings) {
     let mut streaks: HashMap<String, Streak> = HashMap::new();
     let Some(stop) = set.upgrade().map(|s| s.stopped()) else {
         return;
@@ -91,7 +117,7 @@ async fn run(set: WeakEndpointSet, s: HealthSettings) {
 
 /// One check of endpoint `e`: true when it answered 2xx within the timeout. The endpoint's
 /// connection sets `Host` to its address.
-async fn check(e: &Arc<Endpoint>, s: &HealthSettings) -> bool {
+async fn check(e: &Arc<Endpoint>, s: &Settings) -> bool {
     let mut req = Request::new(Body::empty());
     *req.method_mut() = Method::GET;
     match s.path.parse() {

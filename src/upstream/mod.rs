@@ -23,18 +23,94 @@ use http::uri::Authority;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-use crate::config::{Balance, HealthSettings, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
 use crate::metrics::Metrics;
+use crate::resilience::breaker::Settings as BreakerSettings;
 use crate::resilience::breaker::{BreakerHandle, CircuitBreakerLayer};
+use crate::resilience::retry::Settings as RetrySettings;
 use crate::resilience::retry::{RetryHandle, RetryLayer};
+use crate::resilience::shed::Settings as ShedSettings;
 use crate::resilience::shed::{ShedHandle, ShedLayer};
 use crate::resilience::timeout::AttemptTimeoutLayer;
 use crate::tls::TlsError;
-use client::Transport;
+use balance::{Balance, HashOn};
+use client::{Protocol, Transport};
 use endpoints::{EndpointSet, SetShape};
 use forward::Forward;
+
+/// One upstream (`[upstreams.NAME]`): its endpoints, how to reach them, its resilience stack.
+///
+/// `Default` has an empty name and no endpoints (so it is not valid by itself); every other
+/// field is its documented default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Name from the table key; `[A-Za-z0-9_.-]+`.
+    pub name: Arc<str>,
+    /// Static endpoints (`host:port`); empty when `dns` is set.
+    pub endpoints: Vec<Authority>,
+    /// Name to resolve for endpoints (`host:port`), instead of `endpoints`.
+    pub dns: Option<Authority>,
+    /// How often `dns` is resolved again; default 5s.
+    pub dns_refresh: Duration,
+    /// DNS servers (`ip:port`) that resolve `dns`, in order of preference; only with `dns`.
+    /// Empty (the default) means the system configuration (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// Protocol spoken to the upstream; default HTTP/1.1.
+    pub protocol: Protocol,
+    /// TCP (and TLS) connect timeout; default 1s.
+    pub connect_timeout: Duration,
+    /// Timeout of each try; `Duration::ZERO` (the default) means bounded by the route deadline.
+    pub try_timeout: Duration,
+    /// The longest wait for the next bytes of an upstream's response, head or body, counted
+    /// from the last bytes that went either way; then the try ends with `upstream-timeout`
+    /// (before the head: 504; in the body: the response is aborted and the connection closed).
+    /// Default 60s (nginx's `proxy_read_timeout`); 0 = no limit.
+    pub read_timeout: Duration,
+    /// How long an idle pooled connection is kept; default 90s.
+    pub pool_idle_timeout: Duration,
+    /// Load-balancing algorithm; default p2c over peak EWMA.
+    pub balance: Balance,
+    /// What `balance = "hash"` hashes; default the client address.
+    pub hash_on: HashOn,
+    /// TLS to the upstream; `None` (the default) speaks plain TCP.
+    pub tls: Option<crate::tls::client::Settings>,
+    /// Retries (`retry`).
+    pub retry: RetrySettings,
+    /// Circuit breaker (`breaker`).
+    pub breaker: BreakerSettings,
+    /// Load shedding (`shed`).
+    pub shed: ShedSettings,
+    /// Active health checks (`health`); `None` (the default) means none.
+    pub health: Option<health::Settings>,
+    /// Passive outlier ejection (`outlier`).
+    pub outlier: outlier::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            name: Arc::from(""),
+            endpoints: Vec::new(),
+            dns: None,
+            dns_refresh: Duration::from_secs(5),
+            dns_servers: Vec::new(),
+            protocol: Protocol::default(),
+            connect_timeout: Duration::from_secs(1),
+            try_timeout: Duration::ZERO,
+            read_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            balance: Balance::default(),
+            hash_on: HashOn::default(),
+            tls: None,
+            retry: RetrySettings::default(),
+            breaker: BreakerSettings::default(),
+            shed: ShedSettings::default(),
+            health: None,
+            outlier: outlier::Settings::default(),
+        }
+    }
+}
 
 /// The erased stack of one upstream, shared by every route that names it.
 #[derive(Clone)]
@@ -107,7 +183,7 @@ impl Upstream {
 #[derive(Debug)]
 struct Background {
     started: Once,
-    health: Option<HealthSettings>,
+    health: Option<health::Settings>,
     dns: Option<Dns>,
     metrics: Metrics,
 }
@@ -122,7 +198,7 @@ struct Dns {
 
 /// Builds one upstream: its endpoint set and the stack over its forwarding leaf. Starts
 /// nothing ([`Upstream::start`] does). Fails when its TLS settings cannot be loaded.
-pub fn build(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, TlsError> {
+pub fn build(cfg: &Settings, metrics: &Metrics) -> Result<Upstream, TlsError> {
     let set = endpoint_set(cfg, metrics)?;
     Ok(with_leaf(
         cfg,
@@ -171,7 +247,7 @@ fn discover(name: &Arc<str>, dns: &Dns, set: &EndpointSet, metrics: &Metrics) {
 
 /// The endpoint set of upstream `cfg` over its configured endpoints (no background tasks until
 /// its upstream starts). Fails when its TLS settings cannot be loaded.
-pub fn endpoint_set(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<EndpointSet, TlsError> {
+pub fn endpoint_set(cfg: &Settings, metrics: &Metrics) -> Result<EndpointSet, TlsError> {
     let shape = SetShape {
         hashed: cfg.balance == Balance::Hash,
         checked: cfg.health.is_some(),
@@ -188,12 +264,7 @@ pub fn endpoint_set(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<EndpointS
 
 /// Builds the stack of one upstream over `leaf` (the forwarding leaf in weir; a stand-in in
 /// benches). Layers are listed in the order a request meets them.
-pub fn with_leaf<S>(
-    cfg: &UpstreamConfig,
-    metrics: &Metrics,
-    endpoints: EndpointSet,
-    leaf: S,
-) -> Upstream
+pub fn with_leaf<S>(cfg: &Settings, metrics: &Metrics, endpoints: EndpointSet, leaf: S) -> Upstream
 where
     S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,

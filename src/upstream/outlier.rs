@@ -12,10 +12,37 @@
 //! `weir_endpoint_ejections_total{upstream}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::OutlierSettings;
 use crate::resilience::Mode;
 use crate::upstream::endpoints::{Endpoint, SetInner, micros};
+
+/// Passive outlier ejection of an upstream's endpoints (`upstreams.NAME.outlier`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Consecutive gateway errors that eject an endpoint; default 5.
+    pub consecutive_failures: u32,
+    /// Ejection time, multiplied by the times the endpoint was ejected; default 30s.
+    pub base_ejection: Duration,
+    /// Most endpoints of the upstream ejected at once, in percent (0..=100); default 50.
+    pub max_ejection_percent: u32,
+    /// Enforce, count only (dry run), or off; default enforce.
+    pub mode: Mode,
+    /// Time over which a returning endpoint's traffic share grows back; default 10s.
+    pub ramp: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+            mode: Mode::Enforce,
+            ramp: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The longest ejection, in multiples of `base_ejection` (Envoy's default max is 10 × 30 s).
 const MAX_MULTIPLIER: u32 = 10;
@@ -55,7 +82,7 @@ pub(crate) fn eject(set: &SetInner, endpoints: &[Arc<Endpoint>], now: u64) {
 }
 
 /// How long the next ejection of an endpoint ejected `times` times before lasts.
-fn ejection_time(s: &OutlierSettings, times: u32) -> std::time::Duration {
+fn ejection_time(s: &Settings, times: u32) -> std::time::Duration {
     s.base_ejection
         .saturating_mul(times.saturating_add(1).min(MAX_MULTIPLIER))
 }
@@ -86,7 +113,7 @@ mod tests {
 
     #[test]
     fn ejections_grow_with_each_one_up_to_ten_times_the_base() {
-        let s = OutlierSettings::default();
+        let s = Settings::default();
         assert_eq!(ejection_time(&s, 0), Duration::from_secs(30));
         assert_eq!(ejection_time(&s, 1), Duration::from_secs(60));
         assert_eq!(ejection_time(&s, 30), Duration::from_secs(300));
