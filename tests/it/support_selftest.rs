@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::support::{
-    Client, Scrape, Upstream, build_request, eventually, eventually_async, io_error_kind, raw,
-    scrape, upgrade,
+    Client, Scrape, Toml, Upstream, build_request, eventually, eventually_async, io_error_kind,
+    raw, scrape, upgrade,
 };
 
 const SETTLE: Duration = Duration::from_secs(5);
@@ -476,6 +476,64 @@ async fn try_get_reports_connection_refused() {
         SETTLE,
     )
     .await;
+}
+
+// === toml ===
+
+#[test]
+fn toml_puts_keys_in_the_table_added_last_and_dotted_keys_in_sub_tables() {
+    let a: std::net::SocketAddr = "127.0.0.1:1001".parse().unwrap();
+    let text = Toml::new()
+        .route("r1", "u1")
+        .set("timeout", "300ms")
+        .set("match.path_prefix", "/api")
+        .respond("r2", 418)
+        .set("respond.body", "tea")
+        .split("r3", &[("u1", 9), ("u2", 1)])
+        .upstream("u1", &[a])
+        .set("retry.max_retries", 0)
+        .set("outlier.mode", "off")
+        .listener("main")
+        .set("max_connections", 1)
+        .table("drain")
+        .set("delay", "0s")
+        .to_string();
+    let doc: ::toml::Table = text.parse().unwrap();
+    let routes = doc["routes"].as_array().unwrap();
+    assert_eq!(routes[0]["name"].as_str(), Some("r1"), "{text}");
+    assert_eq!(routes[0]["upstream"].as_str(), Some("u1"));
+    assert_eq!(routes[0]["timeout"].as_str(), Some("300ms"));
+    assert_eq!(routes[0]["match"]["path_prefix"].as_str(), Some("/api"));
+    assert_eq!(routes[1]["respond"]["status"].as_integer(), Some(418));
+    assert_eq!(routes[1]["respond"]["body"].as_str(), Some("tea"));
+    assert_eq!(routes[2]["split"][1]["upstream"].as_str(), Some("u2"));
+    assert_eq!(routes[2]["split"][0]["weight"].as_integer(), Some(9));
+    let u1 = &doc["upstreams"]["u1"];
+    assert_eq!(u1["endpoints"][0].as_str(), Some("127.0.0.1:1001"));
+    assert_eq!(u1["retry"]["max_retries"].as_integer(), Some(0));
+    assert_eq!(u1["outlier"]["mode"].as_str(), Some("off"));
+    assert_eq!(doc["listeners"][0]["max_connections"].as_integer(), Some(1));
+    assert_eq!(doc["drain"]["delay"].as_str(), Some("0s"));
+}
+
+#[test]
+fn toml_renders_a_config_that_weir_reads() {
+    let a: std::net::SocketAddr = "127.0.0.1:1001".parse().unwrap();
+    let cfg = Toml::one_route("api", "api-up", &[a])
+        .set("breaker.consecutive_failures", 3)
+        .set("shed.queue_timeout", "20ms")
+        .route("other", "api-up")
+        .set("match.headers.x-canary", "1")
+        .set("rate_limit.rps", 0.5)
+        .path("fault.allow_header", std::path::Path::new("/not/a/bool"));
+    // A wrong value type is weir's error, reported as for a file.
+    let err = weir::Config::from_toml(&cfg.to_string(), "t.toml").unwrap_err();
+    assert!(
+        err.to_string().contains("routes[1].fault.allow_header"),
+        "{err}"
+    );
+    let cfg = cfg.set("fault.allow_header", true).to_string();
+    weir::Config::from_toml(&cfg, "t.toml").unwrap_or_else(|e| panic!("{e}\n{cfg}"));
 }
 
 // === metrics ===

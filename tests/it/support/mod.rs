@@ -16,11 +16,13 @@ pub mod certs;
 pub mod client;
 pub mod dns;
 pub mod metrics;
+pub mod toml;
 pub mod upstream;
 pub mod weir;
 
 use std::time::Duration;
 
+pub use self::toml::{ConfigFile, Toml};
 pub use self::weir::Weir;
 pub use client::{
     Client, ClientError, Reply, Upgraded, build_request, io_error_kind, raw, upgrade,
