@@ -478,6 +478,48 @@ async fn try_get_reports_connection_refused() {
     .await;
 }
 
+// === upstream: knobs turned while it runs ===
+
+#[tokio::test]
+async fn health_checks_are_counted_apart_and_answer_what_set_health_says() {
+    let up = Upstream::http1().health("/healthz").start().await;
+    let c = Client::h1();
+    assert_eq!(c.get(up.addr(), "/healthz").await.status, 200);
+    up.set_health(503);
+    assert_eq!(c.get(up.addr(), "/healthz").await.status, 503);
+    assert_eq!((up.checks(), up.hits()), (2, 0));
+    assert!(up.requests().is_empty(), "a health check is not recorded");
+    // Other paths are requests as usual; the first after the checks is request 0.
+    let up = Upstream::http1()
+        .health("/healthz")
+        .fail_first(1, 502)
+        .start()
+        .await;
+    assert_eq!(c.get(up.addr(), "/healthz").await.status, 200);
+    assert_eq!(c.get(up.addr(), "/x").await.status, 502);
+    assert_eq!((up.checks(), up.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn set_status_and_set_delay_change_the_answers_from_the_next_request_on() {
+    let up = Upstream::http1().start().await;
+    let c = Client::h1();
+    up.set_status(503);
+    let r = c.get(up.addr(), "/").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "fail")
+    );
+    up.set_status(200);
+    assert_eq!(c.get(up.addr(), "/").await.text(), "ok");
+
+    up.set_delay(Duration::from_millis(200));
+    let started = Instant::now();
+    assert_eq!(c.get(up.addr(), "/").await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(up.hits(), 3);
+}
+
 // === toml ===
 
 #[test]
