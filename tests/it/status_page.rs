@@ -5,14 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::support::certs::TempDir;
-use crate::support::{Client, RunningUpstream, Toml, Upstream, Weir, status_entry, status_json};
+use crate::support::{
+    Client, RunningUpstream, Toml, Upstream, Weir, any_tool, status_entry, status_json,
+};
 
 /// A weir with two upstreams: `{p}-bad` (one endpoint that answers 500, its breaker opened by
 /// two failures) on paths under `/bad`, and `{p}-good` (two healthy endpoints) on the rest.
@@ -149,8 +151,7 @@ async fn status_page_shows_routes_upstreams_breakers_and_endpoints() {
 
 #[tokio::test]
 async fn status_page_renders_in_headless_chromium() {
-    let Some(browser) = find_chromium() else {
-        eprintln!("skipping: no chromium on PATH");
+    let Some(browser) = any_tool(&["chromium", "chromium-browser", "google-chrome"]) else {
         return;
     };
     let (weir, bad, good) = weir_with_an_open_breaker("spb").await;
@@ -183,15 +184,6 @@ async fn status_page_renders_in_headless_chromium() {
         );
     }
     assert!(dom.contains("spb-bad</a>: breaker OPEN"), "{dom}");
-}
-
-/// The first of `chromium`, `chromium-browser`, `google-chrome` found on `PATH`.
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|p| p.is_file())
 }
 
 /// Loads `url` in headless `browser` and returns the DOM it serialises after loading. The
