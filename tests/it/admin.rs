@@ -101,7 +101,7 @@ async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_effective_config() {
+async fn healthz_and_readyz_answer_and_config_renders_the_effective_config_with_its_defaults() {
     let up = Upstream::http1().start().await;
     let cfg = Toml::one_route("cfg-route", "cfg-up", &[up.addr()]).set("connect_timeout", "2s");
     let weir = Weir::start(cfg).await;

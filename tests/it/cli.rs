@@ -180,8 +180,7 @@ async fn runs_a_file_logs_access_as_json_and_stops_on_sigterm() {
 
 #[test]
 fn sigint_stops_with_exit_code_zero() {
-    let cfg = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n";
-    let (child, _out, _addr) = spawn_on(cfg, "int.toml");
+    let (child, _out, _addr) = spawn_on(&on_port_zero(Toml::new()), "int.toml");
     signal(&child, "INT");
     assert_eq!(wait_exit(child).code(), Some(0));
 }
@@ -219,6 +218,8 @@ async fn settled_rss(pid: u32) -> u64 {
     last
 }
 
+/// 200 clients that read a 2 MiB response slowly pin a bounded buffer each in weir (its RSS,
+/// not a timing), weir gives the memory back when they leave, and a second wave grows it no more.
 #[tokio::test]
 async fn slow_readers_pin_bounded_memory_and_give_it_back() {
     const BIG: usize = 2 << 20;

@@ -264,8 +264,9 @@ async fn endpoints_are_picked_round_robin() {
     assert_eq!((a.hits(), b.hits()), (5, 5));
 }
 
+/// Each way of not reaching an upstream answers with its own status and `x-weir-error`.
 #[tokio::test]
-async fn transport_failures_map_to_reasons() {
+async fn refused_reset_and_silent_upstreams_answer_502_or_504_with_their_own_reason() {
     // A port that was just bound and released: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -1181,7 +1181,7 @@ async fn a_direct_response_can_be_delayed_like_a_slow_backend() {
 // === visibility ===
 
 #[tokio::test]
-async fn status_json_shows_an_open_breaker() {
+async fn status_json_shows_an_open_breaker_and_the_upstreams_shed_retry_and_route_state() {
     let up = Upstream::http1().fail_first(usize::MAX, 500).start().await;
     let cfg = Toml::new()
         .route("st-route", "st-up")

@@ -637,7 +637,7 @@ fn metrics_unescapes_label_values() {
 }
 
 #[test]
-fn metrics_sum_has_and_histograms() {
+fn metrics_sum_adds_matching_samples_and_has_knows_histogram_series() {
     let s = Scrape::parse(PAGE);
     assert_eq!(s.sum("weir_requests_total", &[("status", "200")]), 11.0);
     assert_eq!(s.sum("weir_requests_total", &[]), 13.0);
