@@ -16,7 +16,7 @@
 //!   limit before it as a fraction of the ceiling, how long after it the limit first fell, and
 //!   the lowest limit in the 5 s after.
 //!
-//! Run with `cargo bench --bench overload_proxy` (about 20 s), or one case by name:
+//! Run with `cargo bench --bench overload_proxy` (about 15 s), or one case by name:
 //! `cargo bench --bench overload_proxy -- adaptive`. It prints each figure, PASS or MISS
 //! against its target, and exits 1 when a target is missed. Weir, the upstream, the client and
 //! the TOML builder are the integration tests' own `tests/it/support`, compiled in by path.
