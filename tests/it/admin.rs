@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::weir::{Weir, one_route};
-use crate::support::{Client, Upstream, eventually_async, scrape};
+use crate::support::{Client, Toml, Upstream, Weir, eventually_async, scrape};
 
 #[tokio::test]
 async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
@@ -12,19 +11,14 @@ async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let cfg = format!(
-        "{}\n{}",
-        one_route("m-api", "m-up", &[up.addr()], ""),
-        one_route("m-down", "m-dead", &[closed], "").replace(
-            "name = \"m-down\"",
-            "name = \"m-down\"\nmatch = { path_prefix = \"/down\" }"
-        ),
-    )
-    .replace(
-        "[[routes]]\nname = \"m-api\"",
-        "[[routes]]\nname = \"m-api\"\nmatch = { path_prefix = \"/api\" }",
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::new()
+        .route("m-api", "m-up")
+        .set("match.path_prefix", "/api")
+        .upstream("m-up", &[up.addr()])
+        .route("m-down", "m-dead")
+        .set("match.path_prefix", "/down")
+        .upstream("m-dead", &[closed]);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     // The upstream's first answer is a 503: retried (GET), so the client sees 200.
     assert_eq!(c.get(weir.addr(), "/api/a").await.status, 200);
@@ -107,15 +101,10 @@ async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_effective_config() {
+async fn healthz_and_readyz_answer_and_config_renders_the_effective_config_with_its_defaults() {
     let up = Upstream::http1().start().await;
-    let weir = Weir::start(&one_route(
-        "cfg-route",
-        "cfg-up",
-        &[up.addr()],
-        "connect_timeout = \"2s\"",
-    ))
-    .await;
+    let cfg = Toml::one_route("cfg-route", "cfg-up", &[up.addr()]).set("connect_timeout", "2s");
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     let health = c.get(weir.admin(), "/healthz").await;
     assert_eq!(health.status, 200);

@@ -1,149 +1,57 @@
 //! Endpoints under real traffic: balancer shares, hash affinity, pushback, active health
 //! checks, outlier ejection and its cap, panic mode, the recovery ramp, traffic splits.
 //!
-//! Upstreams here are [`Switch`]es: real HTTP/1.1 servers whose answers (status, delay,
-//! `Retry-After`, health) the test changes while weir runs.
+//! Upstreams here serve health checks on `/healthz` (counted apart from `hits()`), and the test
+//! switches their answers (status, delay, health) while weir runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use crate::support::dns::DnsServer;
-use crate::support::{Client, Weir, eventually_async, scrape, status_json};
+use crate::support::{
+    Client, RunningUpstream, Toml, Upstream, Weir, eventually_async, scrape, status_json,
+};
 
-/// A real upstream whose answers the test switches at run time.
-struct Switch {
-    addr: SocketAddr,
-    state: Arc<SwitchState>,
-    accept: JoinHandle<()>,
+const SECS: Duration = Duration::from_secs(5);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
 }
 
-#[derive(Default)]
-struct SwitchState {
-    /// Status for requests other than `/healthz` (0 = 200).
-    status: AtomicU16,
-    /// Status for `/healthz` (0 = 200).
-    health: AtomicU16,
-    /// `Retry-After` seconds sent with the next `retry_after_left` responses.
-    retry_after: AtomicU64,
-    retry_after_left: AtomicUsize,
-    /// Delay before answering, ms.
-    delay_ms: AtomicU64,
-    hits: AtomicUsize,
-    checks: AtomicUsize,
-    connections: AtomicUsize,
+/// An HTTP/1.1 upstream with health checks on `/healthz`.
+fn upstream() -> crate::support::UpstreamBuilder {
+    Upstream::http1().health("/healthz")
 }
 
-impl Switch {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(SwitchState::default());
-        let st = state.clone();
-        let accept = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                st.connections.fetch_add(1, SeqCst);
-                let st = st.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(answer(&st, req.uri().path()).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Self {
-            addr,
-            state,
-            accept,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-    fn hits(&self) -> usize {
-        self.state.hits.load(SeqCst)
-    }
-    fn status(&self, s: u16) {
-        self.state.status.store(s, SeqCst);
-    }
-    fn health(&self, s: u16) {
-        self.state.health.store(s, SeqCst);
-    }
-    fn delay(&self, ms: u64) {
-        self.state.delay_ms.store(ms, SeqCst);
-    }
-}
-
-impl Drop for Switch {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn answer(st: &SwitchState, path: &str) -> hyper::Response<Full<Bytes>> {
-    let code = if path == "/healthz" {
-        st.checks.fetch_add(1, SeqCst);
-        st.health.load(SeqCst)
-    } else {
-        st.hits.fetch_add(1, SeqCst);
-        let ms = st.delay_ms.load(SeqCst);
-        if ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        st.status.load(SeqCst)
-    };
-    let code = if code == 0 { 200 } else { code };
-    let mut resp = hyper::Response::builder().status(code);
-    if path != "/healthz"
-        && st
-            .retry_after_left
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    {
-        resp = resp.header("retry-after", st.retry_after.load(SeqCst).to_string());
-    }
-    resp.body(Full::new(Bytes::from_static(b"ok"))).unwrap()
-}
-
-async fn switches(n: usize) -> Vec<Switch> {
+async fn upstreams(n: usize) -> Vec<RunningUpstream> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
-        v.push(Switch::start().await);
+        v.push(upstream().start().await);
     }
     v
 }
 
-/// One route `r` over upstream `up` with `eps`, no retries and no breaker unless `extra`
-/// says otherwise (so every request is one try, and shares are the balancer's alone).
-fn config(eps: &[&Switch], up_extra: &str, tables: &str) -> String {
-    let list: Vec<String> = eps.iter().map(|s| format!("\"{}\"", s.addr())).collect();
-    format!(
-        "[[routes]]\nname = \"r\"\nupstream = \"up\"\n\n[upstreams.up]\nendpoints = [{}]\n{up_extra}\n\
-         [upstreams.up.retry]\nmax_retries = 0\n[upstreams.up.breaker]\nmode = \"off\"\n{tables}\n",
-        list.join(", ")
-    )
+/// One route `r` over upstream `up` at `eps`, with no retries and no breaker (so every request
+/// is one try, and shares are the balancer's alone); keys set next go to the upstream.
+fn config(eps: &[&RunningUpstream]) -> Toml {
+    let addrs: Vec<SocketAddr> = eps.iter().map(|u| u.addr()).collect();
+    Toml::one_route("r", "up", &addrs)
+        .set("retry.max_retries", 0)
+        .set("breaker.mode", "off")
+}
+
+/// Active health checks on `/healthz` every 50 ms, `threshold` results to change a verdict.
+fn checked(cfg: Toml, threshold: u32) -> Toml {
+    cfg.set("health.path", "/healthz")
+        .set("health.interval", "50ms")
+        .set("health.timeout", "1s")
+        .set("health.healthy_threshold", threshold)
+        .set("health.unhealthy_threshold", threshold)
 }
 
 /// `n` sequential GETs on `path`; returns how many answered 200.
@@ -178,7 +86,7 @@ async fn send_concurrently(weir: &Weir, n: usize, conc: usize) {
 }
 
 /// `weir_endpoint_healthy` of `ep` (None while unset).
-async fn healthy(weir: &Weir, ep: &Switch) -> Option<f64> {
+async fn healthy(weir: &Weir, ep: &RunningUpstream) -> Option<f64> {
     let s = scrape(weir.admin()).await;
     s.get(
         "weir_endpoint_healthy",
@@ -187,48 +95,43 @@ async fn healthy(weir: &Weir, ep: &Switch) -> Option<f64> {
 }
 
 /// Waits until `weir_endpoint_healthy` of `ep` is `v`.
-async fn wait_healthy(weir: &Weir, ep: &Switch, v: f64) {
-    eventually_async(
-        || async { healthy(weir, ep).await == Some(v) },
-        Duration::from_secs(5),
-    )
-    .await;
+async fn wait_healthy(weir: &Weir, ep: &RunningUpstream, v: f64) {
+    eventually_async(|| async { healthy(weir, ep).await == Some(v) }, SECS).await;
 }
 
 /// Waits until the series `name{labels}` reads `v`.
 async fn wait_metric(weir: &Weir, name: &str, labels: &[(&str, &str)], v: f64) {
     eventually_async(
         || async { scrape(weir.admin()).await.get(name, labels) == Some(v) },
-        Duration::from_secs(5),
+        SECS,
     )
     .await;
 }
 
+/// Each upstream's `hits()`.
+fn hits(s: &[RunningUpstream]) -> Vec<usize> {
+    s.iter().map(RunningUpstream::hits).collect()
+}
+
 #[tokio::test]
 async fn round_robin_gives_each_endpoint_the_same_share() {
-    let s = switches(3).await;
-    let weir = Weir::start(&config(
-        &[&s[0], &s[1], &s[2]],
-        "balance = \"round_robin\"",
-        "",
-    ))
-    .await;
+    let s = upstreams(3).await;
+    let weir = Weir::start(config(&[&s[0], &s[1], &s[2]]).set("balance", "round_robin")).await;
     let c = Client::h1();
     assert_eq!(send(&weir, &c, 300, &[]).await, 300);
-    let hits: Vec<usize> = s.iter().map(Switch::hits).collect();
-    assert_eq!(hits, vec![100, 100, 100]);
+    assert_eq!(hits(&s), vec![100, 100, 100]);
 }
 
 #[tokio::test]
 async fn least_request_spreads_evenly_and_favours_the_endpoint_with_fewer_in_flight() {
-    let s = switches(2).await;
-    let weir = Weir::start(&config(&[&s[0], &s[1]], "balance = \"least_request\"", "")).await;
+    let s = upstreams(2).await;
+    let weir = Weir::start(config(&[&s[0], &s[1]]).set("balance", "least_request")).await;
     // Idle endpoints: ties rotate, so sequential requests alternate.
     let c = Client::h1();
     assert_eq!(send(&weir, &c, 100, &[]).await, 100);
     assert_eq!((s[0].hits(), s[1].hits()), (50, 50));
     // One slow endpoint holds its requests longer, so it has more in flight and gets fewer.
-    s[1].delay(40);
+    s[1].set_delay(ms(40));
     send_concurrently(&weir, 200, 8).await;
     let (fast, slow) = (s[0].hits() - 50, s[1].hits() - 50);
     eprintln!("least_request: 40 ms endpoint {slow} of 200, fast one {fast}");
@@ -241,11 +144,11 @@ async fn least_request_spreads_evenly_and_favours_the_endpoint_with_fewer_in_fli
 
 #[tokio::test]
 async fn p2c_sends_clearly_less_to_a_slow_endpoint() {
-    let s = switches(2).await;
-    s[1].delay(50);
-    let weir = Weir::start(&config(&[&s[0], &s[1]], "", "")).await;
+    let fast = upstream().start().await;
+    let slow = upstream().delay(ms(50)).start().await;
+    let weir = Weir::start(config(&[&fast, &slow])).await;
     send_concurrently(&weir, 300, 8).await;
-    let (fast, slow) = (s[0].hits(), s[1].hits());
+    let (fast, slow) = (fast.hits(), slow.hits());
     eprintln!("p2c: 50 ms endpoint {slow} of 300, fast one {fast}");
     assert_eq!(fast + slow, 300);
     assert!(
@@ -256,24 +159,25 @@ async fn p2c_sends_clearly_less_to_a_slow_endpoint() {
 
 #[tokio::test]
 async fn pushback_keeps_p2c_off_an_endpoint_that_sent_retry_after() {
-    let s = switches(2).await;
-    // The first answer of endpoint 0 is a 503 with Retry-After: 30.
-    s[0].status(503);
-    s[0].state.retry_after.store(30, SeqCst);
-    s[0].state.retry_after_left.store(1, SeqCst);
-    let weir = Weir::start(&config(&[&s[0], &s[1]], "", "")).await;
+    // The first answer of endpoint 0 is a 503 with Retry-After: 30; later ones are 200.
+    let pushed = upstream()
+        .fail_first(1, 503)
+        .fail_header("retry-after", "30")
+        .start()
+        .await;
+    let other = upstream().start().await;
+    let weir = Weir::start(config(&[&pushed, &other])).await;
     let c = Client::h1();
     // Until endpoint 0 has been tried once.
     let mut n = 0;
-    while s[0].hits() == 0 {
+    while pushed.hits() == 0 {
         c.get(weir.addr(), "/").await;
         n += 1;
         assert!(n < 100, "endpoint 0 never picked");
     }
-    s[0].status(200);
-    let before = (s[0].hits(), s[1].hits());
+    let before = (pushed.hits(), other.hits());
     assert_eq!(send(&weir, &c, 50, &[]).await, 50);
-    let after = (s[0].hits() - before.0, s[1].hits() - before.1);
+    let after = (pushed.hits() - before.0, other.hits() - before.1);
     // Without the penalty, p2c over two idle endpoints would split about evenly.
     assert_eq!(
         after,
@@ -284,13 +188,14 @@ async fn pushback_keeps_p2c_off_an_endpoint_that_sent_retry_after() {
 
 #[tokio::test]
 async fn hash_keeps_keys_on_their_endpoint_and_moves_only_the_keys_of_one_that_leaves() {
-    let s = switches(3).await;
-    let extra = "balance = \"hash\"\nhash_on = \"header:x-user\"";
-    let tables = "[upstreams.up.health]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
-    let weir = Weir::start(&config(&[&s[0], &s[1], &s[2]], extra, tables)).await;
+    let s = upstreams(3).await;
+    let cfg = config(&[&s[0], &s[1], &s[2]])
+        .set("balance", "hash")
+        .set("hash_on", "header:x-user");
+    let weir = Weir::start(checked(cfg, 1)).await;
     let c = Client::h1();
     let owner = |before: &[usize]| -> usize {
-        let now: Vec<usize> = s.iter().map(Switch::hits).collect();
+        let now = hits(&s);
         let moved: Vec<usize> = (0..3).filter(|&i| now[i] != before[i]).collect();
         assert_eq!(moved.len(), 1, "one request reaches one endpoint");
         moved[0]
@@ -298,7 +203,7 @@ async fn hash_keeps_keys_on_their_endpoint_and_moves_only_the_keys_of_one_that_l
     let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
     let mut first = Vec::new();
     for u in &users {
-        let before: Vec<usize> = s.iter().map(Switch::hits).collect();
+        let before = hits(&s);
         assert_eq!(
             c.send(
                 weir.addr(),
@@ -321,7 +226,7 @@ async fn hash_keeps_keys_on_their_endpoint_and_moves_only_the_keys_of_one_that_l
     }
     // Sticky: the same key goes to the same endpoint.
     for (u, &was) in users.iter().zip(&first) {
-        let before: Vec<usize> = s.iter().map(Switch::hits).collect();
+        let before = hits(&s);
         c.send(
             weir.addr(),
             Method::GET,
@@ -333,11 +238,11 @@ async fn hash_keeps_keys_on_their_endpoint_and_moves_only_the_keys_of_one_that_l
         assert_eq!(owner(&before), was, "{u} moved without a change");
     }
     // Endpoint 1 fails its checks and leaves: only its keys move.
-    s[1].health(503);
+    s[1].set_health(503);
     wait_healthy(&weir, &s[1], 0.0).await;
     let mut moved_to = Vec::new();
     for (u, &was) in users.iter().zip(&first) {
-        let before: Vec<usize> = s.iter().map(Switch::hits).collect();
+        let before = hits(&s);
         c.send(
             weir.addr(),
             Method::GET,
@@ -359,17 +264,14 @@ async fn hash_keeps_keys_on_their_endpoint_and_moves_only_the_keys_of_one_that_l
 
 #[tokio::test]
 async fn a_failing_health_check_takes_an_endpoint_out_and_passing_ones_bring_it_back() {
-    let s = switches(2).await;
-    let tables = "[upstreams.up.health]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n\n[upstreams.up.outlier]\nramp = \"0s\"\n";
-    let weir = Weir::start(&config(
-        &[&s[0], &s[1]],
-        "balance = \"round_robin\"",
-        tables,
-    ))
-    .await;
+    let s = upstreams(2).await;
+    let cfg = config(&[&s[0], &s[1]])
+        .set("balance", "round_robin")
+        .set("outlier.ramp", "0s");
+    let weir = Weir::start(checked(cfg, 2)).await;
     let c = Client::h1();
     wait_healthy(&weir, &s[0], 1.0).await;
-    s[0].health(500);
+    s[0].set_health(500);
     wait_healthy(&weir, &s[0], 0.0).await;
     let before = s[0].hits();
     assert_eq!(send(&weir, &c, 20, &[]).await, 20);
@@ -383,7 +285,7 @@ async fn a_failing_health_check_takes_an_endpoint_out_and_passing_ones_bring_it_
     assert_eq!(ep["health"], "failing", "{ep}");
     assert_eq!(ep["serving"], false, "{ep}");
 
-    s[0].health(200);
+    s[0].set_health(200);
     wait_healthy(&weir, &s[0], 1.0).await;
     let before = s[0].hits();
     assert_eq!(send(&weir, &c, 20, &[]).await, 20);
@@ -392,17 +294,16 @@ async fn a_failing_health_check_takes_an_endpoint_out_and_passing_ones_bring_it_
 
 #[tokio::test]
 async fn outlier_ejection_never_ejects_more_than_the_cap() {
-    let s = switches(4).await;
+    let s = upstreams(4).await;
     for f in &s[..3] {
-        f.status(502);
+        f.set_status(502);
     }
-    let tables = "[upstreams.up.outlier]\nconsecutive_failures = 3\nbase_ejection = \"30s\"\nmax_ejection_percent = 50\n";
-    let weir = Weir::start(&config(
-        &[&s[0], &s[1], &s[2], &s[3]],
-        "balance = \"round_robin\"",
-        tables,
-    ))
-    .await;
+    let cfg = config(&[&s[0], &s[1], &s[2], &s[3]])
+        .set("balance", "round_robin")
+        .set("outlier.consecutive_failures", 3)
+        .set("outlier.base_ejection", "30s")
+        .set("outlier.max_ejection_percent", 50);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     send(&weir, &c, 40, &[]).await;
     wait_metric(
@@ -436,16 +337,11 @@ async fn outlier_ejection_never_ejects_more_than_the_cap() {
 
 #[tokio::test]
 async fn when_every_endpoint_is_down_weir_fails_open_to_all_of_them() {
-    let s = switches(2).await;
-    let tables = "[upstreams.up.health]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
-    let weir = Weir::start(&config(
-        &[&s[0], &s[1]],
-        "balance = \"round_robin\"",
-        tables,
-    ))
-    .await;
-    s[0].health(503);
-    s[1].health(503);
+    let s = upstreams(2).await;
+    let cfg = config(&[&s[0], &s[1]]).set("balance", "round_robin");
+    let weir = Weir::start(checked(cfg, 1)).await;
+    s[0].set_health(503);
+    s[1].set_health(503);
     wait_metric(&weir, "weir_panic_mode", &[("upstream", "up")], 1.0).await;
     assert_eq!(healthy(&weir, &s[0]).await, Some(0.0));
     let c = Client::h1();
@@ -457,7 +353,7 @@ async fn when_every_endpoint_is_down_weir_fails_open_to_all_of_them() {
     );
     assert_eq!((s[0].hits() - before.0, s[1].hits() - before.1), (5, 5));
     // One comes back: panic mode ends and only it serves.
-    s[1].health(200);
+    s[1].set_health(200);
     wait_metric(&weir, "weir_panic_mode", &[("upstream", "up")], 0.0).await;
     let before = s[0].hits();
     send(&weir, &c, 10, &[]).await;
@@ -466,19 +362,19 @@ async fn when_every_endpoint_is_down_weir_fails_open_to_all_of_them() {
 
 #[tokio::test]
 async fn an_endpoint_back_from_ejection_ramps_up_instead_of_taking_its_full_share_at_once() {
-    let s = switches(2).await;
-    s[0].status(502);
-    let tables = "[upstreams.up.outlier]\nconsecutive_failures = 2\nbase_ejection = \"300ms\"\nmax_ejection_percent = 50\nramp = \"3s\"\n";
-    let weir = Weir::start(&config(
-        &[&s[0], &s[1]],
-        "balance = \"round_robin\"",
-        tables,
-    ))
-    .await;
+    let s = upstreams(2).await;
+    s[0].set_status(502);
+    let cfg = config(&[&s[0], &s[1]])
+        .set("balance", "round_robin")
+        .set("outlier.consecutive_failures", 2)
+        .set("outlier.base_ejection", "300ms")
+        .set("outlier.max_ejection_percent", 50)
+        .set("outlier.ramp", "3s");
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     send(&weir, &c, 4, &[]).await;
     wait_healthy(&weir, &s[0], 0.0).await;
-    s[0].status(200);
+    s[0].set_status(200);
     wait_healthy(&weir, &s[0], 1.0).await;
     // Early in the ramp (share 10 % rising): round robin alone would give it half.
     let before = s[0].hits();
@@ -486,11 +382,18 @@ async fn an_endpoint_back_from_ejection_ramps_up_instead_of_taking_its_full_shar
     let early = s[0].hits() - before;
     eprintln!("ramp: {early} of 100 early in the ramp");
     assert!(early < 35, "early in its ramp it took {early} of 100");
-    let status = status_json(weir.admin()).await;
-    let share = status["upstreams"][0]["endpoints"][0]["ramp_share"].as_f64();
-    assert!(share.is_some_and(|s| (0.1..0.5).contains(&s)), "{status}");
-    // After the ramp, it is back to its full share.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ramp_share = || async {
+        let status = status_json(weir.admin()).await;
+        status["upstreams"][0]["endpoints"][0]["ramp_share"].clone()
+    };
+    let share = ramp_share().await.as_f64();
+    assert!(share.is_some_and(|s| (0.1..0.5).contains(&s)), "{share:?}");
+    // After the ramp (its status shows no share any more), it is back to its full share.
+    eventually_async(
+        || async { ramp_share().await.is_null() },
+        Duration::from_secs(10),
+    )
+    .await;
     let before = s[0].hits();
     assert_eq!(send(&weir, &c, 100, &[]).await, 100);
     assert_eq!(s[0].hits() - before, 50);
@@ -498,15 +401,13 @@ async fn an_endpoint_back_from_ejection_ramps_up_instead_of_taking_its_full_shar
 
 #[tokio::test]
 async fn a_split_route_shares_traffic_by_weight() {
-    let a = Switch::start().await;
-    let b = Switch::start().await;
-    let toml = format!(
-        "[[routes]]\nname = \"canary\"\nsplit = [{{ upstream = \"stable\", weight = 90 }}, {{ upstream = \"canary\", weight = 10 }}]\n\n\
-         [upstreams.stable]\nendpoints = [\"{}\"]\n\n[upstreams.canary]\nendpoints = [\"{}\"]\n",
-        a.addr(),
-        b.addr()
-    );
-    let weir = Weir::start(&toml).await;
+    let a = Upstream::http1().start().await;
+    let b = Upstream::http1().start().await;
+    let cfg = Toml::new()
+        .split("canary", &[("stable", 90), ("canary", 10)])
+        .upstream("stable", &[a.addr()])
+        .upstream("canary", &[b.addr()]);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     let n = 1000;
     assert_eq!(send(&weir, &c, n, &[]).await, n);
@@ -523,19 +424,20 @@ async fn a_split_route_shares_traffic_by_weight() {
 #[tokio::test]
 async fn dns_discovery_follows_the_resolver_keeps_endpoints_that_remain_and_the_last_good_set() {
     let dns = DnsServer::start().await;
-    let up = Switch::start().await;
+    let up = Upstream::http1().start().await;
     let port = up.addr().port();
     dns.set("backend.weir.test", vec![std::net::Ipv4Addr::LOCALHOST]);
-    let toml = format!(
-        "[[routes]]\nname = \"r\"\nupstream = \"up\"\n\n[upstreams.up]\ndns = \"backend.weir.test:{port}\"\n\
-         dns_refresh = \"100ms\"\ndns_servers = [\"{}\"]\n",
-        dns.addr()
-    );
-    let weir = Weir::start(&toml).await;
+    let cfg = Toml::new()
+        .route("r", "up")
+        .table("upstreams.up")
+        .set("dns", format!("backend.weir.test:{port}"))
+        .set("dns_refresh", "100ms")
+        .set("dns_servers", vec![dns.addr().to_string()]);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     eventually_async(
         || async { c.get(weir.addr(), "/").await.status == 200 },
-        Duration::from_secs(5),
+        SECS,
     )
     .await;
     let status = status_json(weir.admin()).await;
@@ -548,16 +450,12 @@ async fn dns_discovery_follows_the_resolver_keeps_endpoints_that_remain_and_the_
         format!("backend.weir.test:{port}")
     );
     assert_eq!(send(&weir, &c, 10, &[]).await, 10);
-    let conns = up.state.connections.load(SeqCst);
+    let conns = up.connections();
     // Several refreshes with the same answer: the endpoint, and its pooled connection, stay.
     let q = dns.queries();
-    eventually_async(|| async { dns.queries() >= q + 3 }, Duration::from_secs(5)).await;
+    eventually_async(|| async { dns.queries() >= q + 3 }, SECS).await;
     assert_eq!(send(&weir, &c, 10, &[]).await, 10);
-    assert_eq!(
-        up.state.connections.load(SeqCst),
-        conns,
-        "no new connection"
-    );
+    assert_eq!(up.connections(), conns, "no new connection");
     // The resolver fails: the last good set keeps serving, and the failures are counted.
     dns.fail(true);
     eventually_async(
@@ -569,7 +467,7 @@ async fn dns_discovery_follows_the_resolver_keeps_endpoints_that_remain_and_the_
             )
             .is_some_and(|n| n >= 2.0)
         },
-        Duration::from_secs(5),
+        SECS,
     )
     .await;
     assert_eq!(send(&weir, &c, 10, &[]).await, 10);
@@ -585,6 +483,6 @@ async fn dns_discovery_follows_the_resolver_keeps_endpoints_that_remain_and_the_
     dns.fail(false);
     dns.remove("backend.weir.test");
     let q = dns.queries();
-    eventually_async(|| async { dns.queries() >= q + 2 }, Duration::from_secs(5)).await;
+    eventually_async(|| async { dns.queries() >= q + 2 }, SECS).await;
     assert_eq!(send(&weir, &c, 5, &[]).await, 5);
 }

@@ -14,10 +14,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::support::Upstream;
+use crate::support::{Toml, Upstream};
 
 fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// `cfg` with the admin port and listener `main` on 127.0.0.1 port 0, as the binary reads it.
+fn on_port_zero(cfg: Toml) -> String {
+    cfg.table("admin")
+        .set("listen", "127.0.0.1:0")
+        .listener("main")
+        .set("listen", "127.0.0.1:0")
+        .to_string()
 }
 
 fn temp_file(name: &str, body: &str) -> std::path::PathBuf {
@@ -130,10 +139,7 @@ fn wait_exit(mut child: Child) -> std::process::ExitStatus {
 #[tokio::test]
 async fn runs_a_file_logs_access_as_json_and_stops_on_sigterm() {
     let up = Upstream::http1().start().await;
-    let cfg = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"cli\"\nupstream = \"cli-up\"\n[upstreams.cli-up]\nendpoints = [\"{}\"]\n",
-        up.addr()
-    );
+    let cfg = on_port_zero(Toml::one_route("cli", "cli-up", &[up.addr()]));
     let (child, mut out, addr) = spawn_on(&cfg, "run.toml");
     let reply = crate::support::Client::h1()
         .send(
@@ -174,8 +180,7 @@ async fn runs_a_file_logs_access_as_json_and_stops_on_sigterm() {
 
 #[test]
 fn sigint_stops_with_exit_code_zero() {
-    let cfg = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n";
-    let (child, _out, _addr) = spawn_on(cfg, "int.toml");
+    let (child, _out, _addr) = spawn_on(&on_port_zero(Toml::new()), "int.toml");
     signal(&child, "INT");
     assert_eq!(wait_exit(child).code(), Some(0));
 }
@@ -213,6 +218,8 @@ async fn settled_rss(pid: u32) -> u64 {
     last
 }
 
+/// 200 clients that read a 2 MiB response slowly pin a bounded buffer each in weir (its RSS,
+/// not a timing), weir gives the memory back when they leave, and a second wave grows it no more.
 #[tokio::test]
 async fn slow_readers_pin_bounded_memory_and_give_it_back() {
     const BIG: usize = 2 << 20;
@@ -222,10 +229,7 @@ async fn slow_readers_pin_bounded_memory_and_give_it_back() {
         .route("/big", 200, vec![b'z'; BIG])
         .start()
         .await;
-    let cfg = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"slow-read\"\nupstream = \"slow-read-up\"\n[upstreams.slow-read-up]\nendpoints = [\"{}\"]\n",
-        up.addr()
-    );
+    let cfg = on_port_zero(Toml::one_route("slow-read", "slow-read-up", &[up.addr()]));
     let path = temp_file("slow-read.toml", &cfg);
     let mut child = weir()
         .arg("--config")

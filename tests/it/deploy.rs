@@ -1,14 +1,10 @@
 //! The files in `deploy/`: the Kubernetes manifests agree with the weir config they embed (ports,
-//! probes, drain timing), pass the Kubernetes schemas when `kubernetes-validate` is installed,
-//! and the Prometheus rules and the Grafana dashboard name only metrics weir exports.
+//! probes, drain timing) and pass the Kubernetes schemas (`kubernetes-validate`), the Prometheus
+//! rules pass `promtool` and name only metrics weir exports, and so does the Grafana dashboard.
+//! Without a tool its test skips, or fails under `CI` (see [`crate::support::tool`]).
 
-// Helpers here run outside a `#[test]` body; skip reasons go to stderr.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stderr
-)]
+// Helpers here run outside a `#[test]` body.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,6 +15,8 @@ use serde::Deserialize;
 use serde_norway::Value;
 use weir::Config;
 use weir::metrics as m;
+
+use crate::support::tool;
 
 /// DESIGN §4 names that weir does not export yet. The rules and the dashboard may use them (they
 /// show no data until then); anything else must be a `pub const` of `src/metrics.rs`.
@@ -552,40 +550,15 @@ fn edge_manifest_matches_its_weir_config_and_scales() {
     assert!(pods[0].weir["resources"]["requests"].get("cpu").is_some());
 }
 
-/// `kubernetes-validate` (PyPI), as a command or as a Python module; `None` when neither runs.
-fn kubernetes_validate() -> Option<Command> {
-    let candidates: [(&str, &[&str]); 2] = [
-        ("kubernetes-validate", &[]),
-        ("python3", &["-m", "kubernetes_validate"]),
-    ];
-    for (program, pre) in candidates {
-        let ok = Command::new(program)
-            .args(pre)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            let mut cmd = Command::new(program);
-            cmd.args(pre);
-            return Some(cmd);
-        }
-    }
-    None
-}
-
 #[test]
 fn manifests_pass_the_kubernetes_schemas() {
-    let Some(_) = kubernetes_validate() else {
-        eprintln!(
-            "SKIPPED manifests_pass_the_kubernetes_schemas: kubernetes-validate is not installed \
-             (python3 -m pip install kubernetes-validate)"
-        );
+    // kubernetes-validate is on PyPI: python3 -m pip install kubernetes-validate.
+    let Some(validate) = tool("kubernetes-validate") else {
         return;
     };
     for path in manifests() {
-        let mut cmd = kubernetes_validate().unwrap();
         // --strict: unknown fields (a typo such as `readinesProbe`) are errors too.
-        let out = cmd
+        let out = Command::new(&validate)
             .args(["--strict", "--no-warn"])
             .arg(&path)
             .output()
@@ -673,14 +646,15 @@ fn prometheus_rules_are_complete_and_name_exported_metrics() {
 #[test]
 fn prometheus_rules_pass_promtool() {
     let path = root().join("deploy/prometheus/rules.yaml");
-    let Ok(out) = Command::new("promtool")
+    // promtool comes with Debian's `prometheus` package.
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let out = Command::new(promtool)
         .args(["check", "rules"])
         .arg(&path)
         .output()
-    else {
-        eprintln!("SKIPPED prometheus_rules_pass_promtool: promtool is not installed");
-        return;
-    };
+        .unwrap();
     assert!(
         out.status.success(),
         "promtool rejects rules.yaml:\n{}{}",

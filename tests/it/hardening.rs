@@ -15,8 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::support::weir::one_route;
-use crate::support::{Client, Upstream, Weir, eventually, eventually_async, raw, scrape};
+use crate::support::{Client, Toml, Upstream, Weir, eventually, eventually_async, raw, scrape};
 
 const SECS: Duration = Duration::from_secs(5);
 
@@ -109,11 +108,12 @@ async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
 #[tokio::test]
 async fn two_host_headers_or_none_are_refused_and_nothing_is_forwarded() {
     let up = Upstream::http1().start().await;
-    let cfg = format!(
-        "[[routes]]\nname = \"h-admin\"\nmatch = {{ host = \"admin.internal\" }}\nrespond = {{ status = 403 }}\n{}",
-        one_route("h-public", "h-public-up", &[up.addr()], "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::new()
+        .respond("h-admin", 403)
+        .set("match.host", "admin.internal")
+        .route("h-public", "h-public-up")
+        .upstream("h-public-up", &[up.addr()]);
+    let weir = Weir::start(cfg).await;
     let two = raw(
         weir.addr(),
         b"GET / HTTP/1.1\r\nHost: public.example\r\nHost: admin.internal\r\n\r\n",
@@ -155,7 +155,7 @@ async fn two_host_headers_or_none_are_refused_and_nothing_is_forwarded() {
 #[tokio::test]
 async fn a_chunked_upload_whose_body_looks_like_a_head_is_forwarded_whole() {
     let up = Upstream::http1().echo().start().await;
-    let weir = Weir::start(&one_route("fr-body", "fr-body-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("fr-body", "fr-body-up", &[up.addr()])).await;
     let content = "GET /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
     let mut req =
         b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
@@ -169,7 +169,7 @@ async fn a_chunked_upload_whose_body_looks_like_a_head_is_forwarded_whole() {
 #[tokio::test]
 async fn length_with_chunked_is_read_as_chunked_and_nothing_behind_it_is_served() {
     let up = Upstream::http1().echo().start().await;
-    let weir = Weir::start(&one_route("fr-both", "fr-both-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("fr-both", "fr-both-up", &[up.addr()])).await;
     // A smuggling probe: by Content-Length the body is "0\r\n\r\nG"; chunked, it is empty and
     // "GET /smuggled" would be the next request on the connection.
     let resp = raw(
@@ -200,13 +200,8 @@ async fn length_with_chunked_is_read_as_chunked_and_nothing_behind_it_is_served(
 async fn a_stalled_upstream_body_is_cut_at_read_timeout() {
     // 1 KiB of a declared 100 KiB, then silence.
     let up = RawUpstream::start(|s| partial_then_silent(s, 102_400)).await;
-    let cfg = one_route(
-        "st-body",
-        "st-body-up",
-        &[up.addr],
-        "read_timeout = \"500ms\"",
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("st-body", "st-body-up", &[up.addr]).set("read_timeout", "500ms");
+    let weir = Weir::start(cfg).await;
 
     let mut s = TcpStream::connect(weir.addr()).await.unwrap();
     let started = Instant::now();
@@ -246,13 +241,10 @@ async fn a_stalled_upstream_body_is_cut_at_read_timeout() {
 #[tokio::test]
 async fn a_silent_upstream_head_is_cut_at_read_timeout_and_counted() {
     let up = Upstream::http1().never_respond().start().await;
-    let cfg = one_route(
-        "st-head",
-        "st-head-up",
-        &[up.addr()],
-        "read_timeout = \"300ms\"\n[upstreams.st-head-up.retry]\nmax_retries = 0",
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("st-head", "st-head-up", &[up.addr()])
+        .set("read_timeout", "300ms")
+        .set("retry.max_retries", 0);
+    let weir = Weir::start(cfg).await;
     let started = Instant::now();
     let r = Client::h1().get(weir.addr(), "/").await;
     assert_eq!(
@@ -276,13 +268,13 @@ async fn tries_ended_by_try_timeout_are_counted() {
         .delay(Duration::from_secs(5))
         .start()
         .await;
-    let cfg = one_route(
-        "tt",
-        "tt-up",
-        &[up.addr()],
-        "try_timeout = \"100ms\"\n[upstreams.tt-up.retry]\nmax_retries = 1\nbackoff_base = \"1ms\"\nbackoff_cap = \"2ms\"\n[upstreams.tt-up.breaker]\nmode = \"off\"",
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("tt", "tt-up", &[up.addr()])
+        .set("try_timeout", "100ms")
+        .set("retry.max_retries", 1)
+        .set("retry.backoff_base", "1ms")
+        .set("retry.backoff_cap", "2ms")
+        .set("breaker.mode", "off");
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     for _ in 0..5 {
         assert_eq!(c.get(weir.addr(), "/").await.status, 504);
@@ -306,11 +298,10 @@ async fn tries_ended_by_try_timeout_are_counted() {
 #[tokio::test]
 async fn a_request_body_the_client_stops_sending_is_cut_at_idle_timeout() {
     let up = Upstream::http1().echo().start().await;
-    let cfg = format!(
-        "[[listeners]]\nname = \"main\"\nidle_timeout = \"500ms\"\n{}",
-        one_route("rb", "rb-up", &[up.addr()], "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("rb", "rb-up", &[up.addr()])
+        .listener("main")
+        .set("idle_timeout", "500ms");
+    let weir = Weir::start(cfg).await;
     let mut s = TcpStream::connect(weir.addr()).await.unwrap();
     let started = Instant::now();
     s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
@@ -343,11 +334,10 @@ async fn a_client_that_reads_nothing_is_closed_at_send_timeout_and_the_upstream_
         }
     })
     .await;
-    let cfg = format!(
-        "[[listeners]]\nname = \"main\"\nsend_timeout = \"500ms\"\n{}",
-        one_route("snd", "snd-up", &[up.addr], "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("snd", "snd-up", &[up.addr])
+        .listener("main")
+        .set("send_timeout", "500ms");
+    let weir = Weir::start(cfg).await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut s = sock.connect(weir.addr()).await.unwrap();
@@ -380,8 +370,7 @@ async fn a_client_that_reads_nothing_is_closed_at_send_timeout_and_the_upstream_
 
 #[tokio::test]
 async fn a_change_both_written_and_signalled_reloads_once() {
-    let cfg =
-        |status: u16| format!("[[routes]]\nname = \"once\"\nrespond = {{ status = {status} }}\n");
+    let cfg = |status: u16| Toml::new().respond("once", status).to_string();
     let dir = std::env::temp_dir().join(format!("weir-once-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("weir.toml");
@@ -421,7 +410,7 @@ async fn a_streaming_response_counts_in_flight_until_its_body_ends() {
     // The rest of the body never comes; weir's read_timeout (default 60s) is not reached
     // before the client leaves.
     let up = RawUpstream::start(|s| partial_then_silent(s, 4096)).await;
-    let weir = Weir::start(&one_route("stream", "stream-up", &[up.addr], "")).await;
+    let weir = Weir::start(Toml::one_route("stream", "stream-up", &[up.addr])).await;
     let mut s = TcpStream::connect(weir.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await

@@ -1,18 +1,19 @@
 //! Drain: readiness flips first, weir keeps serving for `drain.delay`, requests in flight
 //! finish (HTTP/1 told `Connection: close`, HTTP/2 closed gracefully), a second signal cuts.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::weir::{Weir, one_route};
-use crate::support::{Client, Upstream, eventually, eventually_async};
+use crate::support::{Client, ConfigFile, Toml, Upstream, Weir, eventually, eventually_async};
 
-fn config(route: &str, upstream: &str, addr: std::net::SocketAddr, drain: &str) -> String {
-    format!(
-        "[drain]\n{drain}\n\n{}",
-        one_route(route, upstream, &[addr], "")
-    )
+/// One route `route` to `upstream` at `addr`, drained with `delay` and `timeout`.
+fn config(route: &str, upstream: &str, addr: SocketAddr, delay: &str, timeout: &str) -> Toml {
+    Toml::one_route(route, upstream, &[addr])
+        .table("drain")
+        .set("delay", delay)
+        .set("timeout", timeout)
 }
 
 #[tokio::test]
@@ -21,13 +22,7 @@ async fn a_drain_flips_readiness_keeps_serving_for_the_delay_and_completes_reque
         .delay(Duration::from_millis(400))
         .start()
         .await;
-    let weir = Weir::start(&config(
-        "dr-route",
-        "dr-up",
-        up.addr(),
-        "delay = \"500ms\"\ntimeout = \"5s\"",
-    ))
-    .await;
+    let weir = Weir::start(config("dr-route", "dr-up", up.addr(), "500ms", "5s")).await;
     let (addr, admin) = (weir.addr(), weir.admin());
     assert_eq!(Client::h1().get(admin, "/readyz").await.status, 200);
 
@@ -78,13 +73,7 @@ async fn an_http2_connection_is_closed_gracefully_after_its_stream_in_flight() {
         .delay(Duration::from_millis(300))
         .start()
         .await;
-    let weir = Weir::start(&config(
-        "dr-h2",
-        "dr-h2-up",
-        up.addr(),
-        "delay = \"0s\"\ntimeout = \"10s\"",
-    ))
-    .await;
+    let weir = Weir::start(config("dr-h2", "dr-h2-up", up.addr(), "0s", "10s")).await;
     let addr = weir.addr();
     let h2 = Client::h2();
     assert_eq!(h2.get(addr, "/warm").await.status, 200);
@@ -110,13 +99,7 @@ async fn an_http2_connection_is_closed_gracefully_after_its_stream_in_flight() {
 #[tokio::test]
 async fn a_second_signal_cuts_the_drain_and_counts_what_was_cut() {
     let up = Upstream::hang().start().await;
-    let weir = Weir::start(&config(
-        "dr-cut",
-        "dr-cut-up",
-        up.addr(),
-        "delay = \"0s\"\ntimeout = \"30s\"",
-    ))
-    .await;
+    let weir = Weir::start(config("dr-cut", "dr-cut-up", up.addr(), "0s", "30s")).await;
     let addr = weir.addr();
     let _stuck: Vec<_> = (0..2)
         .map(|_| tokio::spawn(async move { Client::h1_no_pool().try_get(addr, "/").await }))
@@ -135,28 +118,6 @@ async fn a_second_signal_cuts_the_drain_and_counts_what_was_cut() {
     );
 }
 
-/// A config file in the temp directory, unique to this test and removed when dropped.
-struct TempConfig(std::path::PathBuf);
-
-impl TempConfig {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("weir-{}-{name}.toml", std::process::id()));
-        Self(path)
-    }
-
-    #[allow(clippy::unwrap_used)] // a helper of tests: failing to write fails the test
-    fn write(&self, toml: &str) -> &std::path::Path {
-        std::fs::write(&self.0, toml).unwrap();
-        &self.0
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn reloads_under_steady_load_fail_no_request() {
     use std::sync::Arc;
@@ -167,12 +128,8 @@ async fn reloads_under_steady_load_fail_no_request() {
         Upstream::http1().start().await,
         Upstream::http1().start().await,
     );
-    let v1 = format!(
-        "[[routes]]\nname = \"rl\"\nupstream = \"one\"\n[upstreams.one]\nendpoints = [\"{}\"]\n",
-        a.addr()
-    );
-    let weir = Weir::start(&v1).await;
-    let file = TempConfig::new("reload-load");
+    let weir = Weir::start(Toml::one_route("rl", "one", &[a.addr()])).await;
+    let file = ConfigFile::new("reload-load");
     let addr = weir.addr();
     let (stop, sent, failed) = (
         Arc::new(AtomicBool::new(false)),
@@ -199,22 +156,15 @@ async fn reloads_under_steady_load_fail_no_request() {
     eventually(|| a.hits() > 50, Duration::from_secs(5)).await;
 
     // 1. An endpoint is added.
-    let v2 = format!(
-        "[[routes]]\nname = \"rl\"\nupstream = \"one\"\n[upstreams.one]\nendpoints = [\"{}\", \"{}\"]\n",
-        a.addr(),
-        b.addr()
-    );
-    weir.reload_file(file.write(&v2)).unwrap();
+    let v2 = Toml::one_route("rl", "one", &[a.addr(), b.addr()]);
+    weir.reload_file(file.write(v2)).unwrap();
     eventually(|| b.hits() > 50, Duration::from_secs(5)).await;
     // 2. The route becomes a split.
-    let v3 = format!(
-        "[[routes]]\nname = \"rl\"\nsplit = [{{ upstream = \"one\", weight = 1 }}, {{ upstream = \"two\", weight = 1 }}]\n\
-         [upstreams.one]\nendpoints = [\"{}\", \"{}\"]\n[upstreams.two]\nendpoints = [\"{}\"]\n",
-        a.addr(),
-        b.addr(),
-        c.addr()
-    );
-    weir.reload_file(file.write(&v3)).unwrap();
+    let v3 = Toml::new()
+        .split("rl", &[("one", 1), ("two", 1)])
+        .upstream("one", &[a.addr(), b.addr()])
+        .upstream("two", &[c.addr()]);
+    weir.reload_file(file.write(v3)).unwrap();
     eventually(|| c.hits() > 50, Duration::from_secs(5)).await;
     // 3. An invalid config is refused, with its file:line:key, and the old one keeps serving.
     let err = weir
@@ -246,15 +196,14 @@ async fn reloads_under_steady_load_fail_no_request() {
 #[tokio::test]
 async fn an_unchanged_upstream_keeps_its_breaker_across_a_reload() {
     let up = Upstream::http1().fail_first(5, 503).start().await;
-    let upstream = format!(
-        "[upstreams.kept]\nendpoints = [\"{}\"]\nretry = {{ max_retries = 0 }}\n\
-         breaker = {{ consecutive_failures = 5, open_for = \"30s\" }}\n",
-        up.addr()
-    );
-    let weir = Weir::start(&format!(
-        "[[routes]]\nname = \"r1\"\nupstream = \"kept\"\n{upstream}"
-    ))
-    .await;
+    // Route `route` to upstream `kept`, whose breaker stays open for `open_for`.
+    let config = |route: &str, open_for: &str| {
+        Toml::one_route(route, "kept", &[up.addr()])
+            .set("retry.max_retries", 0)
+            .set("breaker.consecutive_failures", 5)
+            .set("breaker.open_for", open_for)
+    };
+    let weir = Weir::start(config("r1", "30s")).await;
     let c = Client::h1();
     for _ in 0..5 {
         assert_eq!(c.get(weir.addr(), "/").await.status, 503);
@@ -269,16 +218,14 @@ async fn an_unchanged_upstream_keeps_its_breaker_across_a_reload() {
     assert_eq!(state(weir.admin()).await, "open");
 
     // Only the route changes: the upstream keeps its open breaker.
-    let file = TempConfig::new("reload-keep");
-    let routes_changed = format!("[[routes]]\nname = \"r2\"\nupstream = \"kept\"\n{upstream}");
-    weir.reload_file(file.write(&routes_changed)).unwrap();
+    let file = ConfigFile::new("reload-keep");
+    weir.reload_file(file.write(config("r2", "30s"))).unwrap();
     assert_eq!(state(weir.admin()).await, "open");
     let r = c.get(weir.addr(), "/").await;
     assert_eq!(r.header("x-weir-error"), Some("circuit-open"));
 
     // The upstream's settings change: a new stack, a closed breaker.
-    let changed = routes_changed.replace("open_for = \"30s\"", "open_for = \"20s\"");
-    weir.reload_file(file.write(&changed)).unwrap();
+    weir.reload_file(file.write(config("r2", "20s"))).unwrap();
     assert_eq!(state(weir.admin()).await, "closed");
     assert_eq!(c.get(weir.addr(), "/").await.status, 200);
 }
@@ -287,11 +234,12 @@ async fn an_unchanged_upstream_keeps_its_breaker_across_a_reload() {
 async fn a_config_file_replaced_by_rename_is_reloaded_by_itself() {
     let up = Upstream::http1().start().await;
     let cfg = |status: u16| {
-        format!(
-            "[[routes]]\nname = \"w-direct\"\nmatch = {{ path_prefix = \"/direct\" }}\nrespond = {{ status = {status} }}\n\
-             [[routes]]\nname = \"w-up\"\nupstream = \"w-up\"\n[upstreams.w-up]\nendpoints = [\"{}\"]\n",
-            up.addr()
-        )
+        Toml::new()
+            .respond("w-direct", status)
+            .set("match.path_prefix", "/direct")
+            .route("w-up", "w-up")
+            .upstream("w-up", &[up.addr()])
+            .to_string()
     };
     let dir = std::env::temp_dir().join(format!("weir-watch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -331,17 +279,16 @@ async fn a_config_file_replaced_by_rename_is_reloaded_by_itself() {
 
 /// An address on 127.0.0.1 that was free a moment ago (for a listener to move to).
 #[allow(clippy::unwrap_used)] // a helper of tests: failing to bind fails the test
-fn free_addr() -> std::net::SocketAddr {
+fn free_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     probe.local_addr().unwrap()
 }
 
 /// One listener `name` at `listen`, with one route to `up`.
-fn listener_config(name: &str, listen: &str, route: &str, up: std::net::SocketAddr) -> String {
-    format!(
-        "[[listeners]]\nname = \"{name}\"\nlisten = \"{listen}\"\n\n{}",
-        one_route(route, &format!("{route}-up"), &[up], "")
-    )
+fn listener_config(name: &str, listen: &str, route: &str, up: SocketAddr) -> Toml {
+    Toml::one_route(route, &format!("{route}-up"), &[up])
+        .listener(name)
+        .set("listen", listen)
 }
 
 #[tokio::test]
@@ -350,13 +297,13 @@ async fn a_reload_that_moves_a_listener_serves_the_new_address_and_retires_the_o
         .route_delay("/slow", Duration::from_millis(500))
         .start()
         .await;
-    let weir = Weir::start_unpinned(&listener_config("mv", "127.0.0.1:0", "mv", up.addr())).await;
+    let weir = Weir::start_unpinned(listener_config("mv", "127.0.0.1:0", "mv", up.addr())).await;
     let old = weir.listener("mv");
     let slow = tokio::spawn(async move { Client::h1_no_pool().get(old, "/slow").await });
     eventually(|| up.hits() == 1, Duration::from_secs(5)).await;
 
     let new = free_addr();
-    weir.reload(&listener_config("mv", &new.to_string(), "mv", up.addr()))
+    weir.reload(listener_config("mv", &new.to_string(), "mv", up.addr()))
         .unwrap();
     assert_eq!(weir.listener("mv"), new);
     assert_eq!(Client::h1_no_pool().get(new, "/").await.status, 200);
@@ -375,21 +322,21 @@ async fn a_reload_that_moves_a_listener_serves_the_new_address_and_retires_the_o
 
 #[tokio::test]
 async fn a_reload_that_keeps_a_listener_address_keeps_its_socket_and_connections() {
-    let respond = |status: u16, max_body: u64| {
-        format!(
-            "[[listeners]]\nname = \"same\"\nlisten = \"{{LISTEN}}\"\nmax_body_bytes = {max_body}\n\n\
-             [[routes]]\nname = \"same\"\nrespond = {{ status = {status} }}\n"
-        )
+    let respond = |listen: &str, status: u16, max_body: u32| {
+        Toml::new()
+            .respond("same", status)
+            .listener("same")
+            .set("listen", listen)
+            .set("max_body_bytes", max_body)
     };
-    let weir = Weir::start_unpinned(&respond(201, 0).replace("{LISTEN}", "127.0.0.1:0")).await;
+    let weir = Weir::start_unpinned(respond("127.0.0.1:0", 201, 0)).await;
     let addr = weir.listener("same");
     let mut conn = crate::support::client::Conn::h1(addr).await.unwrap();
     assert_eq!(conn.get("/").await.unwrap().status, 201);
 
     // Reloaded with the address it is bound to: the same socket, a new generation, and new
     // limits for the connections accepted from now on.
-    weir.reload(&respond(202, 16).replace("{LISTEN}", &addr.to_string()))
-        .unwrap();
+    weir.reload(respond(&addr.to_string(), 202, 16)).unwrap();
     assert_eq!(weir.listener("same"), addr);
     assert_eq!(
         conn.get("/").await.unwrap().status,
@@ -410,8 +357,7 @@ async fn a_reload_that_keeps_a_listener_address_keeps_its_socket_and_connections
     assert_eq!(r.status, 413, "a new connection gets the new limit");
 
     // Reloaded with the configured address (port 0): the same socket too.
-    weir.reload(&respond(203, 16).replace("{LISTEN}", "127.0.0.1:0"))
-        .unwrap();
+    weir.reload(respond("127.0.0.1:0", 203, 16)).unwrap();
     assert_eq!(weir.listener("same"), addr);
     assert_eq!(conn.get("/").await.unwrap().status, 203);
     assert_eq!(fresh.get("/").await.unwrap().status, 203);
@@ -422,15 +368,15 @@ async fn a_reload_whose_new_address_is_taken_is_refused_and_the_old_listener_ser
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let taken_addr = taken.local_addr().unwrap();
     let respond = |listen: &str, status: u16| {
-        format!(
-            "[[listeners]]\nname = \"busy\"\nlisten = \"{listen}\"\n\n\
-             [[routes]]\nname = \"busy\"\nrespond = {{ status = {status} }}\n"
-        )
+        Toml::new()
+            .respond("busy", status)
+            .listener("busy")
+            .set("listen", listen)
     };
-    let weir = Weir::start_unpinned(&respond("127.0.0.1:0", 201)).await;
+    let weir = Weir::start_unpinned(respond("127.0.0.1:0", 201)).await;
     let addr = weir.listener("busy");
     let err = weir
-        .reload(&respond(&taken_addr.to_string(), 202))
+        .reload(respond(&taken_addr.to_string(), 202))
         .unwrap_err()
         .to_string();
     assert!(
@@ -454,12 +400,12 @@ async fn a_reload_whose_new_address_is_taken_is_refused_and_the_old_listener_ser
 async fn a_reload_stops_a_removed_listener_and_starts_a_new_one() {
     let up = Upstream::http1().start().await;
     let weir =
-        Weir::start_unpinned(&listener_config("gone", "127.0.0.1:0", "swap", up.addr())).await;
+        Weir::start_unpinned(listener_config("gone", "127.0.0.1:0", "swap", up.addr())).await;
     let gone = weir.listener("gone");
     assert_eq!(Client::h1_no_pool().get(gone, "/").await.status, 200);
 
     let fresh = free_addr();
-    weir.reload(&listener_config(
+    weir.reload(listener_config(
         "fresh",
         &fresh.to_string(),
         "swap",
@@ -478,16 +424,16 @@ async fn a_reload_stops_a_removed_listener_and_starts_a_new_one() {
 #[tokio::test]
 async fn a_listener_renamed_at_the_same_address_keeps_its_socket() {
     let respond = |name: &str, listen: &str, status: u16| {
-        format!(
-            "[[listeners]]\nname = \"{name}\"\nlisten = \"{listen}\"\n\n\
-             [[routes]]\nname = \"renamed\"\nrespond = {{ status = {status} }}\n"
-        )
+        Toml::new()
+            .respond("renamed", status)
+            .listener(name)
+            .set("listen", listen)
     };
-    let weir = Weir::start_unpinned(&respond("before", "127.0.0.1:0", 201)).await;
+    let weir = Weir::start_unpinned(respond("before", "127.0.0.1:0", 201)).await;
     let addr = weir.listener("before");
     let mut conn = crate::support::client::Conn::h1(addr).await.unwrap();
     assert_eq!(conn.get("/").await.unwrap().status, 201);
-    weir.reload(&respond("after", &addr.to_string(), 202))
+    weir.reload(respond("after", &addr.to_string(), 202))
         .unwrap();
     assert_eq!(weir.listener("after"), addr);
     assert_eq!(
@@ -504,13 +450,7 @@ async fn a_drain_sends_http2_goaway_refusing_new_streams_while_the_one_in_flight
         .delay(Duration::from_millis(1500))
         .start()
         .await;
-    let weir = Weir::start(&config(
-        "dr-goaway",
-        "dr-goaway-up",
-        up.addr(),
-        "delay = \"0s\"\ntimeout = \"10s\"",
-    ))
-    .await;
+    let weir = Weir::start(config("dr-goaway", "dr-goaway-up", up.addr(), "0s", "10s")).await;
     let uri = format!("http://{}/slow", weir.addr());
     // A raw HTTP/2 connection (h2c prior knowledge), so the frames weir sends are seen as such.
     let tcp = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();

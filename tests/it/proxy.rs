@@ -7,8 +7,7 @@ use http::{Method, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::weir::{Weir, one_route};
-use crate::support::{Client, Upstream, eventually, raw, upgrade};
+use crate::support::{Client, Toml, Upstream, Weir, eventually, raw, upgrade};
 
 const SECS: Duration = Duration::from_secs(5);
 
@@ -19,7 +18,7 @@ async fn forwards_h1_and_sets_forwarding_headers() {
         .header("x-up", "1")
         .start()
         .await;
-    let weir = Weir::start(&one_route("fwd", "fwd-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("fwd", "fwd-up", &[up.addr()])).await;
 
     let r = Client::h1()
         .send(
@@ -63,7 +62,7 @@ async fn forwards_h1_and_sets_forwarding_headers() {
 #[tokio::test]
 async fn request_id_and_traceparent_are_propagated() {
     let up = Upstream::http1().start().await;
-    let weir = Weir::start(&one_route("ids", "ids-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("ids", "ids-up", &[up.addr()])).await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = Client::h1()
         .send(
@@ -87,14 +86,14 @@ async fn request_id_and_traceparent_are_propagated() {
 async fn h2_downstream_to_h1_upstream_and_h1_downstream_to_h2_upstream() {
     let up1 = Upstream::http1().route("/", 200, "from-h1").start().await;
     let up2 = Upstream::http2().route("/", 200, "from-h2").start().await;
-    let cfg = format!(
-        "{}\n[[routes]]\nname = \"to-h2\"\nmatch = {{ path_prefix = \"/h2\" }}\nupstream = \"h2-up\"\n\
-         [upstreams.h2-up]\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n",
-        "",
-        up2.addr()
-    );
-    let cfg = format!("{cfg}\n{}", one_route("to-h1", "h1-up", &[up1.addr()], ""));
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::new()
+        .route("to-h2", "h2-up")
+        .set("match.path_prefix", "/h2")
+        .upstream("h2-up", &[up2.addr()])
+        .set("protocol", "http2")
+        .route("to-h1", "h1-up")
+        .upstream("h1-up", &[up1.addr()]);
+    let weir = Weir::start(cfg).await;
 
     let r = Client::h2().get(weir.addr(), "/").await;
     assert_eq!((r.status.as_u16(), r.version), (200, Version::HTTP_2));
@@ -116,7 +115,7 @@ async fn h2_downstream_to_h1_upstream_and_h1_downstream_to_h2_upstream() {
 #[tokio::test]
 async fn bodies_stream_both_ways() {
     let up = Upstream::http1().echo().start().await;
-    let weir = Weir::start(&one_route("echo", "echo-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("echo", "echo-up", &[up.addr()])).await;
     let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     let r = Client::h1()
         .send(weir.addr(), Method::POST, "/e", &[], body.clone())
@@ -138,7 +137,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
         .header("x-kept", "yes")
         .start()
         .await;
-    let weir = Weir::start(&one_route("hop", "hop-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("hop", "hop-up", &[up.addr()])).await;
     let r = Client::h1()
         .send(
             weir.addr(),
@@ -182,37 +181,24 @@ async fn router_matches_host_path_method_header_in_file_order() {
         .start()
         .await;
     let b = Upstream::http1().route("/api/x", 200, "b").start().await;
-    let cfg = format!(
-        r#"
-[[routes]]
-name = "canary"
-match = {{ path_prefix = "/api", headers = {{ "x-canary" = "1" }} }}
-upstream = "rb"
-
-[[routes]]
-name = "api-writes"
-match = {{ path_prefix = "/api", methods = ["POST"], host = "api.example.com" }}
-respond = {{ status = 202, body = "accepted" }}
-
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/api" }}
-upstream = "ra"
-
-[[routes]]
-name = "teapot"
-match = {{ host = "*.tea.example" }}
-respond = {{ status = 418, body = "short and stout", headers = {{ "x-tea" = "earl-grey" }} }}
-
-[upstreams.ra]
-endpoints = ["{}"]
-[upstreams.rb]
-endpoints = ["{}"]
-"#,
-        a.addr(),
-        b.addr()
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::new()
+        .route("canary", "rb")
+        .set("match.path_prefix", "/api")
+        .set("match.headers.x-canary", "1")
+        .respond("api-writes", 202)
+        .set("respond.body", "accepted")
+        .set("match.path_prefix", "/api")
+        .set("match.methods", vec!["POST"])
+        .set("match.host", "api.example.com")
+        .route("api", "ra")
+        .set("match.path_prefix", "/api")
+        .respond("teapot", 418)
+        .set("respond.body", "short and stout")
+        .set("respond.headers.x-tea", "earl-grey")
+        .set("match.host", "*.tea.example")
+        .upstream("ra", &[a.addr()])
+        .upstream("rb", &[b.addr()]);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     assert_eq!(c.get(weir.addr(), "/api/x").await.text(), "a");
     let canary = c
@@ -269,13 +255,8 @@ endpoints = ["{}"]
 async fn endpoints_are_picked_round_robin() {
     let a = Upstream::http1().start().await;
     let b = Upstream::http1().start().await;
-    let weir = Weir::start(&one_route(
-        "rr",
-        "rr-up",
-        &[a.addr(), b.addr()],
-        "balance = \"round_robin\"",
-    ))
-    .await;
+    let cfg = Toml::one_route("rr", "rr-up", &[a.addr(), b.addr()]).set("balance", "round_robin");
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     for _ in 0..10 {
         assert_eq!(c.get(weir.addr(), "/").await.status, 200);
@@ -283,8 +264,9 @@ async fn endpoints_are_picked_round_robin() {
     assert_eq!((a.hits(), b.hits()), (5, 5));
 }
 
+/// Each way of not reaching an upstream answers with its own status and `x-weir-error`.
 #[tokio::test]
-async fn transport_failures_map_to_reasons() {
+async fn refused_reset_and_silent_upstreams_answer_502_or_504_with_their_own_reason() {
     // A port that was just bound and released: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -292,20 +274,17 @@ async fn transport_failures_map_to_reasons() {
         .unwrap();
     let reset = Upstream::http1().reset().start().await;
     let hang = Upstream::hang().start().await;
-    let cfg = format!(
-        "{}\n{}\n{}",
-        one_route("conn", "conn-up", &[closed], "").replace(
-            "name = \"conn\"",
-            "name = \"conn\"\nmatch = { path_prefix = \"/connect\" }"
-        ),
-        one_route("reset", "reset-up", &[reset.addr()], "").replace(
-            "name = \"reset\"",
-            "name = \"reset\"\nmatch = { path_prefix = \"/reset\" }"
-        ),
-        one_route("slow", "slow-up", &[hang.addr()], "")
-            .replace("name = \"slow\"", "name = \"slow\"\ntimeout = \"300ms\""),
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::new()
+        .route("conn", "conn-up")
+        .set("match.path_prefix", "/connect")
+        .upstream("conn-up", &[closed])
+        .route("reset", "reset-up")
+        .set("match.path_prefix", "/reset")
+        .upstream("reset-up", &[reset.addr()])
+        .route("slow", "slow-up")
+        .set("timeout", "300ms")
+        .upstream("slow-up", &[hang.addr()]);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
 
     let r = c.get(weir.addr(), "/connect").await;
@@ -344,7 +323,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
         .delay(Duration::from_secs(5))
         .start()
         .await;
-    let weir = Weir::start(&one_route("gone", "gone-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("gone", "gone-up", &[up.addr()])).await;
     let mut s = TcpStream::connect(weir.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -358,7 +337,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
 async fn ambiguous_framing_is_refused_and_nothing_forwarded() {
     // Content-Length with Transfer-Encoding: see `hardening.rs` (read as chunked, then closed).
     let up = Upstream::http1().start().await;
-    let weir = Weir::start(&one_route("frame", "frame-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("frame", "frame-up", &[up.addr()])).await;
     let conflict = raw(
         weir.addr(),
         b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
@@ -376,11 +355,11 @@ async fn ambiguous_framing_is_refused_and_nothing_forwarded() {
 #[tokio::test]
 async fn header_limits_answer_431() {
     let up = Upstream::http1().start().await;
-    let cfg = format!(
-        "[[listeners]]\nmax_header_bytes = 2048\nmax_headers = 8\n\n{}",
-        one_route("lim", "lim-up", &[up.addr()], "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("lim", "lim-up", &[up.addr()])
+        .listener("main")
+        .set("max_header_bytes", 2048)
+        .set("max_headers", 8);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     let big = "v".repeat(3000);
     let r = c
@@ -419,11 +398,10 @@ async fn header_limits_answer_431() {
 #[tokio::test]
 async fn body_limit_answers_413_declared_or_streamed() {
     let up = Upstream::http1().echo().start().await;
-    let cfg = format!(
-        "[[listeners]]\nmax_body_bytes = 1000\n\n{}",
-        one_route("body", "body-up", &[up.addr()], "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("body", "body-up", &[up.addr()])
+        .listener("main")
+        .set("max_body_bytes", 1000);
+    let weir = Weir::start(cfg).await;
     let r = Client::h1()
         .send(weir.addr(), Method::POST, "/", &[], vec![b'x'; 1001])
         .await;
@@ -458,7 +436,7 @@ async fn body_limit_answers_413_declared_or_streamed() {
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
     let up = Upstream::http1().upgrade().start().await;
-    let weir = Weir::start(&one_route("ws", "ws-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("ws", "ws-up", &[up.addr()])).await;
     let mut conn = upgrade(weir.addr(), "/chat", "websocket").await;
     assert_eq!(conn.status, 101, "{}", conn.head);
     assert!(
@@ -479,11 +457,11 @@ async fn websocket_upgrade_passes_through() {
 #[tokio::test]
 async fn slow_request_head_is_cut_but_idle_keepalive_lasts_until_idle_timeout() {
     let up = Upstream::http1().start().await;
-    let cfg = format!(
-        "[[listeners]]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"1500ms\"\n\n{}",
-        one_route("tmo", "tmo-up", &[up.addr()], "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("tmo", "tmo-up", &[up.addr()])
+        .listener("main")
+        .set("header_read_timeout", "300ms")
+        .set("idle_timeout", "1500ms");
+    let weir = Weir::start(cfg).await;
 
     // Slowloris: half a head, then nothing. Closed after header_read_timeout.
     let mut slow = TcpStream::connect(weir.addr()).await.unwrap();
@@ -532,11 +510,10 @@ async fn slow_request_head_is_cut_but_idle_keepalive_lasts_until_idle_timeout() 
 #[tokio::test]
 async fn max_connections_holds_new_connections_until_one_closes() {
     let up = Upstream::http1().start().await;
-    let cfg = format!(
-        "[[listeners]]\nmax_connections = 1\n\n{}",
-        one_route("maxc", "maxc-up", &[up.addr()], "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("maxc", "maxc-up", &[up.addr()])
+        .listener("main")
+        .set("max_connections", 1);
+    let weir = Weir::start(cfg).await;
     let first = Client::h1();
     assert_eq!(first.get(weir.addr(), "/").await.status, 200); // holds one pooled connection
 
@@ -563,15 +540,13 @@ async fn max_connections_holds_new_connections_until_one_closes() {
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = Upstream::http1().start().await;
     let echo = Upstream::http1().echo().start().await; // streams its body back: chunked
-    let cfg = format!(
-        "{}\n{}",
-        one_route("ka", "ka-up", &[up.addr()], "").replace(
-            "name = \"ka\"",
-            "name = \"ka\"\nmatch = { path_prefix = \"/plain\" }"
-        ),
-        one_route("ka-echo", "ka-echo-up", &[echo.addr()], ""),
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::new()
+        .route("ka", "ka-up")
+        .set("match.path_prefix", "/plain")
+        .upstream("ka-up", &[up.addr()])
+        .route("ka-echo", "ka-echo-up")
+        .upstream("ka-echo-up", &[echo.addr()]);
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     for _ in 0..20 {
         assert_eq!(c.get(weir.addr(), "/plain").await.status, 200);
@@ -597,7 +572,7 @@ async fn a_connection_the_upstream_closed_is_replaced_without_failing_a_request(
         .header("connection", "close")
         .start()
         .await;
-    let weir = Weir::start(&one_route("closing", "closing-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("closing", "closing-up", &[up.addr()])).await;
     let c = Client::h1();
     for _ in 0..10 {
         assert_eq!(c.get(weir.addr(), "/").await.status, 200);
@@ -627,10 +602,8 @@ async fn connect_timeout_answers_upstream_connect() {
         let _ = f.connect(&addr.into());
         fillers.push(f);
     }
-    let cfg = format!(
-        "[[routes]]\nname = \"blackhole\"\nupstream = \"bh\"\n[upstreams.bh]\nendpoints = [\"{addr}\"]\nconnect_timeout = \"300ms\"\n"
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Toml::one_route("blackhole", "bh", &[addr]).set("connect_timeout", "300ms");
+    let weir = Weir::start(cfg).await;
     let started = tokio::time::Instant::now();
     let r = Client::h1().get(weir.addr(), "/").await;
     assert_eq!(
@@ -652,7 +625,7 @@ async fn empty_bodies_give_their_connection_back_and_an_abandoned_one_does_not()
         .route("/big", 200, vec![b'z'; 1_000_000])
         .start()
         .await;
-    let weir = Weir::start(&one_route("empty", "empty-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("empty", "empty-up", &[up.addr()])).await;
     let c = Client::h1();
     for _ in 0..5 {
         assert_eq!(c.get(weir.addr(), "/none").await.status, 204);
@@ -692,7 +665,7 @@ async fn empty_bodies_give_their_connection_back_and_an_abandoned_one_does_not()
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_or_a_close_and_weir_keeps_serving() {
     let up = Upstream::http1().start().await;
-    let weir = Weir::start(&one_route("bad", "bad-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("bad", "bad-up", &[up.addr()])).await;
     let long_uri = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
     let cases: Vec<Vec<u8>> = vec![
         b"GET / HTTP/9.9\r\nhost: x\r\n\r\n".to_vec(),

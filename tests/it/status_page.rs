@@ -5,14 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::support::certs::TempDir;
-use crate::support::{Client, RunningUpstream, Upstream, Weir, status_entry, status_json};
+use crate::support::{
+    Client, RunningUpstream, Toml, Upstream, Weir, any_tool, status_entry, status_json,
+};
 
 /// A weir with two upstreams: `{p}-bad` (one endpoint that answers 500, its breaker opened by
 /// two failures) on paths under `/bad`, and `{p}-good` (two healthy endpoints) on the rest.
@@ -23,39 +25,22 @@ async fn weir_with_an_open_breaker(p: &str) -> (Weir, RunningUpstream, [RunningU
         Upstream::http1().start().await,
         Upstream::http1().start().await,
     ];
-    let cfg = format!(
-        r#"
-[[routes]]
-name = "{p}-bad-route"
-match = {{ path_prefix = "/bad" }}
-upstream = "{p}-bad"
-timeout = "3s"
-priority = "critical"
-
-[[routes]]
-name = "{p}-good-route"
-upstream = "{p}-good"
-rate_limit = {{ rps = 1000 }}
-
-[upstreams.{p}-bad]
-endpoints = ["{bad}"]
-[upstreams.{p}-bad.retry]
-max_retries = 0
-[upstreams.{p}-bad.breaker]
-consecutive_failures = 2
-open_for = "30s"
-[upstreams.{p}-bad.outlier]
-mode = "off"
-
-[upstreams.{p}-good]
-endpoints = ["{g0}", "{g1}"]
-balance = "round_robin"
-"#,
-        bad = bad.addr(),
-        g0 = good[0].addr(),
-        g1 = good[1].addr(),
-    );
-    let weir = Weir::start(&cfg).await;
+    let (bad_up, good_up) = (format!("{p}-bad"), format!("{p}-good"));
+    let cfg = Toml::new()
+        .route(&format!("{p}-bad-route"), &bad_up)
+        .set("match.path_prefix", "/bad")
+        .set("timeout", "3s")
+        .set("priority", "critical")
+        .route(&format!("{p}-good-route"), &good_up)
+        .set("rate_limit.rps", 1000)
+        .upstream(&bad_up, &[bad.addr()])
+        .set("retry.max_retries", 0)
+        .set("breaker.consecutive_failures", 2)
+        .set("breaker.open_for", "30s")
+        .set("outlier.mode", "off")
+        .upstream(&good_up, &[good[0].addr(), good[1].addr()])
+        .set("balance", "round_robin");
+    let weir = Weir::start(cfg).await;
     let c = Client::h1();
     for _ in 0..2 {
         assert_eq!(c.get(weir.addr(), "/bad").await.status, 500);
@@ -166,8 +151,7 @@ async fn status_page_shows_routes_upstreams_breakers_and_endpoints() {
 
 #[tokio::test]
 async fn status_page_renders_in_headless_chromium() {
-    let Some(browser) = find_chromium() else {
-        eprintln!("skipping: no chromium on PATH");
+    let Some(browser) = any_tool(&["chromium", "chromium-browser", "google-chrome"]) else {
         return;
     };
     let (weir, bad, good) = weir_with_an_open_breaker("spb").await;
@@ -200,15 +184,6 @@ async fn status_page_renders_in_headless_chromium() {
         );
     }
     assert!(dom.contains("spb-bad</a>: breaker OPEN"), "{dom}");
-}
-
-/// The first of `chromium`, `chromium-browser`, `google-chrome` found on `PATH`.
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|p| p.is_file())
 }
 
 /// Loads `url` in headless `browser` and returns the DOM it serialises after loading. The

@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::support::{
-    Client, Scrape, Upstream, build_request, eventually, eventually_async, io_error_kind, raw,
-    scrape, upgrade,
+    Client, Scrape, Toml, Upstream, build_request, eventually, eventually_async, io_error_kind,
+    raw, scrape, upgrade,
 };
 
 const SETTLE: Duration = Duration::from_secs(5);
@@ -478,6 +478,106 @@ async fn try_get_reports_connection_refused() {
     .await;
 }
 
+// === upstream: knobs turned while it runs ===
+
+#[tokio::test]
+async fn health_checks_are_counted_apart_and_answer_what_set_health_says() {
+    let up = Upstream::http1().health("/healthz").start().await;
+    let c = Client::h1();
+    assert_eq!(c.get(up.addr(), "/healthz").await.status, 200);
+    up.set_health(503);
+    assert_eq!(c.get(up.addr(), "/healthz").await.status, 503);
+    assert_eq!((up.checks(), up.hits()), (2, 0));
+    assert!(up.requests().is_empty(), "a health check is not recorded");
+    // Other paths are requests as usual; the first after the checks is request 0.
+    let up = Upstream::http1()
+        .health("/healthz")
+        .fail_first(1, 502)
+        .start()
+        .await;
+    assert_eq!(c.get(up.addr(), "/healthz").await.status, 200);
+    assert_eq!(c.get(up.addr(), "/x").await.status, 502);
+    assert_eq!((up.checks(), up.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn set_status_and_set_delay_change_the_answers_from_the_next_request_on() {
+    let up = Upstream::http1().start().await;
+    let c = Client::h1();
+    up.set_status(503);
+    let r = c.get(up.addr(), "/").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "fail")
+    );
+    up.set_status(200);
+    assert_eq!(c.get(up.addr(), "/").await.text(), "ok");
+
+    up.set_delay(Duration::from_millis(200));
+    let started = Instant::now();
+    assert_eq!(c.get(up.addr(), "/").await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(up.hits(), 3);
+}
+
+// === toml ===
+
+#[test]
+fn toml_puts_keys_in_the_table_added_last_and_dotted_keys_in_sub_tables() {
+    let a: std::net::SocketAddr = "127.0.0.1:1001".parse().unwrap();
+    let text = Toml::new()
+        .route("r1", "u1")
+        .set("timeout", "300ms")
+        .set("match.path_prefix", "/api")
+        .respond("r2", 418)
+        .set("respond.body", "tea")
+        .split("r3", &[("u1", 9), ("u2", 1)])
+        .upstream("u1", &[a])
+        .set("retry.max_retries", 0)
+        .set("outlier.mode", "off")
+        .listener("main")
+        .set("max_connections", 1)
+        .table("drain")
+        .set("delay", "0s")
+        .to_string();
+    let doc: ::toml::Table = text.parse().unwrap();
+    let routes = doc["routes"].as_array().unwrap();
+    assert_eq!(routes[0]["name"].as_str(), Some("r1"), "{text}");
+    assert_eq!(routes[0]["upstream"].as_str(), Some("u1"));
+    assert_eq!(routes[0]["timeout"].as_str(), Some("300ms"));
+    assert_eq!(routes[0]["match"]["path_prefix"].as_str(), Some("/api"));
+    assert_eq!(routes[1]["respond"]["status"].as_integer(), Some(418));
+    assert_eq!(routes[1]["respond"]["body"].as_str(), Some("tea"));
+    assert_eq!(routes[2]["split"][1]["upstream"].as_str(), Some("u2"));
+    assert_eq!(routes[2]["split"][0]["weight"].as_integer(), Some(9));
+    let u1 = &doc["upstreams"]["u1"];
+    assert_eq!(u1["endpoints"][0].as_str(), Some("127.0.0.1:1001"));
+    assert_eq!(u1["retry"]["max_retries"].as_integer(), Some(0));
+    assert_eq!(u1["outlier"]["mode"].as_str(), Some("off"));
+    assert_eq!(doc["listeners"][0]["max_connections"].as_integer(), Some(1));
+    assert_eq!(doc["drain"]["delay"].as_str(), Some("0s"));
+}
+
+#[test]
+fn toml_renders_a_config_that_weir_reads() {
+    let a: std::net::SocketAddr = "127.0.0.1:1001".parse().unwrap();
+    let cfg = Toml::one_route("api", "api-up", &[a])
+        .set("breaker.consecutive_failures", 3)
+        .set("shed.queue_timeout", "20ms")
+        .route("other", "api-up")
+        .set("match.headers.x-canary", "1")
+        .set("rate_limit.rps", 0.5)
+        .path("fault.allow_header", std::path::Path::new("/not/a/bool"));
+    // A wrong value type is weir's error, reported as for a file.
+    let err = weir::Config::from_toml(&cfg.to_string(), "t.toml").unwrap_err();
+    assert!(
+        err.to_string().contains("routes[1].fault.allow_header"),
+        "{err}"
+    );
+    let cfg = cfg.set("fault.allow_header", true).to_string();
+    weir::Config::from_toml(&cfg, "t.toml").unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+}
+
 // === metrics ===
 
 const PAGE: &str = r#"# HELP weir_requests_total Requests.
@@ -537,7 +637,7 @@ fn metrics_unescapes_label_values() {
 }
 
 #[test]
-fn metrics_sum_has_and_histograms() {
+fn metrics_sum_adds_matching_samples_and_has_knows_histogram_series() {
     let s = Scrape::parse(PAGE);
     assert_eq!(s.sum("weir_requests_total", &[("status", "200")]), 11.0);
     assert_eq!(s.sum("weir_requests_total", &[]), 13.0);

@@ -15,19 +15,19 @@ use tokio::net::TcpStream;
 
 use crate::support::certs::{Leaf, TestCa};
 use crate::support::client::{Conn, TlsClient, der_cert};
-use crate::support::weir::{Weir, one_route};
-use crate::support::{Client, Upstream, eventually_async, scrape};
+use crate::support::{Client, Toml, Upstream, Weir, eventually_async, scrape};
 
-/// A TLS listener `main` serving `leaf` (with `client_ca` for mTLS), then one route.
-fn tls_config(leaf: &Leaf, client_ca: Option<&Path>, route: &str) -> String {
-    let ca = client_ca.map_or(String::new(), |p| {
-        format!(", client_ca = \"{}\"", p.display())
-    });
-    format!(
-        "[[listeners]]\nname = \"main\"\ntls = {{ cert = \"{}\", key = \"{}\"{ca} }}\n\n{route}",
-        leaf.cert.display(),
-        leaf.key.display()
-    )
+/// `routes` behind a TLS listener `main` serving `leaf` (with `client_ca` for mTLS); keys set
+/// next go to the listener.
+fn tls_config(leaf: &Leaf, client_ca: Option<&Path>, routes: Toml) -> Toml {
+    let cfg = routes
+        .listener("main")
+        .path("tls.cert", &leaf.cert)
+        .path("tls.key", &leaf.key);
+    match client_ca {
+        Some(ca) => cfg.path("tls.client_ca", ca),
+        None => cfg,
+    }
 }
 
 /// Writes `contents` next to `path`, then renames it over `path`, as a deploy tool would.
@@ -45,10 +45,10 @@ async fn alpn_picks_http2_or_http11_and_the_upstream_sees_https() {
         .route("/hello", 200, "hello")
         .start()
         .await;
-    let weir = Weir::start(&tls_config(
+    let weir = Weir::start(tls_config(
         &leaf,
         None,
-        &one_route("tls-alpn", "tls-alpn-up", &[up.addr()], ""),
+        Toml::one_route("tls-alpn", "tls-alpn-up", &[up.addr()]),
     ))
     .await;
     let addr = weir.addr();
@@ -107,10 +107,10 @@ async fn alpn_picks_http2_or_http11_and_the_upstream_sees_https() {
 async fn tls12_is_served_and_older_versions_and_other_suites_are_refused() {
     let ca = TestCa::new("tls-versions");
     let leaf = ca.server("server", &["localhost"]);
-    let weir = Weir::start(&tls_config(
+    let weir = Weir::start(tls_config(
         &leaf,
         None,
-        "[[routes]]\nname = \"tls-versions\"\nrespond = { status = 204 }\n",
+        Toml::new().respond("tls-versions", 204),
     ))
     .await;
     let addr = weir.addr();
@@ -154,10 +154,10 @@ async fn mtls_accepts_a_client_certificate_from_its_ca_and_refuses_the_others() 
     let other = TestCa::new("mtls-other");
     let mallory = other.client("mallory", "mallory");
     let up = Upstream::http1().start().await;
-    let weir = Weir::start(&tls_config(
+    let weir = Weir::start(tls_config(
         &leaf,
         Some(&ca.ca_path()),
-        &one_route("mtls", "mtls-up", &[up.addr()], ""),
+        Toml::one_route("mtls", "mtls-up", &[up.addr()]),
     ))
     .await;
     let addr = weir.addr();
@@ -196,12 +196,10 @@ async fn a_replaced_certificate_is_served_to_new_connections_and_open_ones_keep_
     let ca_b = TestCa::new("reload-b");
     let a = ca_a.server("server", &["localhost"]);
     let b = ca_b.server("server", &["localhost"]);
-    let weir = Weir::start(&tls_config(
-        &a,
-        None,
-        "[[routes]]\nname = \"cert-reload\"\nrespond = { status = 200, body = \"hi\" }\n",
-    ))
-    .await;
+    let routes = Toml::new()
+        .respond("cert-reload", 200)
+        .set("respond.body", "hi");
+    let weir = Weir::start(tls_config(&a, None, routes)).await;
     let addr = weir.addr();
     let client = TlsClient::builder(&[&ca_a.cert_pem, &ca_b.cert_pem])
         .alpn(&["http/1.1"])
@@ -252,13 +250,13 @@ async fn a_config_reload_turns_tls_on_for_new_connections_and_keeps_open_ones() 
     let ca = TestCa::new("reload-on");
     let leaf = ca.server("server", &["localhost"]);
     let up = Upstream::http1().start().await;
-    let route = one_route("tls-on", "tls-on-up", &[up.addr()], "");
-    let weir = Weir::start(&format!("[[listeners]]\nname = \"main\"\n\n{route}")).await;
+    let route = Toml::one_route("tls-on", "tls-on-up", &[up.addr()]);
+    let weir = Weir::start(route.clone().listener("main")).await;
     let addr = weir.addr();
     let mut plain = Conn::h1(addr).await.unwrap();
     assert_eq!(plain.get("/").await.unwrap().status, 200);
 
-    weir.reload(&tls_config(&leaf, None, &route)).unwrap();
+    weir.reload(tls_config(&leaf, None, route.clone())).unwrap();
     assert_eq!(weir.addr(), addr, "the same socket");
     let client = TlsClient::builder(&[&ca.cert_pem]).build();
     let r = client.get(addr, "/").await.unwrap();
@@ -286,7 +284,7 @@ async fn a_config_reload_turns_tls_on_for_new_connections_and_keeps_open_ones() 
         ..ca.server("other", &["localhost"])
     };
     let err = weir
-        .reload(&tls_config(&missing, None, &route))
+        .reload(tls_config(&missing, None, route))
         .unwrap_err()
         .to_string();
     assert!(err.contains("missing.pem"), "{err}");
@@ -303,10 +301,10 @@ async fn a_certificate_that_cannot_be_loaded_stops_the_start_and_names_the_file(
     let ca = TestCa::new("start-error");
     let leaf = ca.server("server", &["localhost"]);
     std::fs::write(&leaf.key, "not a key").unwrap();
-    let err = Weir::try_start(&tls_config(
+    let err = Weir::try_start(tls_config(
         &leaf,
         None,
-        "[[routes]]\nrespond = { status = 200 }\n",
+        Toml::new().respond("start-error", 200),
     ))
     .await
     .err()
@@ -318,10 +316,10 @@ async fn a_certificate_that_cannot_be_loaded_stops_the_start_and_names_the_file(
     let other = TestCa::new("start-error-ca");
     let leaf = other.server("server", &["localhost"]);
     let missing = other.dir().join("no-ca.pem");
-    let err = Weir::try_start(&tls_config(
+    let err = Weir::try_start(tls_config(
         &leaf,
         Some(&missing),
-        "[[routes]]\nrespond = { status = 200 }\n",
+        Toml::new().respond("start-error-ca", 200),
     ))
     .await
     .err()
@@ -334,16 +332,9 @@ async fn a_certificate_that_cannot_be_loaded_stops_the_start_and_names_the_file(
 async fn a_handshake_that_never_finishes_is_closed_after_the_header_read_timeout() {
     let ca = TestCa::new("tls-slow");
     let leaf = ca.server("server", &["localhost"]);
-    let cfg = tls_config(
-        &leaf,
-        None,
-        "[[routes]]\nname = \"tls-slow\"\nrespond = { status = 200 }\n",
-    )
-    .replace(
-        "name = \"main\"\n",
-        "name = \"main\"\nheader_read_timeout = \"300ms\"\n",
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = tls_config(&leaf, None, Toml::new().respond("tls-slow", 200))
+        .set("header_read_timeout", "300ms");
+    let weir = Weir::start(cfg).await;
     let addr = weir.addr();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     // Half a record header, then nothing.

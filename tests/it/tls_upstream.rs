@@ -9,33 +9,38 @@ use http::Version;
 
 use crate::support::certs::TestCa;
 use crate::support::upstream::Handshake;
-use crate::support::weir::{Weir, one_route};
-use crate::support::{Client, RunningUpstream, Upstream, eventually};
+use crate::support::{Client, RunningUpstream, Toml, Upstream, Weir, eventually};
 
 const SECS: Duration = Duration::from_secs(5);
 
-/// `path` as a TOML string.
-fn toml_path(path: &Path) -> String {
-    format!("{:?}", path.display().to_string())
+/// Adds a route `route` (every path) to upstream `upstream` at `addr` over TLS verified
+/// against `ca`, sending `sni` when given; keys set next go to the upstream (`protocol`, ...).
+fn tls_route(
+    cfg: Toml,
+    route: &str,
+    upstream: &str,
+    addr: SocketAddr,
+    ca: &Path,
+    sni: Option<&str>,
+) -> Toml {
+    tls_upstream(cfg.route(route, upstream), upstream, addr, ca, sni)
 }
 
-/// One route `route` (every path) to a TLS upstream at `addr` with `tls` (the inside of the
-/// inline table) and `extra` upstream keys.
-fn tls_route(route: &str, upstream: &str, addr: SocketAddr, tls: &str, extra: &str) -> String {
-    one_route(
-        route,
-        upstream,
-        &[addr],
-        &format!("tls = {{ {tls} }}\n{extra}"),
-    )
+/// Adds upstream `upstream` at `addr` over TLS verified against `ca`, sending `sni` when
+/// given; keys set next go to it (`tls.cert`, `protocol`, ...).
+fn tls_upstream(cfg: Toml, upstream: &str, addr: SocketAddr, ca: &Path, sni: Option<&str>) -> Toml {
+    let cfg = cfg.upstream(upstream, &[addr]).path("tls.ca", ca);
+    match sni {
+        Some(sni) => cfg.set("tls.sni", sni),
+        None => cfg,
+    }
 }
 
-/// A second route, on `/good`, to a healthy plain upstream: shows weir still serves.
-fn good_route(route: &str, upstream: &str, addr: SocketAddr) -> String {
-    one_route(route, upstream, &[addr], "").replace(
-        &format!("name = \"{route}\""),
-        &format!("name = \"{route}\"\nmatch = {{ path_prefix = \"/good\" }}"),
-    )
+/// Adds a route on `/good` to a healthy plain upstream: shows weir still serves.
+fn good_route(cfg: Toml, route: &str, upstream: &str, addr: SocketAddr) -> Toml {
+    cfg.route(route, upstream)
+        .set("match.path_prefix", "/good")
+        .upstream(upstream, &[addr])
 }
 
 fn handshake(sni: Option<&str>, alpn: Option<&str>, client_cert: bool) -> Handshake {
@@ -61,8 +66,15 @@ async fn http1_over_tls_verifies_against_ca_sends_sni_and_reuses_the_connection(
         .route("/hello", 200, "over tls")
         .start()
         .await;
-    let tls = format!("sni = \"backend.test\", ca = {}", toml_path(&ca.ca_path()));
-    let weir = Weir::start(&tls_route("tu-h1", "tu-h1-up", up.addr(), &tls, "")).await;
+    let cfg = tls_route(
+        Toml::new(),
+        "tu-h1",
+        "tu-h1-up",
+        up.addr(),
+        &ca.ca_path(),
+        Some("backend.test"),
+    );
+    let weir = Weir::start(cfg).await;
 
     let c = Client::h1();
     for _ in 0..3 {
@@ -86,8 +98,15 @@ async fn an_ip_endpoint_is_verified_against_its_ip_and_sent_no_sni() {
     let ca = TestCa::new("tls-up-ip");
     let leaf = ca.server("ip", &["127.0.0.1"]);
     let up = Upstream::http1().tls(&leaf.cert, &leaf.key).start().await;
-    let tls = format!("ca = {}", toml_path(&ca.ca_path()));
-    let weir = Weir::start(&tls_route("tu-ip", "tu-ip-up", up.addr(), &tls, "")).await;
+    let cfg = tls_route(
+        Toml::new(),
+        "tu-ip",
+        "tu-ip-up",
+        up.addr(),
+        &ca.ca_path(),
+        None,
+    );
+    let weir = Weir::start(cfg).await;
 
     let r = Client::h1().get(weir.addr(), "/").await;
     assert_eq!(r.status, 200, "{:?}", r.header("x-weir-error"));
@@ -99,7 +118,6 @@ async fn an_ip_endpoint_is_verified_against_its_ip_and_sent_no_sni() {
 async fn protocol_http2_takes_what_alpn_chooses() {
     let ca = TestCa::new("tls-up-alpn");
     let leaf = ca.server("backend", &["backend.test"]);
-    let tls = format!("sni = \"backend.test\", ca = {}", toml_path(&ca.ca_path()));
     // An upstream offering h2 gets HTTP/2; one offering only http/1.1 gets HTTP/1.1.
     for (offered, version) in [
         (&["h2", "http/1.1"][..], Version::HTTP_2),
@@ -112,13 +130,15 @@ async fn protocol_http2_takes_what_alpn_chooses() {
             .start()
             .await;
         let cfg = tls_route(
+            Toml::new(),
             "tu-alpn",
             "tu-alpn-up",
             up.addr(),
-            &tls,
-            "protocol = \"http2\"",
-        );
-        let weir = Weir::start(&cfg).await;
+            &ca.ca_path(),
+            Some("backend.test"),
+        )
+        .set("protocol", "http2");
+        let weir = Weir::start(cfg).await;
         for c in [Client::h1(), Client::h2()] {
             let r = c.get(weir.addr(), "/v").await;
             assert_eq!(r.status, 200, "{offered:?}: {:?}", r.header("x-weir-error"));
@@ -149,7 +169,6 @@ async fn a_certificate_that_does_not_verify_answers_502_upstream_tls_and_weir_ke
     let foreign = other.server("foreign", &["backend.test"]);
     let named = ca.server("named", &["backend.test"]);
     let plain = Upstream::http1().route("/good", 200, "fine").start().await;
-    let ca_path = toml_path(&ca.ca_path());
     // (case, upstream certificate, sni): signed by another CA; signed by ours for another name.
     let cases = [
         ("foreign-ca", &foreign, "backend.test"),
@@ -160,22 +179,15 @@ async fn a_certificate_that_does_not_verify_answers_502_upstream_tls_and_weir_ke
             let up = Upstream::auto().tls(&leaf.cert, &leaf.key).start().await;
             let route = format!("tu-bad-{case}-{protocol}");
             let upstream = format!("{route}-up");
-            let cfg = format!(
-                "{}\n{}",
-                good_route(
-                    &format!("{route}-good"),
-                    &format!("{route}-good-up"),
-                    plain.addr()
-                ),
-                tls_route(
-                    &route,
-                    &upstream,
-                    up.addr(),
-                    &format!("sni = \"{sni}\", ca = {ca_path}"),
-                    &format!("protocol = \"{protocol}\""),
-                ),
+            let cfg = good_route(
+                Toml::new(),
+                &format!("{route}-good"),
+                &format!("{route}-good-up"),
+                plain.addr(),
             );
-            let weir = Weir::start(&cfg).await;
+            let cfg = tls_route(cfg, &route, &upstream, up.addr(), &ca.ca_path(), Some(sni))
+                .set("protocol", protocol);
+            let weir = Weir::start(cfg).await;
             let c = Client::h1();
             for _ in 0..2 {
                 let r = c.get(weir.addr(), "/").await;
@@ -204,7 +216,6 @@ async fn an_upstream_requiring_mtls_gets_the_configured_client_certificate() {
     let ca = TestCa::new("tls-up-mtls");
     let leaf = ca.server("backend", &["backend.test"]);
     let client = ca.client("weir-client", "weir");
-    let ca_path = toml_path(&ca.ca_path());
     for protocol in ["http1", "http2"] {
         let up = Upstream::auto()
             .tls(&leaf.cert, &leaf.key)
@@ -212,35 +223,34 @@ async fn an_upstream_requiring_mtls_gets_the_configured_client_certificate() {
             .alpn(&["h2", "http/1.1"])
             .start()
             .await;
-        let with_cert = format!(
-            "sni = \"backend.test\", ca = {ca_path}, cert = {}, key = {}",
-            toml_path(&client.cert),
-            toml_path(&client.key)
+        let (with_cert, without) = (
+            format!("tu-mtls-{protocol}"),
+            format!("tu-nomtls-{protocol}"),
         );
-        let without = format!("sni = \"backend.test\", ca = {ca_path}");
-        let extra = format!("protocol = \"{protocol}\"");
-        let cfg = format!(
-            "{}\n{}",
-            tls_route(
-                &format!("tu-mtls-{protocol}"),
-                &format!("tu-mtls-{protocol}-up"),
-                up.addr(),
-                &with_cert,
-                &extra,
-            )
-            .replace(
-                &format!("name = \"tu-mtls-{protocol}\""),
-                &format!("name = \"tu-mtls-{protocol}\"\nmatch = {{ path_prefix = \"/cert\" }}"),
-            ),
-            tls_route(
-                &format!("tu-nomtls-{protocol}"),
-                &format!("tu-nomtls-{protocol}-up"),
-                up.addr(),
-                &without,
-                &extra,
-            ),
-        );
-        let weir = Weir::start(&cfg).await;
+        let sni = Some("backend.test");
+        let cfg = Toml::new()
+            .route(&with_cert, &format!("{with_cert}-up"))
+            .set("match.path_prefix", "/cert");
+        let cfg = tls_upstream(
+            cfg,
+            &format!("{with_cert}-up"),
+            up.addr(),
+            &ca.ca_path(),
+            sni,
+        )
+        .path("tls.cert", &client.cert)
+        .path("tls.key", &client.key)
+        .set("protocol", protocol);
+        let cfg = tls_route(
+            cfg,
+            &without,
+            &format!("{without}-up"),
+            up.addr(),
+            &ca.ca_path(),
+            sni,
+        )
+        .set("protocol", protocol);
+        let weir = Weir::start(cfg).await;
         let c = Client::h1();
 
         let r = c.get(weir.addr(), "/cert").await;
@@ -275,12 +285,14 @@ async fn a_missing_ca_file_stops_start_and_reload_naming_the_file() {
     let missing = ca.dir().join("no-such-ca.pem");
     let up = Upstream::http1().start().await;
     let cfg = tls_route(
+        Toml::new(),
         "tu-missing",
         "tu-missing-up",
         up.addr(),
-        &format!("ca = {}", toml_path(&missing)),
-        "",
-    );
+        &missing,
+        None,
+    )
+    .to_string();
 
     let config = weir::Config::from_toml(&cfg, "test.toml").unwrap();
     let err = weir::App::start(config).await.unwrap_err().to_string();
@@ -288,7 +300,7 @@ async fn a_missing_ca_file_stops_start_and_reload_naming_the_file() {
     assert!(err.contains("upstreams.tu-missing-up.tls"), "{err}");
 
     // On reload the same config is refused and the running one keeps serving.
-    let weir = Weir::start(&one_route("tu-missing", "tu-missing-up", &[up.addr()], "")).await;
+    let weir = Weir::start(Toml::one_route("tu-missing", "tu-missing-up", &[up.addr()])).await;
     let file = ca.dir().join("weir.toml");
     std::fs::write(&file, &cfg).unwrap();
     let err = weir.reload_file(&file).unwrap_err().to_string();
@@ -301,7 +313,6 @@ async fn a_missing_ca_file_stops_start_and_reload_naming_the_file() {
 #[tokio::test]
 async fn tcp_failures_stay_upstream_connect_and_the_handshake_is_bounded_by_connect_timeout() {
     let ca = TestCa::new("tls-up-connect");
-    let tls = format!("sni = \"backend.test\", ca = {}", toml_path(&ca.ca_path()));
     // Nothing listens here: connection refused.
     let closed = {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -320,13 +331,16 @@ async fn tcp_failures_stay_upstream_connect_and_the_handshake_is_bounded_by_conn
         for (case, addr) in [("refused", closed), ("mute", mute_addr)] {
             let route = format!("tu-conn-{case}-{protocol}");
             let cfg = tls_route(
+                Toml::new(),
                 &route,
                 &format!("{route}-up"),
                 addr,
-                &tls,
-                &format!("protocol = \"{protocol}\"\nconnect_timeout = \"200ms\""),
-            );
-            let weir = Weir::start(&cfg).await;
+                &ca.ca_path(),
+                Some("backend.test"),
+            )
+            .set("protocol", protocol)
+            .set("connect_timeout", "200ms");
+            let weir = Weir::start(cfg).await;
             let started = tokio::time::Instant::now();
             let r = Client::h1().get(weir.addr(), "/").await;
             assert_eq!(r.status, 502, "{case} {protocol}");

@@ -1,7 +1,9 @@
-//! Test support: real upstreams, a small client, `/metrics` scraping, bounded polling.
+//! Test support: real upstreams, a small client, `/metrics` scraping, weir configs, bounded
+//! polling, and the external tools some tests need.
 //!
 //! Everything binds `127.0.0.1:0` and uses real time; wait with [`eventually`], never a sleep.
-//! Every task a helper spawns stops when its handle is dropped.
+//! Every task a helper spawns stops when its handle is dropped. `benches/overload_proxy.rs`
+//! compiles this module in by path, so it names nothing outside `support/` through `crate::`.
 
 #![allow(
     dead_code,
@@ -9,18 +11,23 @@
     unreachable_pub,
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic
+    clippy::panic,
+    clippy::print_stderr
 )]
 
 pub mod certs;
 pub mod client;
 pub mod dns;
 pub mod metrics;
+pub mod toml;
 pub mod upstream;
 pub mod weir;
 
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub use self::toml::{ConfigFile, Toml};
 pub use self::weir::Weir;
 pub use client::{
     Client, ClientError, Reply, Upgraded, build_request, io_error_kind, raw, upgrade,
@@ -49,6 +56,39 @@ where
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// The external program `name` on `PATH`, for a test that needs it (`promtool`, say). When it is
+/// missing the test skips, printing why, unless the `CI` environment variable is set: then the
+/// test fails, naming the tool (`.ci/run` installs each one).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    any_tool(&[name])
+}
+
+/// Like [`tool`], for a program known by several names (the first found wins).
+pub fn any_tool(names: &[&str]) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        names
+            .iter()
+            .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+            .find(|p| {
+                p.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+    });
+    if found.is_none() {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("this test")
+            .to_owned();
+        let names = names.join(" or ");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {names} is not on PATH, and CI is set: it must run here (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED {test}: {names} is not on PATH (with CI set, this fails)");
+    }
+    found
 }
 
 const POLL_INTERVAL: Duration = Duration::from_millis(10);

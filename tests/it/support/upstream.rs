@@ -4,19 +4,24 @@
 //! configure faults, then [`UpstreamBuilder::start`]. Dropping the [`RunningUpstream`] aborts
 //! every task it spawned (accept loop, connections, upgraded streams).
 //!
-//! A request walks these steps, in order (`n` is its 0-based arrival number, over all paths):
+//! A request walks these steps, in order (`n` is its 0-based arrival number, over all paths but
+//! the health check's):
+//! 0. `health(path)` and a request for exactly `path`: a health check, counted in `checks()`
+//!    only and answered at once with the status of `set_health(..)` (200 until then), body `"ok"`;
 //! 1. counted in `hits()` and recorded (head first, body once read);
 //! 2. `reset()` / `reset_first(k)` with `n < k`: the connection is closed (RST) after the head;
 //! 3. the body is read in full (except with `echo()`, which streams it back);
 //! 4. `close_after_read()`: the connection is closed without a response;
-//! 5. delay: `delay_first(k, d)` with `n < k`, else `route_delay(path)`, else `delay(d)`;
+//! 5. delay: `delay_first(k, d)` with `n < k`, else `route_delay(path)`, else `delay(d)` (or
+//!    what `set_delay(..)` set since);
 //! 6. `hang()`: no response, ever;
 //! 7. `fail_first(k, status)` with `n < k`: that status, body `"fail"`, plus the
-//!    `fail_header(..)`s;
+//!    `fail_header(..)`s; else a status other than 200 from `set_status(..)`: it, body `"fail"`;
 //! 8. `upgrade()` and an `Upgrade` header: 101, then raw bytes are echoed;
 //!    `echo()`: 200 with the request body; a `route(path, ..)`: its status and body; else 200 `"ok"`.
 //!
-//! Every response carries the `header(..)`s. A request whose handler is dropped before it
+//! The `set_*` knobs change a running upstream's answers from the next request on. Every
+//! response carries the `header(..)`s. A request whose handler is dropped before it
 //! produced its response (the peer went away) is counted in `cancelled()`.
 //!
 //! With [`UpstreamBuilder::tls`] every connection starts with a TLS handshake (rustls, ring):
@@ -38,7 +43,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +93,7 @@ pub struct UpstreamBuilder {
     echo: bool,
     upgrade: bool,
     headers: HeaderMap,
+    health: Option<String>,
     tls: Option<TlsSettings>,
 }
 
@@ -174,6 +180,7 @@ impl UpstreamBuilder {
             echo: false,
             upgrade: false,
             headers: HeaderMap::new(),
+            health: None,
             tls: None,
         }
     }
@@ -267,6 +274,14 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Serves health checks on exactly `path` (see step 0 in the module docs): they are counted
+    /// in [`RunningUpstream::checks`], never in `hits()`, and answer what
+    /// [`RunningUpstream::set_health`] says.
+    pub fn health(mut self, path: &str) -> Self {
+        self.health = Some(path.to_owned());
+        self
+    }
+
     /// Adds a header to every response.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         let name = HeaderName::from_bytes(name.as_bytes()).expect("valid header name");
@@ -298,6 +313,10 @@ impl UpstreamBuilder {
         let acceptor = self.tls.as_ref().map(tls_acceptor);
         let shared = Arc::new(Shared {
             acceptor,
+            delay: Mutex::new(self.delay),
+            status: AtomicU16::new(StatusCode::OK.as_u16()),
+            health: AtomicU16::new(StatusCode::OK.as_u16()),
+            checks: AtomicUsize::new(0),
             handshakes: Mutex::new(Vec::new()),
             tls_failures: AtomicUsize::new(0),
             cfg: self,
@@ -325,6 +344,30 @@ impl RunningUpstream {
     /// Requests received so far (counted when the head arrives).
     pub fn hits(&self) -> usize {
         self.shared.hits.load(SeqCst)
+    }
+
+    /// Health checks received so far (requests for the `health(..)` path).
+    pub fn checks(&self) -> usize {
+        self.shared.checks.load(SeqCst)
+    }
+
+    /// From the next request on, waits `d` before each response head, as [`UpstreamBuilder::delay`]
+    /// does (`Duration::ZERO`: no wait).
+    pub fn set_delay(&self, d: Duration) {
+        *self.shared.delay.lock().unwrap() = Some(d);
+    }
+
+    /// From the next request on, answers `status` with body `"fail"` (200: the normal answers
+    /// again); `fail_first` goes first.
+    pub fn set_status(&self, status: u16) {
+        StatusCode::from_u16(status).expect("valid status");
+        self.shared.status.store(status, SeqCst);
+    }
+
+    /// From the next health check on, answers them with `status`.
+    pub fn set_health(&self, status: u16) {
+        StatusCode::from_u16(status).expect("valid status");
+        self.shared.health.store(status, SeqCst);
     }
 
     /// TCP connections accepted so far.
@@ -372,6 +415,13 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 struct Shared {
     cfg: UpstreamBuilder,
+    /// The delay of step 5 after `delay_first` and `route_delay`: `delay(..)`, then `set_delay`.
+    delay: Mutex<Option<Duration>>,
+    /// `set_status`: 200 for the normal answers.
+    status: AtomicU16,
+    /// `set_health`: the status health checks get.
+    health: AtomicU16,
+    checks: AtomicUsize,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     handshakes: Mutex<Vec<Handshake>>,
     tls_failures: AtomicUsize,
@@ -547,6 +597,10 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let cfg = &shared.cfg;
+    if cfg.health.as_deref() == Some(req.uri().path()) {
+        shared.checks.fetch_add(1, SeqCst);
+        return Ok(respond(cfg, status(&shared.health), "ok"));
+    }
     let n = shared.hits.fetch_add(1, SeqCst);
     let mut guard = CancelGuard {
         shared: &shared,
@@ -598,7 +652,10 @@ async fn handle(
     let path = parts.uri.path();
     let delay = match cfg.delay_first {
         (k, d) if n < k => Some(d),
-        _ => cfg.route_delays.get(path).copied().or(cfg.delay),
+        _ => {
+            let delay = *shared.delay.lock().unwrap();
+            cfg.route_delays.get(path).copied().or(delay)
+        }
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -612,6 +669,10 @@ async fn handle(
         let mut resp = respond(cfg, cfg.fail_first.1, "fail");
         resp.headers_mut().extend(cfg.fail_headers.clone());
         return Ok(resp);
+    }
+    let set = status(&shared.status);
+    if set != StatusCode::OK {
+        return Ok(respond(cfg, set, "fail"));
     }
     if let (Some(protocol), Some(on_upgrade)) = (upgrade_to, on_upgrade) {
         shared.spawn(async move {
@@ -636,6 +697,11 @@ async fn handle(
         Some((status, body)) => respond(cfg, *status, body.clone()),
         None => respond(cfg, StatusCode::OK, "ok"),
     })
+}
+
+/// The status a `set_*` knob holds (set only from valid codes).
+fn status(knob: &AtomicU16) -> StatusCode {
+    StatusCode::from_u16(knob.load(SeqCst)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 fn respond(cfg: &UpstreamBuilder, status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

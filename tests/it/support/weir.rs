@@ -1,5 +1,9 @@
 //! Starting weir under test: `App::start` on 127.0.0.1 port 0, in this process.
+//!
+//! A config is anything that displays as weir TOML: a [`super::Toml`] built for the test, or a
+//! string where the file's text is the point of the test.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,7 +20,7 @@ impl Weir {
     /// 127.0.0.1 port 0, and starts it. The listeners stay there across reloads, whatever the
     /// reloaded file says (they are pinned). Panics with every config error on an invalid
     /// config.
-    pub async fn start(toml: &str) -> Weir {
+    pub async fn start(toml: impl Display) -> Weir {
         match Self::try_start(toml).await {
             Ok(weir) => weir,
             Err(e) => panic!("weir does not start: {e}"),
@@ -24,8 +28,8 @@ impl Weir {
     }
 
     /// Like [`Weir::start`], returning the start error.
-    pub async fn try_start(toml: &str) -> Result<Weir, weir::StartError> {
-        let mut config = parse(toml, "test.toml");
+    pub async fn try_start(toml: impl Display) -> Result<Weir, weir::StartError> {
+        let mut config = parse(&toml.to_string(), "test.toml");
         config.admin.listen = any();
         let pins: Vec<(Arc<str>, SocketAddr)> = config
             .listeners
@@ -41,8 +45,8 @@ impl Weir {
     /// Parses `toml` and starts it with its listener addresses as written, so that a reload
     /// can move them; every listener must be on 127.0.0.1 (port 0, or one the test owns). The
     /// admin port moves to 127.0.0.1 port 0.
-    pub async fn start_unpinned(toml: &str) -> Weir {
-        let mut config = parse(toml, "test.toml");
+    pub async fn start_unpinned(toml: impl Display) -> Weir {
+        let mut config = parse(&toml.to_string(), "test.toml");
         config.admin.listen = any();
         for l in &config.listeners {
             assert_eq!(
@@ -61,8 +65,8 @@ impl Weir {
     /// Reloads weir from `toml` (as file `reload.toml`), as SIGHUP does with a file. Listener
     /// addresses are used as written unless pinned (see [`Weir::start`]); an unpinned listener
     /// must be on 127.0.0.1.
-    pub fn reload(&self, toml: &str) -> Result<(), ReloadError> {
-        let config = parse(toml, "reload.toml");
+    pub fn reload(&self, toml: impl Display) -> Result<(), ReloadError> {
+        let config = parse(&toml.to_string(), "reload.toml");
         for l in &config.listeners {
             assert_eq!(
                 l.listen.ip(),
@@ -125,20 +129,10 @@ impl Weir {
 fn parse(toml: &str, file: &str) -> Config {
     match Config::from_toml(toml, file) {
         Ok(c) => c,
-        Err(e) => panic!("invalid test config:\n{e}"),
+        Err(e) => panic!("invalid test config:\n{e}\n--- {file} ---\n{toml}"),
     }
 }
 
 fn any() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-/// A config with one route `route` (all paths) to upstream `upstream` at `endpoints`, plus
-/// `extra` TOML appended to the upstream table (e.g. `protocol = "http2"`).
-pub fn one_route(route: &str, upstream: &str, endpoints: &[SocketAddr], extra: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[[routes]]\nname = \"{route}\"\nupstream = \"{upstream}\"\n\n[upstreams.{upstream}]\nendpoints = [{}]\n{extra}\n",
-        eps.join(", ")
-    )
 }
