@@ -522,38 +522,29 @@ async fn a_drain_sends_http2_goaway_refusing_new_streams_while_the_one_in_flight
 #[tokio::test]
 async fn a_refused_reload_starts_no_task_and_opens_no_socket() {
     let up = Upstream::http1().start().await;
-    let weir = Weir::start(&one_route("rr-route", "rr-up", &[up.addr()], "")).await;
-    let checked = format!(
-        "[upstreams.rr-checked]\nendpoints = [\"{}\"]\nhealth = {{ interval = \"10ms\" }}\n\n\
-         [upstreams.rr-found]\ndns = \"rr.test:80\"\ndns_servers = [\"127.0.0.1:9\"]\n\n",
-        up.addr()
-    );
-    let refused = format!(
-        "{checked}[upstreams.rr-broken]\nendpoints = [\"127.0.0.1:9\"]\n\
-         tls = {{ ca = \"/nonexistent/weir-test-ca.pem\" }}\n\n{}",
-        one_route("rr-route", "rr-up", &[up.addr()], "")
-    );
+    let weir = Weir::start(Toml::one_route("rr-route", "rr-up", &[up.addr()])).await;
+    let accepted = Toml::one_route("rr-route", "rr-up", &[up.addr()])
+        .upstream("rr-checked", &[up.addr()])
+        .set("health.interval", "10ms")
+        .table("upstreams.rr-found")
+        .set("dns", "rr.test:80")
+        .set("dns_servers", vec!["127.0.0.1:9"]);
+    let refused = accepted
+        .clone()
+        .upstream("rr-broken", &["127.0.0.1:9".parse().unwrap()])
+        .set("tls.ca", "/nonexistent/weir-test-ca.pem");
     let runtime = tokio::runtime::Handle::current();
     let before = runtime.metrics().num_alive_tasks();
     // On this test's one-thread runtime no other task runs between the two counts.
-    assert!(weir.reload(&refused).is_err(), "the reload is refused");
-    assert_eq!(
-        runtime.metrics().num_alive_tasks(),
-        before,
-        "no task started"
-    );
+    assert!(weir.reload(refused).is_err(), "the reload is refused");
+    let after = runtime.metrics().num_alive_tasks();
+    assert_eq!(after, before, "no task started");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(up.connections(), 0, "no health check was sent");
 
     // Accepted: the checks start (and can be seen), so the counts above can fail.
-    let accepted = format!(
-        "{checked}{}",
-        one_route("rr-route", "rr-up", &[up.addr()], "")
-    );
-    weir.reload(&accepted).expect("the reload is accepted");
-    assert!(
-        runtime.metrics().num_alive_tasks() > before,
-        "tasks started"
-    );
+    weir.reload(accepted).expect("the reload is accepted");
+    let after = runtime.metrics().num_alive_tasks();
+    assert!(after > before, "tasks started");
     eventually(|| up.connections() > 0, Duration::from_secs(5)).await;
 }
