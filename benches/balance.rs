@@ -14,9 +14,9 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion};
 
 use weir::config::{Balance, HashOn, UpstreamConfig};
-use weir::http::{Body, Request};
-use weir::metrics::Metrics;
-use weir::upstream::balance::Balancer;
+use weir::internals::Balancer;
+use weir::internals::metrics::Metrics;
+use weir::internals::{Body, Request};
 
 const SIZES: [usize; 3] = [3, 100, 1000];
 const BALANCERS: [(&str, Balance); 4] = [
@@ -56,7 +56,7 @@ fn benches(c: &mut Criterion) {
                 hash_on: hash_on.clone(),
                 ..UpstreamConfig::default()
             };
-            let set = weir::upstream::endpoint_set(&cfg, &metrics).expect("endpoint set");
+            let set = weir::internals::endpoint_set(&cfg, &metrics).expect("endpoint set");
             let balancer = Balancer::new(balance, &hash_on, cfg.outlier.ramp);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {

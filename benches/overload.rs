@@ -21,11 +21,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tower::{Layer, ServiceExt, service_fn};
 
 use weir::config::{Mode, Priority, ShedSettings};
-use weir::error::ProxyError;
-use weir::http::context::RequestContext;
-use weir::http::{Body, Request, Response};
-use weir::metrics::Metrics;
-use weir::resilience::shed::ShedLayer;
+use weir::internals::ProxyError;
+use weir::internals::RequestContext;
+use weir::internals::ShedLayer;
+use weir::internals::metrics::Metrics;
+use weir::internals::{Body, Request, Response};
 
 const LIMIT: u32 = 16;
 const SERVICE: Duration = Duration::from_millis(10);

@@ -20,10 +20,10 @@ use criterion::Criterion;
 use tower::{ServiceExt, service_fn};
 
 use weir::config::{Config, Priority};
-use weir::error::ProxyError;
-use weir::http::context::RequestContext;
-use weir::http::{Body, Request, Response};
-use weir::metrics::Metrics;
+use weir::internals::ProxyError;
+use weir::internals::RequestContext;
+use weir::internals::metrics::Metrics;
+use weir::internals::{Body, Request, Response};
 
 const HOLD: &str = "x-bench-hold";
 
@@ -64,18 +64,19 @@ fn leaf() -> impl tower::Service<
 }
 
 /// The route target stack of `toml`'s first route over its upstream, with `leaf` as the leaf.
-fn stack(toml: &str, metrics: &Metrics) -> weir::route::RouteService {
+fn stack(toml: &str, metrics: &Metrics) -> weir::internals::RouteService {
     let config = Config::from_toml(toml, "bench.toml").expect("bench config is valid");
     let upstreams: HashMap<_, _> = config
         .upstreams
         .iter()
         .map(|u| {
-            let set = weir::upstream::endpoint_set(u, metrics).expect("endpoint set");
-            let built = weir::upstream::with_leaf(u, metrics, set, leaf());
+            let set = weir::internals::endpoint_set(u, metrics).expect("endpoint set");
+            let built = weir::internals::with_leaf(u, metrics, set, leaf());
             (u.name.clone(), built.service)
         })
         .collect();
-    let route = weir::route::build(&config.routes[0], &upstreams, metrics).expect("route builds");
+    let route =
+        weir::internals::build_route(&config.routes[0], &upstreams, metrics).expect("route builds");
     route.pick().service.clone()
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 /// A boxed error from a body, a connector or hyper.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A request weir answers itself instead of with an upstream response.
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,11 @@ use crate::router::matcher::Matcher;
 use crate::upstream::{self, Upstream};
 
 /// The handle every listener reads the live generation through.
-pub type Current = Arc<ArcSwap<Generation>>;
+pub(crate) type Current = Arc<ArcSwap<Generation>>;
 
 /// One config, compiled.
 #[derive(Debug)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// The config this generation was built from (served on the admin `/config`).
     pub config: Arc<Config>,
     /// Routes in match order.
@@ -33,14 +33,14 @@ pub struct Generation {
 
 impl Generation {
     /// Builds every upstream stack once, then every route over them.
-    pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Self, BuildError> {
+    pub(crate) fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Self, BuildError> {
         Self::build_after(config, metrics, None)
     }
 
     /// Builds the generation that follows `previous` (a reload). An upstream whose settings
     /// did not change keeps its stack, and with it its state: breaker, retry budget and
     /// latency, shedding slots, pooled connections. Routes are built anew.
-    pub fn build_after(
+    pub(crate) fn build_after(
         config: Arc<Config>,
         metrics: &Metrics,
         previous: Option<&Generation>,
@@ -104,7 +104,7 @@ impl Generation {
     /// Starts the background tasks of every upstream that has not started yet (health checks,
     /// outlier upkeep, DNS discovery); called when the generation goes live, just before it is
     /// swapped in. Upstreams kept from the previous generation are running already.
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         for u in &self.upstreams {
             u.start();
         }
@@ -113,7 +113,7 @@ impl Generation {
     /// Sets the gauges that are sampled rather than kept current per request (retry budgets,
     /// requests in flight); the app's upkeep task calls it every second (`app::UPKEEP`), so a
     /// scrape only renders and never writes.
-    pub fn publish_gauges(&self) {
+    pub(crate) fn publish_gauges(&self) {
         for u in &self.upstreams {
             u.retry.publish();
             u.shed.publish();

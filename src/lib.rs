@@ -49,23 +49,45 @@
 //! ([`generation::Generation::start`]) and end with the last generation that holds them.
 //! [`telemetry`] sets up logs (and, with the feature `otel`, OTLP span export).
 
-pub mod admin;
-pub mod app;
+// The crate doc walks the internals: read it with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
+mod admin;
+mod app;
 pub mod config;
-pub mod error;
-pub mod generation;
-pub mod http;
-pub mod metrics;
-pub mod reload;
-pub mod resilience;
-pub mod route;
-pub mod router;
-pub mod server;
+mod error;
+mod generation;
+mod http;
+mod metrics;
+mod reload;
+mod resilience;
+mod route;
+mod router;
+mod server;
 pub mod telemetry;
-pub mod tls;
-pub mod upstream;
+mod tls;
+mod upstream;
 mod watch;
 
 pub use app::{App, Drained, Running, StartError};
 pub use config::Config;
 pub use reload::ReloadError;
+
+/// What the benches, the fuzz targets and the integration tests reach below weir's interface:
+/// not part of it, and free to change with any release.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::error::ProxyError;
+    pub use crate::http::context::{Priority, RequestContext, request_id, traceparent};
+    pub use crate::http::{Body, KEEP_ALIVE, Request, Response, hygiene, retry_after};
+    /// The metric names and the recorder.
+    pub mod metrics {
+        pub use crate::metrics::*;
+    }
+    pub use crate::resilience::shed::ShedLayer;
+    pub use crate::route::deadline::parse_deadline_ms;
+    pub use crate::route::fault::{parse_delay, parse_status};
+    pub use crate::route::{RouteService, build as build_route};
+    pub use crate::upstream::balance::Balancer;
+    pub use crate::upstream::{discovery, endpoint_set, with_leaf};
+}

@@ -39,7 +39,7 @@ pub enum ReloadError {
 
 /// Swaps configs into the live generation. Shared by the SIGHUP handler and the file watcher.
 #[derive(Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     current: Current,
     listeners: Arc<Listeners>,
     metrics: Metrics,
@@ -52,7 +52,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for `current` and `listeners`, counting into `metrics`.
-    pub fn new(current: Current, metrics: Metrics, listeners: Arc<Listeners>) -> Self {
+    pub(crate) fn new(current: Current, metrics: Metrics, listeners: Arc<Listeners>) -> Self {
         let result =
             |r: &'static str| metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", r.into())]);
         Self {
@@ -70,7 +70,7 @@ impl Reloader {
     /// changed and reads every listener's TLS files; then swaps the generation in atomically
     /// and moves the listeners (see [`Listeners::apply`]). Requests in flight finish on the
     /// generation they started on. On an error nothing changes.
-    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+    pub(crate) fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self
             .last_read
             .lock()
@@ -101,18 +101,18 @@ impl Reloader {
     /// reload read less than `ONCE` (2 s) ago is not reloaded again (the file watch sees the same
     /// write after its debounce). A SIGHUP later than that reloads the same bytes, which
     /// re-reads TLS files.
-    pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
+    pub(crate) fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
         self.reload_file_if(path, true)
     }
 
     /// Reloads the file at `path` when it can be read and its bytes differ from those the last
     /// file reload read (the file watch).
-    pub fn reload_changed_file(&self, path: &Path) -> Result<(), ReloadError> {
+    pub(crate) fn reload_changed_file(&self, path: &Path) -> Result<(), ReloadError> {
         self.reload_file_if(path, false)
     }
 
     /// Remembers the bytes of the file weir started from, so the watch reloads only a change.
-    pub fn seed(&self, path: &Path) {
+    pub(crate) fn seed(&self, path: &Path) {
         let mut last = self
             .last_read
             .lock()
@@ -181,7 +181,7 @@ impl Reloader {
 /// Reloads `file` whenever its directory changes and the file's bytes differ from the last
 /// ones seen, until `stop`. Watching the directory (not the file) catches editors that save by
 /// rename and Kubernetes ConfigMaps that swap a symlink; bursts of events are debounced.
-pub async fn watch(reloader: Arc<Reloader>, file: PathBuf, stop: CancellationToken) {
+pub(crate) async fn watch(reloader: Arc<Reloader>, file: PathBuf, stop: CancellationToken) {
     reloader.seed(&file);
     let what = "the config file";
     crate::watch::on_change(&[&file], what, "reload with SIGHUP", stop, || {

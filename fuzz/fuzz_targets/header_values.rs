@@ -9,9 +9,9 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::header::RETRY_AFTER;
 use libfuzzer_sys::fuzz_target;
-use weir::http::context::Priority;
-use weir::http::{context, retry_after};
-use weir::route::{deadline, fault};
+use weir::internals::Priority;
+use weir::internals::{request_id, retry_after, traceparent};
+use weir::internals::{parse_deadline_ms, parse_delay, parse_status};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = HeaderValue::from_bytes(data) else {
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let digits = !trimmed.is_empty() && trimmed.iter().all(u8::is_ascii_digit);
 
     // x-weir-deadline-ms: whole milliseconds, exactly as written.
-    if let Some(d) = deadline::parse_deadline_ms(&value) {
+    if let Some(d) = parse_deadline_ms(&value) {
         let ms = std::str::from_utf8(trimmed)
             .ok()
             .and_then(|s| s.parse::<u64>().ok());
@@ -35,10 +35,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // x-weir-fault-abort / x-weir-fault-delay.
-    if let Some(status) = fault::parse_status(&value) {
+    if let Some(status) = parse_status(&value) {
         assert!((100..=599).contains(&status.as_u16()));
     }
-    if let Some(delay) = fault::parse_delay(&value) {
+    if let Some(delay) = parse_delay(&value) {
         assert!(delay <= Duration::from_secs(60));
     }
 
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // x-request-id: kept when sane, else a fresh UUID; always 1..=200 visible ASCII bytes.
-    let id = context::request_id(Some(&value));
+    let id = request_id(Some(&value));
     assert!((1..=200).contains(&id.len()));
     assert!(id.as_bytes().iter().all(u8::is_ascii_graphic));
     let sane =
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(sane, id == value);
 
     // traceparent: always well formed; an inbound trace id and flags are kept.
-    let tp = context::traceparent(Some(&value));
+    let tp = traceparent(Some(&value));
     let out = tp.as_bytes();
     assert_eq!(out.len(), 55, "{tp:?}");
     assert!(

@@ -9,8 +9,8 @@
 use http::header::{CONNECTION, PROXY_AUTHORIZATION, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use weir::http::KEEP_ALIVE;
-use weir::http::hygiene::{self, Limits};
+use weir::internals::KEEP_ALIVE;
+use weir::internals::hygiene::{self, Limits};
 
 const UNLIMITED: Limits = Limits {
     max_header_bytes: usize::MAX,

@@ -4,7 +4,7 @@
 //! Position: off the request path; it only reads (metrics, the live generation, readiness).
 //! Config: `[admin].listen`.
 
-pub mod status;
+pub(crate) mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The instance's metrics.
     pub metrics: Metrics,
     /// The live generation (for `/status`, `/status.json` and `/config`).
@@ -35,7 +35,7 @@ pub struct AdminState {
 }
 
 /// Serves the admin port until `stop` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     tcp: TcpListener,
     state: Arc<AdminState>,
     stop: CancellationToken,

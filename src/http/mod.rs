@@ -3,9 +3,9 @@
 //! Position: used by every stage of the walk; holds no policy of its own.
 //! Config: none. Metrics: none.
 
-pub mod context;
+pub(crate) mod context;
 pub mod hygiene;
-pub mod respond;
+pub(crate) mod respond;
 pub mod retry_after;
 
 use std::future::Future;
@@ -29,31 +29,31 @@ pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 
 /// `x-weir-error`: the reason on every response weir produces itself.
-pub static X_WEIR_ERROR: HeaderName = HeaderName::from_static("x-weir-error");
+pub(crate) static X_WEIR_ERROR: HeaderName = HeaderName::from_static("x-weir-error");
 /// `x-request-id`: generated when absent, passed upstream and returned downstream.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-weir-deadline-ms`: the remaining deadline, shared along a chain of proxies.
-pub static X_WEIR_DEADLINE_MS: HeaderName = HeaderName::from_static("x-weir-deadline-ms");
+pub(crate) static X_WEIR_DEADLINE_MS: HeaderName = HeaderName::from_static("x-weir-deadline-ms");
 /// `x-weir-priority`: a request may lower its route's priority (`default`, `sheddable`).
-pub static X_WEIR_PRIORITY: HeaderName = HeaderName::from_static("x-weir-priority");
+pub(crate) static X_WEIR_PRIORITY: HeaderName = HeaderName::from_static("x-weir-priority");
 /// `x-weir-fault-abort: <status>`: abort this request (routes with `fault.allow_header`).
-pub static X_WEIR_FAULT_ABORT: HeaderName = HeaderName::from_static("x-weir-fault-abort");
+pub(crate) static X_WEIR_FAULT_ABORT: HeaderName = HeaderName::from_static("x-weir-fault-abort");
 /// `x-weir-fault-delay: <duration>`: delay this request (routes with `fault.allow_header`).
-pub static X_WEIR_FAULT_DELAY: HeaderName = HeaderName::from_static("x-weir-fault-delay");
+pub(crate) static X_WEIR_FAULT_DELAY: HeaderName = HeaderName::from_static("x-weir-fault-delay");
 /// `idempotency-key`: marks a request safe to retry when the upstream allows it.
-pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub(crate) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// W3C trace context.
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-forwarded-for`.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `x-forwarded-host`.
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `keep-alive` (hop-by-hop).
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `proxy-connection` (hop-by-hop, non-standard but common).
-pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The body of every request and response weir handles.
 ///
@@ -84,18 +84,18 @@ enum Kind {
 /// The request body grew beyond the listener's `max_body_bytes` while streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the configured limit")]
-pub struct BodyTooLarge;
+pub(crate) struct BodyTooLarge;
 
 /// The client sent no request body bytes for the listener's `idle_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("the client stopped sending the request body")]
-pub struct RequestBodyStalled;
+pub(crate) struct RequestBodyStalled;
 
 /// The request body could not be read from the client (malformed chunked encoding, a client
 /// that went away mid-body): the client's fault, not the upstream's.
 #[derive(Debug, thiserror::Error)]
 #[error("request body could not be read from the client")]
-pub struct RequestBodyError(#[source] hyper::Error);
+pub(crate) struct RequestBodyError(#[source] hyper::Error);
 
 impl Body {
     /// An empty body.
@@ -211,7 +211,7 @@ impl http_body::Body for Body {
 }
 
 /// What a [`Watched`] body does with each poll of the body it wraps.
-pub trait Watch {
+pub(crate) trait Watch {
     /// The wrapped body's poll returned `polled` (`end`: it is at its end now); the wrapper
     /// yields what this returns.
     fn polled(
@@ -225,14 +225,14 @@ pub trait Watch {
 /// A body that passes the frames of the body it wraps through a [`Watch`]: what a stage that
 /// must see a response's end (a slot, a timer, the access log) puts around it.
 #[derive(Debug)]
-pub struct Watched<W> {
+pub(crate) struct Watched<W> {
     inner: Body,
     watch: W,
 }
 
 impl<W> Watched<W> {
     /// `inner`, watched by `watch`.
-    pub fn new(inner: Body, watch: W) -> Self {
+    pub(crate) fn new(inner: Body, watch: W) -> Self {
         Self { inner, watch }
     }
 }
@@ -264,7 +264,7 @@ impl<W: Watch + Unpin> http_body::Body for Watched<W> {
 /// frame (one clock read per wait, none per frame), boxed so bodies stay `Unpin` and a body
 /// that never waits allocates nothing. Zero = no limit.
 #[derive(Debug)]
-pub struct StallTimer {
+pub(crate) struct StallTimer {
     timeout: Duration,
     progressed: bool,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -272,7 +272,7 @@ pub struct StallTimer {
 
 impl StallTimer {
     /// A timer that fires after `timeout` without a frame.
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             timeout,
             progressed: true,
@@ -281,13 +281,13 @@ impl StallTimer {
     }
 
     /// A frame arrived.
-    pub fn progressed(&mut self) {
+    pub(crate) fn progressed(&mut self) {
         self.progressed = true;
     }
 
     /// The body is pending: true once `timeout` has passed since its last frame (else the
     /// task is woken when it will have).
-    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.timeout.is_zero() {
             return false;
         }

@@ -15,7 +15,7 @@ use crate::http::{Body, Response, X_WEIR_ERROR};
 ///
 /// The body is `{"error":"<reason>","route":"<route>","upstream":"<upstream>"}`; `Retry-After`
 /// is whole seconds, rounded up, at least 1.
-pub fn error_response(err: &ProxyError, route: &str, upstream: &str) -> Response {
+pub(crate) fn error_response(err: &ProxyError, route: &str, upstream: &str) -> Response {
     let reason = err.reason();
     // 64: the keys, quotes and newline (38 bytes) and the longest reason (19).
     let mut body = Vec::with_capacity(64 + route.len() + upstream.len());

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 /// Not synchronised: the owner serialises calls (shed uses a try-lock and skips a sample when
 /// another thread is updating).
 #[derive(Clone, Debug)]
-pub struct Gradient {
+pub(crate) struct Gradient {
     min: f64,
     max: f64,
     /// The limit as a real number; [`Gradient::limit`] rounds it.
@@ -55,7 +55,7 @@ struct Window {
 impl Gradient {
     /// A limiter between `min_limit` and `max_limit`, starting at `max_limit`. `min_limit` is
     /// raised to 1 and lowered to `max_limit` where needed, so the bounds are always sane.
-    pub fn new(min_limit: u32, max_limit: u32) -> Self {
+    pub(crate) fn new(min_limit: u32, max_limit: u32) -> Self {
         let max = f64::from(max_limit.max(1));
         let min = f64::from(min_limit.max(1)).min(max);
         Self {
@@ -69,7 +69,7 @@ impl Gradient {
     }
 
     /// The limit in force: between the bounds given to [`Gradient::new`].
-    pub fn limit(&self) -> u32 {
+    pub(crate) fn limit(&self) -> u32 {
         // The estimate is clamped to [min, max], both exact u32 values, so rounding it and
         // converting is exact; the clamp here only guards against a NaN (which `as` maps to 0).
         let v = self.estimate.round().clamp(self.min, self.max);
@@ -79,7 +79,7 @@ impl Gradient {
     /// Records one round trip that took `rtt` while `in_flight` requests (this one included)
     /// were admitted, at time `now`; returns the limit in force afterwards. The limit changes
     /// only when this sample closes a window.
-    pub fn on_sample(&mut self, rtt: Duration, in_flight: u32, now: Instant) -> u32 {
+    pub(crate) fn on_sample(&mut self, rtt: Duration, in_flight: u32, now: Instant) -> u32 {
         let w = self.window.get_or_insert(Window {
             start: now,
             sum: Duration::ZERO,
@@ -124,17 +124,17 @@ impl Gradient {
 }
 
 /// Shortest time a window lasts.
-pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// Fewest samples a window holds.
-pub const MIN_SAMPLES: u32 = 10;
+pub(crate) const MIN_SAMPLES: u32 = 10;
 /// Windows whose plain mean seeds the baseline.
-pub const WARMUP_WINDOWS: u32 = 10;
+pub(crate) const WARMUP_WINDOWS: u32 = 10;
 /// Span of the baseline's exponential average, in windows (about a minute at full rate).
-pub const LONG_WINDOWS: f64 = 600.0;
+pub(crate) const LONG_WINDOWS: f64 = 600.0;
 /// How much slower than the baseline the upstream may answer before the limit falls.
-pub const TOLERANCE: f64 = 1.5;
+pub(crate) const TOLERANCE: f64 = 1.5;
 /// Weight of a new target in the limit (the rest is the old limit).
-pub const SMOOTHING: f64 = 0.2;
+pub(crate) const SMOOTHING: f64 = 0.2;
 /// Floor of the short-run RTT, in seconds.
 const MIN_RTT_SECS: f64 = 1e-6;
 

@@ -6,11 +6,11 @@
 //! classification between breaker, retry and outlier detection, and the [`Mode`] (enforce, dry
 //! run, off) of the policies that can refuse: shed, breaker and outlier ejection.
 
-pub mod adaptive;
-pub mod breaker;
-pub mod retry;
-pub mod shed;
-pub mod timeout;
+pub(crate) mod adaptive;
+pub(crate) mod breaker;
+pub(crate) mod retry;
+pub(crate) mod shed;
+pub(crate) mod timeout;
 
 use http::StatusCode;
 
@@ -44,7 +44,7 @@ impl Mode {
 
 /// How one result counts for a policy that judges upstream health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The upstream answered, with a status the policy does not count as a failure (4xx too).
     Success,
     /// A connect error, a timeout, a reset, or a status the policy counts as a failure.
@@ -56,7 +56,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Classifies `result` against the set of statuses that count as failures.
-    pub fn of(result: &Result<Response, ProxyError>, failures: &StatusSet) -> Self {
+    pub(crate) fn of(result: &Result<Response, ProxyError>, failures: &StatusSet) -> Self {
         match result {
             Ok(resp) if failures.contains(resp.status()) => Self::Failure,
             Ok(_) => Self::Success,
@@ -65,7 +65,7 @@ impl Outcome {
     }
 
     /// Classifies an error weir got while forwarding.
-    pub fn of_error(err: &ProxyError) -> Self {
+    pub(crate) fn of_error(err: &ProxyError) -> Self {
         match err {
             ProxyError::UpstreamTimeout
             | ProxyError::UpstreamConnect(_)
@@ -86,13 +86,13 @@ impl Outcome {
 
 /// A set of HTTP status codes (100..=999) as a bitmap: `contains` is two instructions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StatusSet {
+pub(crate) struct StatusSet {
     bits: [u64; 16],
 }
 
 impl StatusSet {
     /// The set of `codes`; codes outside 0..1024 are ignored (config validation rules them out).
-    pub fn new(codes: &[u16]) -> Self {
+    pub(crate) fn new(codes: &[u16]) -> Self {
         let mut bits = [0u64; 16];
         for &c in codes {
             if let Some(word) = bits.get_mut(usize::from(c / 64)) {
@@ -103,7 +103,7 @@ impl StatusSet {
     }
 
     /// Whether `status` is in the set.
-    pub fn contains(&self, status: StatusCode) -> bool {
+    pub(crate) fn contains(&self, status: StatusCode) -> bool {
         let c = status.as_u16();
         self.bits
             .get(usize::from(c / 64))

@@ -20,13 +20,13 @@ use crate::http::{Request, Response, X_WEIR_DEADLINE_MS};
 
 /// Wraps a service in [`AttemptTimeout`].
 #[derive(Clone, Copy, Debug)]
-pub struct AttemptTimeoutLayer {
+pub(crate) struct AttemptTimeoutLayer {
     timeout: Duration,
 }
 
 impl AttemptTimeoutLayer {
     /// Each try gets at most `timeout`; `Duration::ZERO` means only the route deadline bounds it.
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
 }
@@ -45,7 +45,7 @@ impl<S> Layer<S> for AttemptTimeoutLayer {
 /// retry) and tells the upstream how long it has: the sooner of the try's end and the route
 /// deadline, in whole milliseconds, in `x-weir-deadline-ms`.
 #[derive(Clone, Debug)]
-pub struct AttemptTimeout<S> {
+pub(crate) struct AttemptTimeout<S> {
     inner: S,
     timeout: Duration,
 }

@@ -24,14 +24,14 @@ use crate::http::{Request, Response, X_WEIR_DEADLINE_MS};
 
 /// Wraps a service in [`Deadline`].
 #[derive(Clone, Copy, Debug)]
-pub struct DeadlineLayer {
+pub(crate) struct DeadlineLayer {
     timeout: Duration,
 }
 
 impl DeadlineLayer {
     /// A deadline of `timeout` per request; `Duration::ZERO` means none (then only an inbound
     /// `x-weir-deadline-ms` sets one).
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
 }
@@ -48,7 +48,7 @@ impl<S> Layer<S> for DeadlineLayer {
 
 /// See the module docs.
 #[derive(Clone, Debug)]
-pub struct Deadline<S> {
+pub(crate) struct Deadline<S> {
     inner: S,
     timeout: Duration,
 }

@@ -37,7 +37,7 @@ impl Default for Settings {
 
 /// Answers every request with the configured response. Always ready; the future is ready.
 #[derive(Clone, Debug)]
-pub struct Direct {
+pub(crate) struct Direct {
     shared: Arc<Shared>,
 }
 
@@ -50,7 +50,7 @@ struct Shared {
 
 impl Direct {
     /// A service answering with `cfg`.
-    pub fn new(cfg: &Settings) -> Self {
+    pub(crate) fn new(cfg: &Settings) -> Self {
         let mut headers = HeaderMap::with_capacity(cfg.headers.len());
         for (k, v) in &cfg.headers {
             headers.append(k.clone(), v.clone());

@@ -58,13 +58,13 @@ impl Default for Settings {
 /// (logged at debug) and removed too. With `allow_header = false` the headers have no effect and
 /// pass through untouched. A route with nothing to inject (the default) costs one branch.
 #[derive(Clone, Debug)]
-pub struct FaultLayer {
+pub(crate) struct FaultLayer {
     settings: Option<Arc<Armed>>,
 }
 
 /// See [`FaultLayer`].
 #[derive(Clone, Debug)]
-pub struct Fault<S> {
+pub(crate) struct Fault<S> {
     inner: S,
     settings: Option<Arc<Armed>>,
 }
@@ -103,7 +103,7 @@ struct Armed {
 impl FaultLayer {
     /// The faults of one route; a config that injects nothing (both percentages 0 and
     /// `allow_header = false`) makes a pure pass-through.
-    pub fn new(cfg: &Settings) -> Self {
+    pub(crate) fn new(cfg: &Settings) -> Self {
         let delays = cfg.delay_percent > 0.0 && !cfg.delay.is_zero();
         let active = cfg.abort_percent > 0.0 || delays || cfg.allow_header;
         let settings = active.then(|| {

@@ -5,11 +5,11 @@
 //! (`upstream`, `split`, `respond`, `timeout`, `priority`, `rate_limit`, `fault`). Metrics:
 //! per-target handles; `weir_rate_limited_total{route}`.
 
-pub mod deadline;
-pub mod direct;
-pub mod fault;
-pub mod ratelimit;
-pub mod split;
+pub(crate) mod deadline;
+pub(crate) mod direct;
+pub(crate) mod fault;
+pub(crate) mod ratelimit;
+pub(crate) mod split;
 
 use std::collections::HashMap;
 use std::sync::Arc;

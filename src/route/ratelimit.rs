@@ -92,13 +92,13 @@ impl Settings {
 /// comes back after it was evicted starts full again. Keys are identified by a keyed 64-bit
 /// hash; two keys with the same hash would share a bucket.
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     shared: Option<Arc<Shared>>,
 }
 
 /// See [`RateLimitLayer`].
 #[derive(Clone)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     shared: Option<Arc<Shared>>,
 }
@@ -158,7 +158,7 @@ struct KeyBucket {
 impl RateLimitLayer {
     /// The limit of `route` (the label of `weir_rate_limited_total`); `None` lets every request
     /// through at the cost of one branch. Its clock starts now.
-    pub fn new(route: Arc<str>, cfg: Option<&Settings>, metrics: &Metrics) -> Self {
+    pub(crate) fn new(route: Arc<str>, cfg: Option<&Settings>, metrics: &Metrics) -> Self {
         let shared = cfg.map(|cfg| {
             let interval = interval_ns(cfg.rps);
             let buckets = match cfg.key {

@@ -18,14 +18,14 @@ pub struct SplitTarget {
 
 /// Items with integer weights; `pick` returns one with probability weight / total.
 #[derive(Debug)]
-pub struct Weighted<T> {
+pub(crate) struct Weighted<T> {
     items: Vec<(T, u64)>, // (item, cumulative weight end)
     total: u64,
 }
 
 impl<T> Weighted<T> {
     /// A single item, always picked (no random draw).
-    pub fn one(item: T) -> Self {
+    pub(crate) fn one(item: T) -> Self {
         Self {
             items: vec![(item, 1)],
             total: 1,
@@ -34,7 +34,7 @@ impl<T> Weighted<T> {
 
     /// Items with their weights; zero-weight items are never picked. `None` when `items` is
     /// empty, so a `Weighted` always has something to pick.
-    pub fn new(items: Vec<(T, u32)>) -> Option<Self> {
+    pub(crate) fn new(items: Vec<(T, u32)>) -> Option<Self> {
         if items.is_empty() {
             return None;
         }
@@ -50,7 +50,7 @@ impl<T> Weighted<T> {
     }
 
     /// The picked item: the only one, or a draw weighted by the weights (all zero: the first).
-    pub fn pick(&self) -> &T {
+    pub(crate) fn pick(&self) -> &T {
         let last = self.items.len() - 1; // never empty: see `one` and `new`
         let idx = if last == 0 || self.total == 0 {
             0

@@ -23,7 +23,7 @@ pub struct RouteMatch {
 
 /// One route's match conditions; every condition given must hold.
 #[derive(Clone, Debug)]
-pub struct Matcher {
+pub(crate) struct Matcher {
     host: Option<Host>,
     path_prefix: Option<String>,
     methods: Vec<Method>,
@@ -39,7 +39,7 @@ enum Host {
 
 impl Matcher {
     /// Compiles the `match` table of a route.
-    pub fn new(cfg: &RouteMatch) -> Self {
+    pub(crate) fn new(cfg: &RouteMatch) -> Self {
         let host = cfg.host.as_ref().map(|h| {
             let h = h.to_ascii_lowercase();
             match h.strip_prefix('*') {
@@ -57,7 +57,7 @@ impl Matcher {
 
     /// True when the request satisfies every condition. `host` is the request's host without
     /// port (from `Host`, or the URI authority for HTTP/2).
-    pub fn matches(
+    pub(crate) fn matches(
         &self,
         method: &Method,
         path: &str,

@@ -3,7 +3,7 @@
 //! Position: step 3 of the walk, called by [`crate::server::service`] after hygiene.
 //! Config: `routes[].match`. Unmatched requests fail with `no-route` (404).
 
-pub mod matcher;
+pub(crate) mod matcher;
 
 use http::header::HOST;
 use http::request::Parts;
@@ -13,18 +13,18 @@ use matcher::Matcher;
 /// The compiled routes of one generation, in file order. Generic over what a route is, so the
 /// router knows matchers and nothing of the stacks behind them.
 #[derive(Debug)]
-pub struct Router<R> {
+pub(crate) struct Router<R> {
     routes: Vec<(Matcher, R)>,
 }
 
 impl<R> Router<R> {
     /// A router over `routes`, each with its matcher, tried in the order given.
-    pub fn new(routes: Vec<(Matcher, R)>) -> Self {
+    pub(crate) fn new(routes: Vec<(Matcher, R)>) -> Self {
         Self { routes }
     }
 
     /// The first route whose matcher accepts the request, or `None` (`no-route`).
-    pub fn route(&self, parts: &Parts) -> Option<&R> {
+    pub(crate) fn route(&self, parts: &Parts) -> Option<&R> {
         let host = request_host(parts);
         let path = parts.uri.path();
         self.routes
@@ -35,7 +35,7 @@ impl<R> Router<R> {
 }
 
 /// The host a request is for, without port: the `Host` header, else the URI authority (h2).
-pub fn request_host(parts: &Parts) -> Option<&str> {
+pub(crate) fn request_host(parts: &Parts) -> Option<&str> {
     let raw = match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
         Some(h) => h,
         None => parts.uri.authority()?.as_str(),

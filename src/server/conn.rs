@@ -24,7 +24,7 @@ const H2_PREFACE_START: &[u8] = b"PRI ";
 /// State of one connection: its timers (milliseconds since `epoch`) and the route stack its
 /// last request used.
 #[derive(Debug)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     epoch: Instant,
     in_flight: AtomicU32,
     idle_since: AtomicU64,
@@ -51,7 +51,7 @@ struct LastService {
 
 /// What the connection task should do now.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ConnAction {
+pub(crate) enum ConnAction {
     /// Nothing to do before this instant.
     WaitUntil(Instant),
     /// Idle for `idle_timeout`: close gracefully (h1: close when idle; h2: GOAWAY).
@@ -64,7 +64,7 @@ pub enum ConnAction {
 
 /// The timeouts a connection task applies (a listener's, as they were when it accepted).
 #[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// `header_read_timeout`.
     pub header_read: Duration,
     /// `idle_timeout`.
@@ -75,7 +75,7 @@ pub struct Timeouts {
 
 impl ConnState {
     /// A new connection, idle since now.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -90,7 +90,11 @@ impl ConnState {
 
     /// The stack of `target` (of `generation`) for a request: the one this connection kept, or
     /// a clone of the target's. A concurrent request (HTTP/2) that finds it taken clones.
-    pub fn take_service(&self, generation: &Arc<Generation>, target: &Target) -> RouteService {
+    pub(crate) fn take_service(
+        &self,
+        generation: &Arc<Generation>,
+        target: &Target,
+    ) -> RouteService {
         let key = std::ptr::from_ref(target) as usize;
         if let Ok(mut last) = self.last_service.try_lock()
             && let Some(kept) = last.take()
@@ -103,7 +107,7 @@ impl ConnState {
     }
 
     /// Keeps `service`, the stack of `target`, for the connection's next request.
-    pub fn keep_service(
+    pub(crate) fn keep_service(
         &self,
         generation: Arc<Generation>,
         target: &Target,
@@ -119,30 +123,30 @@ impl ConnState {
     }
 
     /// A request head was parsed: the connection is busy.
-    pub fn begin_request(&self) {
+    pub(crate) fn begin_request(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(NONE, Ordering::Release);
     }
 
     /// A request was answered (or dropped).
-    pub fn end_request(&self) {
+    pub(crate) fn end_request(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since.store(self.now_ms(), Ordering::Release);
         }
     }
 
     /// The connection was handed to a protocol upgrade (WebSocket); timers no longer apply.
-    pub fn mark_upgraded(&self) {
+    pub(crate) fn mark_upgraded(&self) {
         self.upgraded.store(true, Ordering::Release);
     }
 
     /// Resolves when a write to the client has just started to stall.
-    pub async fn stalled(&self) {
+    pub(crate) async fn stalled(&self) {
         self.stall.notified().await;
     }
 
     /// Decides what the connection task should do, given the listener's timeouts.
-    pub fn next_action(&self, t: Timeouts) -> ConnAction {
+    pub(crate) fn next_action(&self, t: Timeouts) -> ConnAction {
         let now = Instant::now();
         let stalled = self.stalled_since.load(Ordering::Acquire);
         let send_deadline =
@@ -234,7 +238,7 @@ impl ConnState {
 
 /// The connection's socket, reporting what it reads to [`ConnState`].
 #[derive(Debug)]
-pub struct ConnIo<T> {
+pub(crate) struct ConnIo<T> {
     inner: T,
     state: Arc<ConnState>,
     timed: bool,
@@ -243,7 +247,7 @@ pub struct ConnIo<T> {
 
 impl<T> ConnIo<T> {
     /// Wraps `inner`; `state` is shared with the connection's service and task.
-    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
+    pub(crate) fn new(inner: T, state: Arc<ConnState>) -> Self {
         Self {
             inner,
             state,

@@ -7,10 +7,10 @@
 //! Position: step 1 of the walk. Config: `listeners[]`.
 //! Metrics: `weir_downstream_connections{listener}`.
 
-pub mod conn;
-pub mod service;
-pub mod settings;
-pub mod shutdown;
+pub(crate) mod conn;
+pub(crate) mod service;
+pub(crate) mod settings;
+pub(crate) mod shutdown;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,7 +54,7 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// What every connection of one listener shares: the listener's settings as they were when
 /// the connection was accepted (a reload swaps in new ones for the connections after).
 #[derive(Debug)]
-pub struct ListenerShared {
+pub(crate) struct ListenerShared {
     /// The listener's name (the `listener` label).
     pub name: Arc<str>,
     /// Request limits checked by hygiene.
@@ -147,7 +147,7 @@ impl ListenerShared {
 
 /// A bound listener: its socket and the settings its next connections get.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     tcp: TcpListener,
     shared: Arc<ArcSwap<ListenerShared>>,
 }
@@ -157,7 +157,7 @@ impl Listener {
     /// tracked by the listener's task tracker and asked to finish gracefully when `stop` fires.
     /// At `max_connections` open connections it stops accepting (new ones wait in the kernel
     /// backlog), as HAProxy's `maxconn` does.
-    pub async fn serve(self, stop: CancellationToken) {
+    pub(crate) async fn serve(self, stop: CancellationToken) {
         loop {
             let limit = self.shared.load().limit.clone();
             let permit = tokio::select! {
@@ -242,7 +242,7 @@ pub enum ListenerError {
 /// The listeners of a running weir, by name. [`Listeners::apply`] starts them and, on a
 /// reload, moves them to the new config.
 #[derive(Debug)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     env: Env,
     /// Stops every listener (the drain); each listener's own token is a child of it.
     stop: CancellationToken,
@@ -302,7 +302,7 @@ impl Listeners {
     /// No listeners yet, serving into `current`; their tasks (accept loops, connections,
     /// certificate watches) belong to `tasks` and stop with `stop`. `pins` override the
     /// configured address of the listeners they name, at start and on every reload.
-    pub fn new(
+    pub(crate) fn new(
         current: Current,
         metrics: Metrics,
         tasks: TaskTracker,
@@ -325,12 +325,12 @@ impl Listeners {
 
     /// Replaces the address of every listener in `configs` that a pin of these listeners
     /// names (see [`pin`]).
-    pub fn pin(&self, configs: &mut [ListenerConfig]) {
+    pub(crate) fn pin(&self, configs: &mut [ListenerConfig]) {
         pin(&self.pins, configs);
     }
 
     /// Each listener's name and bound address, in config order.
-    pub fn addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
+    pub(crate) fn addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
         self.lock()
             .iter()
             .map(|l| (l.cfg.name.clone(), l.addr))
@@ -349,7 +349,7 @@ impl Listeners {
     /// TLS files are read anew, also for unchanged paths. Everything is bound and loaded
     /// before anything changes: on an error nothing did, and the listeners serve on as before.
     /// `swap` runs just before the new settings apply (the reload swaps the generation there).
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         configs: &[ListenerConfig],
         swap: impl FnOnce(),
@@ -552,7 +552,7 @@ impl Live {
 
 /// Replaces the address of every listener in `configs` that `pins` names (listener name →
 /// address).
-pub fn pin(pins: &[(Arc<str>, SocketAddr)], configs: &mut [ListenerConfig]) {
+pub(crate) fn pin(pins: &[(Arc<str>, SocketAddr)], configs: &mut [ListenerConfig]) {
     for cfg in configs {
         if let Some((_, addr)) = pins.iter().find(|(n, _)| *n == cfg.name) {
             cfg.listen = *addr;

@@ -43,7 +43,7 @@ use crate::upstream::read_timeout::BodyReadTimeout;
 
 /// Serves the requests of one downstream connection.
 #[derive(Clone, Debug)]
-pub struct ProxyService {
+pub(crate) struct ProxyService {
     listener: Arc<ListenerShared>,
     conn: Arc<ConnState>,
     peer: SocketAddr,
@@ -53,7 +53,11 @@ pub struct ProxyService {
 
 impl ProxyService {
     /// The service of a connection from `peer`.
-    pub fn new(listener: Arc<ListenerShared>, conn: Arc<ConnState>, peer: SocketAddr) -> Self {
+    pub(crate) fn new(
+        listener: Arc<ListenerShared>,
+        conn: Arc<ConnState>,
+        peer: SocketAddr,
+    ) -> Self {
         let client = hygiene::client_value(peer.ip());
         Self {
             listener,
@@ -81,12 +85,12 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
 /// A response body on its way to the client. When it ends (or is dropped: the client went
 /// away, or the connection was closed), its `Record` records the request's metrics, writes its
 /// access-log line and marks the request finished on its connection and for the drain.
-pub type ServedBody = Watched<Finish>;
+pub(crate) type ServedBody = Watched<Finish>;
 
 /// The request's `Record`, finished once: when its response body ends or fails, or when the
 /// body is dropped.
 #[derive(Debug)]
-pub struct Finish(Option<Record>);
+pub(crate) struct Finish(Option<Record>);
 
 /// What the access log and `weir_requests_total` say of one request, held until its body ends.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use crate::metrics::{DRAIN_REQUESTS_TOTAL, Metrics};
 
 /// Request accounting for the drain. One per weir; cheap to share.
 #[derive(Debug)]
-pub struct Drain {
+pub(crate) struct Drain {
     draining: AtomicBool,
     in_flight: AtomicU64,
     completed: AtomicU64,
@@ -23,7 +23,7 @@ pub struct Drain {
 
 impl Drain {
     /// Accounting for a weir whose metrics are `metrics`.
-    pub fn new(metrics: &Metrics) -> Self {
+    pub(crate) fn new(metrics: &Metrics) -> Self {
         let result =
             |r: &'static str| metrics.counter(DRAIN_REQUESTS_TOTAL, &[("result", r.into())]);
         Self {
@@ -36,13 +36,13 @@ impl Drain {
     }
 
     /// A request started.
-    pub fn begin(&self) {
+    pub(crate) fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A request ended (answered, or dropped with its connection). During a drain it counts
     /// as completed.
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if self.draining.load(Ordering::Acquire) {
             self.completed.fetch_add(1, Ordering::Relaxed);
@@ -52,27 +52,27 @@ impl Drain {
 
     /// The drain began: from now on, HTTP/1 responses carry `Connection: close` and ended
     /// requests count as completed.
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
     /// Whether a drain is under way.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// Requests in flight now.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire)
     }
 
     /// Requests that ended since the drain began.
-    pub fn completed(&self) -> u64 {
+    pub(crate) fn completed(&self) -> u64 {
         self.completed.load(Ordering::Relaxed)
     }
 
     /// Counts the requests still in flight as cut, and returns how many.
-    pub fn cut(&self) -> u64 {
+    pub(crate) fn cut(&self) -> u64 {
         let cut = self.in_flight();
         self.cut_total.increment(cut);
         cut

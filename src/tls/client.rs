@@ -36,7 +36,7 @@ pub struct Settings {
 /// The TLS settings of one upstream, loaded: files are read once, when the upstream is built.
 /// Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct ClientTls {
+pub(crate) struct ClientTls {
     config: Arc<ClientConfig>,
     /// `tls.sni`, parsed; `None` means each endpoint's own host.
     sni: Option<ServerName<'static>>,
@@ -49,7 +49,7 @@ impl ClientTls {
     /// (webpki-roots). `cert` + `key` are presented when the upstream asks for a client
     /// certificate. ALPN offers `http/1.1` for `http1`, and `h2` then `http/1.1` for `http2`
     /// (the server chooses). Errors name the file (or `tls.sni`) at fault.
-    pub fn new(tls: &Settings, protocol: Protocol) -> Result<Self, TlsError> {
+    pub(crate) fn new(tls: &Settings, protocol: Protocol) -> Result<Self, TlsError> {
         let roots = match &tls.ca {
             Some(ca) => load_roots(ca)?,
             None => rustls::RootCertStore {
@@ -92,20 +92,20 @@ impl ClientTls {
     }
 
     /// The rustls client config (shared by every connection of the upstream).
-    pub fn config(&self) -> &Arc<ClientConfig> {
+    pub(crate) fn config(&self) -> &Arc<ClientConfig> {
         &self.config
     }
 
     /// The configured `tls.sni`, when set: sent in the handshake and verified for every
     /// endpoint.
-    pub fn fixed_name(&self) -> Option<&ServerName<'static>> {
+    pub(crate) fn fixed_name(&self) -> Option<&ServerName<'static>> {
         self.sni.as_ref()
     }
 
     /// The name endpoint `addr` is verified against: `tls.sni` when set, else the endpoint's
     /// host. A DNS name is also sent as SNI; an IP address is sent as no SNI at all and must
     /// be among the certificate's IP addresses.
-    pub fn server_name(&self, addr: &Authority) -> Result<ServerName<'static>, TlsError> {
+    pub(crate) fn server_name(&self, addr: &Authority) -> Result<ServerName<'static>, TlsError> {
         match &self.sni {
             Some(name) => Ok(name.clone()),
             None => host_name(addr.host()),
@@ -114,7 +114,7 @@ impl ClientTls {
 
     /// Runs the handshake over `tcp`, verifying the server as `name`. Unbounded in time: the
     /// caller applies the connect timeout.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         name: ServerName<'static>,
         tcp: TcpStream,
@@ -126,7 +126,7 @@ impl ClientTls {
 }
 
 /// The server name of `host` (a DNS name, an IPv4 address or a bracketed IPv6 address).
-pub fn host_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn host_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -137,7 +137,7 @@ pub fn host_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 /// True when a rustls error (a failed handshake, a certificate that does not verify, an alert
 /// from the server) is somewhere in the cause chain of `err`. Looks inside `io::Error`s too,
 /// whose `source()` skips the error they wrap.
-pub fn is_tls_failure(err: &(dyn StdError + 'static)) -> bool {
+pub(crate) fn is_tls_failure(err: &(dyn StdError + 'static)) -> bool {
     crate::error::caused_by::<rustls::Error>(err)
 }
 

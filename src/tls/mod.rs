@@ -5,8 +5,8 @@
 //! Position: the listener's handshake (step 1 of the walk) and the upstream connector (step 6).
 //! Config: `listeners[].tls`, `upstreams.<name>.tls`.
 
-pub mod client;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod server;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,12 +35,12 @@ impl TlsError {
 }
 
 /// The one crypto provider weir uses (ring).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Every certificate in the PEM file at `path`; an error if there is none.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError::new(path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -52,12 +52,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in the PEM file at `path`.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::new(path, e))
 }
 
 /// A root store made of every certificate in the PEM file at `path`.
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(path)? {
         roots.add(cert).map_err(|e| TlsError::new(path, e))?;

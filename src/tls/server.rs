@@ -33,7 +33,7 @@ pub struct Settings {
 /// The certificate a listener presents, swappable while it serves: the resolver of its
 /// `ServerConfig`. A handshake takes the certificate current when it starts; a swap changes
 /// only later handshakes, so open connections are not touched.
-pub struct Certs {
+pub(crate) struct Certs {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
@@ -43,7 +43,7 @@ pub struct Certs {
 
 /// A certificate and key read from their files, not yet in use (see [`Certs::install`]).
 #[derive(Debug)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     key: Arc<CertifiedKey>,
     seen: Seen,
 }
@@ -58,7 +58,7 @@ impl Certs {
     /// Reads `tls.cert` and `tls.key`. An error names the file at fault and what is wrong:
     /// unreadable, not PEM, no certificate, an unsupported key, a key that does not match
     /// the certificate.
-    pub fn load(tls: &Settings) -> Result<Arc<Self>, TlsError> {
+    pub(crate) fn load(tls: &Settings) -> Result<Arc<Self>, TlsError> {
         let loaded = read(&tls.cert, &tls.key)?;
         Ok(Arc::new(Self {
             cert: tls.cert.clone(),
@@ -70,12 +70,12 @@ impl Certs {
 
     /// Reads the files again, without using what they hold yet (a config reload reads every
     /// file first, and swaps only once the whole reload has succeeded).
-    pub fn read(&self) -> Result<Loaded, TlsError> {
+    pub(crate) fn read(&self) -> Result<Loaded, TlsError> {
         read(&self.cert, &self.key)
     }
 
     /// Puts `loaded` in use for the handshakes that start from now on.
-    pub fn install(&self, loaded: Loaded) {
+    pub(crate) fn install(&self, loaded: Loaded) {
         self.current.store(loaded.key);
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = loaded.seen;
     }
@@ -83,7 +83,7 @@ impl Certs {
     /// Reads the files and, if their bytes changed since the last load, swaps the new
     /// certificate in: `Ok(true)` when it did, `Ok(false)` when nothing changed. On an error
     /// the certificate in use stays.
-    pub fn reload(&self) -> Result<bool, TlsError> {
+    pub(crate) fn reload(&self) -> Result<bool, TlsError> {
         let (cert, key) = (read_file(&self.cert)?, read_file(&self.key)?);
         {
             let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
@@ -97,13 +97,9 @@ impl Certs {
     }
 
     /// The certificate chain and key in use now.
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    #[cfg(test)]
+    fn current(&self) -> Arc<CertifiedKey> {
         self.current.load_full()
-    }
-
-    /// The certificate file, as configured.
-    pub fn cert_path(&self) -> &Path {
-        &self.cert
     }
 }
 
@@ -125,7 +121,10 @@ impl ResolvesServerCert for Certs {
 /// The `ServerConfig` of a listener with `tls`, presenting `certs`. With `tls.client_ca` a
 /// client must present a certificate that CA signed, or the handshake fails. An error names
 /// the file at fault.
-pub fn server_config(tls: &Settings, certs: Arc<Certs>) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(
+    tls: &Settings,
+    certs: Arc<Certs>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(intermediate(&super::provider()));
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -147,7 +146,7 @@ pub fn server_config(tls: &Settings, certs: Arc<Certs>) -> Result<Arc<ServerConf
 
 /// `provider` restricted to the Mozilla "intermediate" cipher suites, in that order
 /// (<https://wiki.mozilla.org/Security/Server_Side_TLS>).
-pub fn intermediate(provider: &CryptoProvider) -> CryptoProvider {
+pub(crate) fn intermediate(provider: &CryptoProvider) -> CryptoProvider {
     let mut p = provider.clone();
     p.cipher_suites = INTERMEDIATE
         .iter()
@@ -166,7 +165,7 @@ pub fn intermediate(provider: &CryptoProvider) -> CryptoProvider {
 /// renamed over, or a Kubernetes secret's symlink swapped) and the files' bytes differ, until
 /// `stop`. A file that cannot be used is logged with the reason and the certificate in use
 /// stays; the next change is tried again.
-pub async fn watch(certs: Arc<Certs>, stop: CancellationToken) {
+pub(crate) async fn watch(certs: Arc<Certs>, stop: CancellationToken) {
     let files = [certs.cert.as_path(), certs.key.as_path()];
     let otherwise = "it reloads with the config only";
     crate::watch::on_change(&files, "the certificate", otherwise, stop, || {

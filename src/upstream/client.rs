@@ -68,14 +68,14 @@ const UPSTREAM_H2_STREAM_WINDOW: u32 = 64 * 1024;
 const UPSTREAM_H2_CONN_WINDOW: u32 = 16 * UPSTREAM_H2_STREAM_WINDOW;
 
 /// The hyper-util client type HTTP/2 upstreams without TLS use (prior knowledge).
-pub type HttpClient = Client<HttpConnector, Body>;
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
 /// The hyper-util client type `protocol = "http2"` upstreams with TLS use: ALPN picks HTTP/2
 /// or HTTP/1.1 per connection.
-pub type HttpsClient = Client<TimedConnect, Body>;
+pub(crate) type HttpsClient = Client<TimedConnect, Body>;
 
 /// A request on its way to an endpoint.
-pub type SendFuture = Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>;
+pub(crate) type SendFuture = Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>;
 
 /// What every endpoint of one upstream shares. Cheap to clone.
 #[derive(Clone)]
@@ -358,7 +358,7 @@ fn build_https_client(cfg: &UpstreamConfig, tls: &ClientTls) -> HttpsClient {
 /// The connector of [`HttpsClient`]: TCP and the TLS handshake within the connect timeout;
 /// each connection [`Watched`] for failures of its TLS layer.
 #[derive(Clone, Debug)]
-pub struct TimedConnect {
+pub(crate) struct TimedConnect {
     inner: HttpsConnector<TcpConnect>,
     timeout: Duration,
 }
@@ -394,7 +394,7 @@ impl tower::Service<Uri> for TimedConnect {
 /// only the message of an I/O error, so a TLS alert that ends the connection reaches the
 /// request as an error with no TLS type in its chain.
 #[derive(Debug)]
-pub struct Watched {
+pub(crate) struct Watched {
     inner: MaybeHttpsStream<TokioIo<TcpStream>>,
     failed: TlsFailed,
 }

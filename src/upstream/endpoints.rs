@@ -45,7 +45,7 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast the EWMA forgets: the weight of a sample `dt` old is `exp(-dt / DECAY)`.
 const DECAY: Duration = Duration::from_secs(10);
 /// The share a ramping endpoint starts with.
-pub const RAMP_FLOOR: f64 = 0.1;
+pub(crate) const RAMP_FLOOR: f64 = 0.1;
 /// Pushback from an upstream's `Retry-After` is honoured for at most this long.
 const MAX_PUSHBACK: Duration = Duration::from_secs(300);
 /// "Not set" for the time atomics.
@@ -101,7 +101,7 @@ pub struct SetShape {
 
 /// How a try on an endpoint ended, for outlier detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A response that is not a gateway error.
     Success,
     /// A gateway error: connect failure, reset, TLS failure, or a 502, 503 or 504.

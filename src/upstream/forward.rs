@@ -39,7 +39,7 @@ use crate::upstream::read_timeout::{Progress, ReadTimeout};
 
 /// Sends a request to one endpoint of the upstream. Always ready; clones share state.
 #[derive(Clone, Debug)]
-pub struct Forward {
+pub(crate) struct Forward {
     shared: Arc<Shared>,
 }
 
@@ -66,7 +66,7 @@ struct Outcomes {
 
 impl Forward {
     /// The leaf for upstream `cfg` over its endpoint set.
-    pub fn new(cfg: &UpstreamConfig, set: EndpointSet, metrics: &Metrics) -> Self {
+    pub(crate) fn new(cfg: &UpstreamConfig, set: EndpointSet, metrics: &Metrics) -> Self {
         let up = || ("upstream", cfg.name.clone());
         let outcome = |o: &'static str| {
             metrics.counter(UPSTREAM_ATTEMPTS_TOTAL, &[up(), ("outcome", Arc::from(o))])

@@ -18,7 +18,7 @@
 /// input bit over the whole output (FNV-1a alone mixes poorly: its low output bits depend only
 /// on the low bits of the input bytes). Not keyed and not collision resistant against an adversary: a client that chooses
 /// its key can choose its endpoint, which is what session affinity lets it do anyway.
-pub fn hash_bytes(bytes: &[u8]) -> u64 {
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     fmix64(fnv1a(FNV_OFFSET, bytes))
 }
 
@@ -125,7 +125,7 @@ fn fmix64(mut k: u64) -> u64 {
 /// 256 keeps 100 members within a fifth of fair; past it the gain is small. Counting 100 000
 /// random keys instead of arc lengths adds sampling noise (about 3 % per member at 100
 /// members): then 3–8 %, 9–10 % and 21–22 %.
-pub const VNODES: usize = 256;
+pub(crate) const VNODES: usize = 256;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;

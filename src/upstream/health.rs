@@ -54,7 +54,7 @@ impl Default for Settings {
 const MAX_BODY: usize = 64 * 1024;
 
 /// Starts the checks of an upstream's endpoint set; the task ends with the set.
-pub fn spawn(set: WeakEndpointSet, settings: Settings) {
+pub(crate) fn spawn(set: WeakEndpointSet, settings: Settings) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(run(set, settings));
     }

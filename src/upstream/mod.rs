@@ -4,16 +4,16 @@
 //! load shedding → circuit breaker → retry → per-try timeout → forward. Config:
 //! `upstreams.<name>` (`shed`, `breaker`, `retry`, `try_timeout`, ...). Metrics: see each layer.
 
-pub mod balance;
-pub mod client;
+pub(crate) mod balance;
+pub(crate) mod client;
 pub mod discovery;
-pub mod endpoints;
-pub mod forward;
-pub mod hash;
-pub mod health;
-pub mod outlier;
-pub mod pool;
-pub mod read_timeout;
+pub(crate) mod endpoints;
+pub(crate) mod forward;
+pub(crate) mod hash;
+pub(crate) mod health;
+pub(crate) mod outlier;
+pub(crate) mod pool;
+pub(crate) mod read_timeout;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};
@@ -198,7 +198,7 @@ struct Dns {
 
 /// Builds one upstream: its endpoint set and the stack over its forwarding leaf. Starts
 /// nothing ([`Upstream::start`] does). Fails when its TLS settings cannot be loaded.
-pub fn build(cfg: &Settings, metrics: &Metrics) -> Result<Upstream, TlsError> {
+pub(crate) fn build(cfg: &Settings, metrics: &Metrics) -> Result<Upstream, TlsError> {
     let set = endpoint_set(cfg, metrics)?;
     Ok(with_leaf(
         cfg,

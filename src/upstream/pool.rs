@@ -38,11 +38,11 @@ const MAX_IDLE: usize = 1024;
 /// buffer, the body channel's chunk and the listener's write buffer); at 64 KiB the response
 /// head must fit in 64 KiB (nginx's `proxy_buffer_size` default is 4–8 KiB), and a response
 /// is read only as fast as the client drains it, one chunk at a time.
-pub const UPSTREAM_READ_BUF: usize = 64 * 1024;
+pub(crate) const UPSTREAM_READ_BUF: usize = 64 * 1024;
 
 /// The pool of one endpoint. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     shared: Arc<Shared>,
 }
 
@@ -61,7 +61,7 @@ struct Shared {
 /// TLS toward one endpoint: the upstream's client settings and the name the endpoint's
 /// certificate is verified against.
 #[derive(Clone, Debug)]
-pub struct EndpointTls {
+pub(crate) struct EndpointTls {
     /// The upstream's TLS settings.
     pub tls: ClientTls,
     /// The name to verify (and send as SNI when it is a DNS name); `None` when the endpoint's
@@ -87,7 +87,7 @@ impl Pool {
     /// A pool for `endpoint`, speaking TLS when `tls` is set. With its first idle connection it
     /// starts a sweeper that closes connections idle for longer than `idle_timeout`; it ends by
     /// itself when the pool is dropped.
-    pub fn new(
+    pub(crate) fn new(
         endpoint: Authority,
         connect_timeout: Duration,
         idle_timeout: Duration,
@@ -116,7 +116,7 @@ impl Pool {
     /// failed or the upstream refused it right after (TLS 1.3 reports a refused client
     /// certificate only when the first request is read), `payload-too-large` when the request
     /// body outgrew the listener's limit, `upstream-reset` otherwise.
-    pub async fn send(self, mut req: Request) -> Result<Response, ProxyError> {
+    pub(crate) async fn send(self, mut req: Request) -> Result<Response, ProxyError> {
         let shared = &self.shared;
         while let Some(Idle { mut tx, since }) = shared.idle.pop() {
             if tx.is_closed() || since.elapsed() > shared.idle_timeout {
@@ -294,7 +294,7 @@ async fn sweep(pool: Weak<Shared>) {
 
 /// An error after the request may have reached the upstream: the client's request body
 /// (too large: 413; unreadable: 400), or else the upstream connection (502).
-pub fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {
+pub(crate) fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {
     if caused_by::<BodyTooLarge>(&e) {
         ProxyError::PayloadTooLarge
     } else if caused_by::<RequestBodyError>(&e) {

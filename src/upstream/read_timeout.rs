@@ -25,19 +25,19 @@ use crate::http::{Body, StallTimer, Watch, Watched};
 /// The upstream's response stopped arriving for `read_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream sent no response bytes for read_timeout")]
-pub struct BodyReadTimeout;
+pub(crate) struct BodyReadTimeout;
 
 /// When the request body of one try last moved toward the upstream, in milliseconds since the
 /// try began. Shared by the try's future and its request body.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     base: Instant,
     last_ms: AtomicU64,
 }
 
 impl Progress {
     /// A try that began at `base`.
-    pub fn new(base: Instant) -> Arc<Self> {
+    pub(crate) fn new(base: Instant) -> Arc<Self> {
         Arc::new(Self {
             base,
             last_ms: AtomicU64::new(0),
@@ -51,12 +51,12 @@ impl Progress {
     }
 
     /// When the wait for the head ends, `timeout` after the last progress.
-    pub fn deadline(&self, timeout: Duration) -> Instant {
+    pub(crate) fn deadline(&self, timeout: Duration) -> Instant {
         self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
     }
 
     /// `body` as sent upstream: each frame the upstream connection takes is progress.
-    pub fn track(self: &Arc<Self>, body: Body) -> Body {
+    pub(crate) fn track(self: &Arc<Self>, body: Body) -> Body {
         Body::boxed(Watched::new(body, Tracked(self.clone())))
     }
 }
@@ -75,15 +75,15 @@ impl Watch for Tracked {
 
 /// An upstream response body that fails with [`BodyReadTimeout`] when no frame arrives for
 /// its timeout.
-pub type ReadTimeoutBody = Watched<ReadTimeout>;
+pub(crate) type ReadTimeoutBody = Watched<ReadTimeout>;
 
 /// The timer of a [`ReadTimeoutBody`].
 #[derive(Debug)]
-pub struct ReadTimeout(StallTimer);
+pub(crate) struct ReadTimeout(StallTimer);
 
 impl ReadTimeout {
     /// `inner`, bounded by `timeout` between frames.
-    pub fn body(inner: Body, timeout: Duration) -> ReadTimeoutBody {
+    pub(crate) fn body(inner: Body, timeout: Duration) -> ReadTimeoutBody {
         Watched::new(inner, ReadTimeout(StallTimer::new(timeout)))
     }
 }

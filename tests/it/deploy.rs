@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_norway::Value;
 use weir::Config;
-use weir::metrics as m;
+use weir::internals::metrics as m;
 
 use crate::support::tool;
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::uri::Authority;
 use tokio_util::sync::CancellationToken;
-use weir::metrics::{DNS_RESOLUTIONS_TOTAL, Metrics};
-use weir::upstream::discovery::{self, HickoryResolver, ResolveError, resolve_once};
+use weir::internals::discovery::{self, HickoryResolver, ResolveError, resolve_once};
+use weir::internals::metrics::{DNS_RESOLUTIONS_TOTAL, Metrics};
 
 use crate::support::dns::DnsServer;
 use crate::support::{Scrape, eventually};

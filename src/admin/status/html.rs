@@ -19,7 +19,7 @@ use crate::resilience::shed::ShedStatus;
 /// route, `id="upstream-NAME"` per upstream section, `class="breaker STATE"` (`closed`,
 /// `half_open`, `open`), `id="panic-NAME"` for a panic-mode banner, and one row
 /// `data-endpoint="ADDRESS"` per endpoint. Every name and address is HTML-escaped.
-pub fn html(s: &StatusSnapshot) -> String {
+pub(crate) fn html(s: &StatusSnapshot) -> String {
     let mut out = String::with_capacity(8192);
     out.push_str(concat!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
@@ -377,7 +377,7 @@ fn human(d: Duration) -> String {
 
 /// `s` with the characters that are special in HTML text and attribute values (`&`, `<`,
 /// `>`, `"`, `'`) replaced by character references.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

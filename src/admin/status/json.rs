@@ -15,7 +15,7 @@ use super::{EndpointView, StatusSnapshot, TargetView, UpstreamView};
 
 /// The status document as JSON, one line: `version`, `taken_at`, `listeners`, `routes` and
 /// `upstreams`.
-pub fn json(s: &StatusSnapshot) -> Vec<u8> {
+pub(crate) fn json(s: &StatusSnapshot) -> Vec<u8> {
     let mut out = Vec::with_capacity(2048);
     let written = Document::new(s)
         .serialize(&mut Serializer::with_formatter(&mut out, ThreeDecimals))

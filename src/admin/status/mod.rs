@@ -22,13 +22,13 @@ use crate::generation::Generation;
 use crate::resilience::breaker::BreakerStatus;
 use crate::resilience::shed::ShedStatus;
 
-pub use html::{escape, html};
-pub use json::json;
+pub(crate) use html::html;
+pub(crate) use json::json;
 
 /// A read-only picture of one generation, taken once by [`StatusSnapshot::collect`] and
 /// rendered by [`json`] and [`html`]; later changes to the live state do not show in it.
 #[derive(Clone, Debug)]
-pub struct StatusSnapshot {
+pub(crate) struct StatusSnapshot {
     /// Weir's version (`CARGO_PKG_VERSION`).
     pub version: &'static str,
     /// Wall-clock time the snapshot was taken.
@@ -45,7 +45,7 @@ pub struct StatusSnapshot {
 
 /// One downstream listener as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenerView {
+pub(crate) struct ListenerView {
     /// The listener's name.
     pub name: Arc<str>,
     /// The configured address (port 0 when the system picks it).
@@ -56,7 +56,7 @@ pub struct ListenerView {
 
 /// One route as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteView {
+pub(crate) struct RouteView {
     /// The route's name.
     pub name: Arc<str>,
     /// Its priority (`critical`, `default` or `sheddable`).
@@ -71,7 +71,7 @@ pub struct RouteView {
 
 /// One target of a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetView {
+pub(crate) enum TargetView {
     /// An upstream and its split weight (1 for a route with a single upstream).
     Upstream {
         /// The upstream's name.
@@ -85,7 +85,7 @@ pub enum TargetView {
 
 /// One upstream: its endpoints and the state of its policies.
 #[derive(Clone, Debug)]
-pub struct UpstreamView {
+pub(crate) struct UpstreamView {
     /// The upstream's name.
     pub name: Arc<str>,
     /// The configured balancer (`p2c`, `round_robin`, `least_request` or `hash`).
@@ -106,11 +106,11 @@ pub struct UpstreamView {
     pub median_latency: Option<Duration>,
 }
 
-pub use crate::upstream::endpoints::EndpointView;
+pub(crate) use crate::upstream::endpoints::EndpointView;
 
 impl StatusSnapshot {
     /// Reads `generation` once: its config and every upstream's policy handles.
-    pub fn collect(generation: &Generation) -> Self {
+    pub(crate) fn collect(generation: &Generation) -> Self {
         let config = &generation.config;
         let listeners = config
             .listeners

@@ -26,7 +26,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-pub use self::state::BreakerState;
+pub(crate) use self::state::BreakerState;
 use self::state::{Admission, Machine, Ticket, Transition, Trigger};
 use crate::error::ProxyError;
 use crate::http::{Request, Response};
@@ -82,13 +82,13 @@ impl Default for Settings {
 /// Wraps a service in [`CircuitBreaker`]. Clones (and every service it makes) share one
 /// breaker: one state machine, one window, one set of metric handles.
 #[derive(Clone, Debug)]
-pub struct CircuitBreakerLayer {
+pub(crate) struct CircuitBreakerLayer {
     shared: Arc<Shared>,
 }
 
 /// See the module docs. Always ready; admission is decided in `call`.
 #[derive(Clone, Debug)]
-pub struct CircuitBreaker<S> {
+pub(crate) struct CircuitBreaker<S> {
     inner: S,
     shared: Arc<Shared>,
 }
@@ -137,7 +137,7 @@ struct Shared {
 impl CircuitBreakerLayer {
     /// A closed breaker for `upstream` with `settings`; resolves its metric handles in
     /// `metrics` now and sets `weir_circuit_state` to 0.
-    pub fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
+    pub(crate) fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
         let label = || ("upstream", upstream.clone());
         let transitions = Trigger::ALL.map(|r| {
             metrics.counter(
@@ -172,7 +172,7 @@ impl CircuitBreakerLayer {
     }
 
     /// A read-only view of this breaker's state.
-    pub fn handle(&self) -> BreakerHandle {
+    pub(crate) fn handle(&self) -> BreakerHandle {
         BreakerHandle {
             shared: self.shared.clone(),
         }

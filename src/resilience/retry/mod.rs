@@ -14,7 +14,7 @@
 //! the tries are in `future.rs`, what a retry re-sends in `template.rs` (head, headers, context)
 //! and `replay.rs` (the body).
 
-pub mod backoff;
+pub(crate) mod backoff;
 mod budget;
 mod future;
 mod latency;
@@ -31,7 +31,7 @@ use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-pub use self::future::ResponseFuture;
+pub(crate) use self::future::ResponseFuture;
 use crate::error::ProxyError;
 use crate::http::{Request, Response, retry_after};
 use crate::metrics::{
@@ -86,7 +86,7 @@ impl Default for Settings {
 /// latency estimate and one set of metric handles: build one per upstream and keep it for as
 /// long as the upstream's retry settings are unchanged.
 #[derive(Clone, Debug)]
-pub struct RetryLayer {
+pub(crate) struct RetryLayer {
     shared: Arc<Shared>,
 }
 
@@ -97,7 +97,7 @@ pub struct RetryLayer {
 /// (the `route` label, the `deadline`) and sets its `last_endpoint` before the first try so the
 /// leaf can avoid the endpoint that failed.
 #[derive(Clone, Debug)]
-pub struct Retry<S> {
+pub(crate) struct Retry<S> {
     inner: S,
     shared: Arc<Shared>,
 }
@@ -138,7 +138,7 @@ enum Count {
 impl RetryLayer {
     /// The retry policy of `upstream` (its name labels the metrics). The budget starts now,
     /// with its floor at one second's worth of `budget_min_per_sec`.
-    pub fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
+    pub(crate) fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
         let now = Instant::now();
         let budget_remaining =
             metrics.gauge(RETRY_BUDGET_REMAINING, &[("upstream", upstream.clone())]);
@@ -168,7 +168,7 @@ impl RetryLayer {
     /// Whether tries should record their endpoint so the next one avoids it (default on). Turn
     /// it off for a leaf with one endpoint: it saves an allocation per request. Call it before
     /// the layer is cloned or used; later calls change nothing.
-    pub fn with_endpoint_memo(mut self, on: bool) -> Self {
+    pub(crate) fn with_endpoint_memo(mut self, on: bool) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.endpoint_memo = on;
         }
@@ -176,7 +176,7 @@ impl RetryLayer {
     }
 
     /// A handle on this layer's budget and latency estimate.
-    pub fn handle(&self) -> RetryHandle {
+    pub(crate) fn handle(&self) -> RetryHandle {
         RetryHandle {
             shared: self.shared.clone(),
         }

@@ -99,8 +99,10 @@ mod testing;
 
 use std::time::Duration;
 
-pub use self::future::ResponseFuture;
-pub use self::service::{Shed, ShedHandle, ShedLayer, ShedStatus};
+#[cfg(test)]
+use self::service::Shed;
+pub use self::service::ShedLayer;
+pub(crate) use self::service::{ShedHandle, ShedStatus};
 use crate::resilience::Mode;
 
 /// Load shedding of an upstream (`upstreams.NAME.shed`).
