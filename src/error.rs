@@ -121,24 +121,6 @@ impl ProxyError {
             | Self::PayloadTooLarge => None,
         }
     }
-
-    /// True when the request provably never reached the upstream, so any method may be re-sent.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::UpstreamConnect(_) | Self::UpstreamTls(_) => true,
-            Self::NoRoute
-            | Self::CircuitOpen { .. }
-            | Self::Overloaded
-            | Self::RateLimited { .. }
-            | Self::UpstreamTimeout
-            | Self::UpstreamReset(_)
-            | Self::NoHealthyEndpoint
-            | Self::FaultInjected { .. }
-            | Self::BadRequest(_)
-            | Self::HeadersTooLarge
-            | Self::PayloadTooLarge => false,
-        }
-    }
 }
 
 /// True when `E` is `err` or somewhere in its chain of sources (see [`cause`]).
@@ -216,11 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn only_errors_before_the_request_left_are_retryable() {
-        let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
-        assert!(ProxyError::UpstreamConnect(io()).is_retryable());
-        assert!(!ProxyError::UpstreamReset(io()).is_retryable());
-        assert!(!ProxyError::UpstreamTimeout.is_retryable());
+    fn an_overload_asks_for_a_retry_later_and_a_timeout_does_not() {
         assert_eq!(
             ProxyError::Overloaded.retry_after(),
             Some(Duration::from_secs(1))

@@ -88,8 +88,6 @@ impl std::fmt::Debug for RouteService {
 /// One way a route can answer: an upstream (with its weight in a split) or a direct response.
 #[derive(Debug)]
 pub struct Target {
-    /// The upstream name; empty for a direct response.
-    pub upstream: Arc<str>,
     /// The stack a request for this target runs through.
     pub service: RouteService,
     /// `weir_requests_total` / duration handles for (route, upstream).
@@ -181,7 +179,6 @@ pub fn build(
                 upstream: name.clone(),
             })?;
         Ok(Target {
-            upstream: name.clone(),
             service: layers.stack(up.clone()),
             metrics: RouteMetrics::new(metrics, cfg.name.clone(), name.clone()),
             direct: false,
@@ -199,7 +196,6 @@ pub fn build(
             })?
         }
         RouteAction::Respond(respond) => split::Weighted::one(Target {
-            upstream: Arc::from(""),
             service: layers.stack(Direct::new(respond)),
             metrics: RouteMetrics::new(metrics, cfg.name.clone(), Arc::from("")),
             direct: true,

@@ -530,11 +530,6 @@ impl EndpointSet {
         (views, snap.panic())
     }
 
-    /// The recovery ramp (`outlier.ramp`).
-    pub fn ramp(&self) -> Duration {
-        self.inner.outlier.ramp
-    }
-
     /// Microseconds since the set's epoch.
     pub(crate) fn now(&self) -> u64 {
         micros(self.inner.epoch.elapsed())

@@ -30,8 +30,6 @@ pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
 pub struct Ring {
     /// `(position, member index)`, sorted by position, positions unique.
     points: Vec<(u64, u32)>,
-    /// Number of members, including any that own no point.
-    members: usize,
 }
 
 impl Ring {
@@ -56,17 +54,14 @@ impl Ring {
         }
         points.sort_unstable();
         points.dedup_by_key(|p| p.0);
-        Ring {
-            points,
-            members: members.len(),
-        }
+        Ring { points }
     }
 
     /// The member owning `hash`: the first point clockwise at or after `hash` (wrapping past
     /// `u64::MAX` to the start) whose member passes `usable(member_index)`.
     ///
     /// `None` when the ring is empty or no member is usable. Walks every point at most once,
-    /// so `usable` may be called up to `len() ·` [`VNODES`] times when few members pass it.
+    /// so `usable` may be called up to [`VNODES`] times per member when few members pass it.
     pub fn pick(&self, hash: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let start = self.points.partition_point(|&(point, _)| point < hash);
         let (before, after) = self.points.split_at_checked(start)?;
@@ -75,16 +70,6 @@ impl Ring {
             .chain(before)
             .filter_map(|&(_, member)| usize::try_from(member).ok())
             .find(|&member| usable(member))
-    }
-
-    /// Number of members the ring was built over.
-    pub fn len(&self) -> usize {
-        self.members
-    }
-
-    /// Whether the ring was built over no member (then [`Ring::pick`] is always `None`).
-    pub fn is_empty(&self) -> bool {
-        self.members == 0
     }
 }
 
@@ -268,8 +253,6 @@ mod tests {
     #[test]
     fn empty_ring_picks_nothing() {
         let ring = Ring::new::<&str>(&[]);
-        assert!(ring.is_empty());
-        assert_eq!(ring.len(), 0);
         assert_eq!(ring.pick(0, |_| true), None);
         assert_eq!(ring.pick(u64::MAX, |_| true), None);
     }
@@ -277,8 +260,6 @@ mod tests {
     #[test]
     fn ring_of_one_always_picks_it() {
         let ring = Ring::new(&["10.0.0.1:8080"]);
-        assert_eq!(ring.len(), 1);
-        assert!(!ring.is_empty());
         for key in keys(1_000).into_iter().chain([0, u64::MAX]) {
             assert_eq!(ring.pick(key, |_| true), Some(0));
             assert_eq!(ring.pick(key, |_| false), None);
@@ -302,7 +283,6 @@ mod tests {
     #[test]
     fn duplicate_keys_collapse_onto_the_first() {
         let ring = Ring::new(&["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.1:8080"]);
-        assert_eq!(ring.len(), 3);
         assert_eq!(ring.points.len(), 2 * VNODES);
         for key in keys(1_000) {
             assert_ne!(ring.pick(key, |_| true), Some(2));
