@@ -16,23 +16,33 @@ use tokio::time::Instant;
 
 /// What the stages of one request share, stored once in the request's extensions by
 /// [`crate::server::service`] (one allocation per request). Cloned with the extensions when a
-/// retry builds the next try.
+/// retry builds the next try. Each field says who writes it and who reads it; no other stage
+/// touches it.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
-    /// The downstream peer's address (rate limiting by `client_ip`).
+    /// The downstream peer's address. Written by `server::service`; read by `route::ratelimit`
+    /// (keys by `client_ip`) and `upstream::forward` (the balancer's `hash_on = "client_ip"`).
     pub client: IpAddr,
-    /// The route's name (the `route` label of per-route policy metrics).
+    /// The route's name. Written by `server::service`; read by `resilience::retry` (the
+    /// `route` label of its counters).
     pub route: Arc<str>,
-    /// The route's priority, lowered by `x-weir-priority` when the request asks.
+    /// The route's priority, lowered by `x-weir-priority` when the request asks. Written by
+    /// `server::service`; read by `resilience::shed` (shares and queue order).
     pub priority: Priority,
-    /// When the route's total deadline expires (set by [`crate::route::deadline`]); `None`
-    /// when the route has none.
+    /// When the route's total deadline expires; `None` when the route has none. Written by
+    /// `route::deadline` (the sooner of the route's `timeout` and an inbound
+    /// `x-weir-deadline-ms`); read by `resilience::retry` (no backoff past it),
+    /// `resilience::timeout` (a try ends by it; the `x-weir-deadline-ms` sent upstream) and
+    /// `upstream::forward` (a try's end when it has no `try_end`).
     pub deadline: Option<Instant>,
-    /// When the current try's time is up: the sooner of its per-try timeout and `deadline`
-    /// (set by [`crate::resilience::timeout`] for each try).
+    /// When the current try's time is up: the sooner of its per-try timeout and `deadline`.
+    /// Written by `resilience::timeout` before each try; read by `upstream::forward` (how long
+    /// it waits for the response head, and whether a dropped try counts as `upstream-timeout`).
     pub try_end: Option<Instant>,
-    /// The endpoint index the last try went to, written by the forwarding leaf; the next try
-    /// avoids it when another endpoint is available. Present only when a retry may follow.
+    /// The endpoint index the last try went to; present only when a retry may follow. Created
+    /// by `resilience::retry` (its request template), written by `upstream::forward` after it
+    /// picks, and read by `upstream::forward` on the next try, which avoids that endpoint when
+    /// another is available.
     pub last_endpoint: Option<Arc<AtomicUsize>>,
 }
 
