@@ -18,7 +18,6 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::tls::{TlsError, load_certs, load_key, load_roots, provider};
-use crate::upstream::client::Protocol;
 
 /// TLS to an upstream (`upstreams.NAME.tls`). Files are read when the upstream is built.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,13 +42,13 @@ pub(crate) struct ClientTls {
 }
 
 impl ClientTls {
-    /// Loads `tls` for an upstream speaking `protocol`.
+    /// Loads `tls` for an upstream whose ALPN offer is `alpn` (most preferred first).
     ///
     /// Trust: only the certificates in `ca` when it is set, else the built-in web roots
     /// (webpki-roots). `cert` + `key` are presented when the upstream asks for a client
-    /// certificate. ALPN offers `http/1.1` for `http1`, and `h2` then `http/1.1` for `http2`
-    /// (the server chooses). Errors name the file (or `tls.sni`) at fault.
-    pub(crate) fn new(tls: &Settings, protocol: Protocol) -> Result<Self, TlsError> {
+    /// certificate. The server chooses among `alpn`. Errors name the file (or `tls.sni`) at
+    /// fault.
+    pub(crate) fn new(tls: &Settings, alpn: &[&[u8]]) -> Result<Self, TlsError> {
         let roots = match &tls.ca {
             Some(ca) => load_roots(ca)?,
             None => rustls::RootCertStore {
@@ -74,10 +73,7 @@ impl ClientTls {
             }
             (None, Some(key)) => return Err(TlsError::new(key, "a client key needs `cert` too")),
         };
-        config.alpn_protocols = match protocol {
-            Protocol::Http1 => vec![ALPN_HTTP1.to_vec()],
-            Protocol::Http2 => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
-        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let sni = match &tls.sni {
             Some(name) => Some(
                 ServerName::try_from(name.clone())
@@ -146,9 +142,9 @@ fn setting_error(what: &str, message: impl std::fmt::Display) -> TlsError {
 }
 
 /// ALPN protocol id of HTTP/2 over TLS.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol id of HTTP/1.1.
-const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[cfg(test)]
 mod tests {
@@ -162,9 +158,9 @@ mod tests {
 
     #[test]
     fn web_roots_by_default_and_alpn_by_protocol() {
-        let h1 = ClientTls::new(&tls(), Protocol::Http1).unwrap();
+        let h1 = ClientTls::new(&tls(), &[ALPN_HTTP1]).unwrap();
         assert_eq!(h1.config().alpn_protocols, [b"http/1.1".to_vec()]);
-        let h2 = ClientTls::new(&tls(), Protocol::Http2).unwrap();
+        let h2 = ClientTls::new(&tls(), &[ALPN_H2, ALPN_HTTP1]).unwrap();
         assert_eq!(
             h2.config().alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -174,7 +170,7 @@ mod tests {
 
     #[test]
     fn server_name_is_sni_or_the_endpoint_host() {
-        let by_host = ClientTls::new(&tls(), Protocol::Http1).unwrap();
+        let by_host = ClientTls::new(&tls(), &[ALPN_HTTP1]).unwrap();
         let name = |t: &ClientTls, a: &str| t.server_name(&a.parse().unwrap()).unwrap();
         assert_eq!(
             name(&by_host, "backend.internal:443"),
@@ -192,7 +188,7 @@ mod tests {
             sni: Some("api.example.com".into()),
             ..tls()
         };
-        let fixed = ClientTls::new(&fixed, Protocol::Http1).unwrap();
+        let fixed = ClientTls::new(&fixed, &[ALPN_HTTP1]).unwrap();
         assert_eq!(
             name(&fixed, "127.0.0.1:8443"),
             ServerName::try_from("api.example.com").unwrap()
@@ -218,14 +214,14 @@ mod tests {
             },
         ];
         for case in cases {
-            let err = ClientTls::new(&case, Protocol::Http1).unwrap_err();
+            let err = ClientTls::new(&case, &[ALPN_HTTP1]).unwrap_err();
             assert_eq!(err.path, missing.display().to_string(), "{err}");
         }
         let bad_sni = Settings {
             sni: Some("not a name".into()),
             ..tls()
         };
-        let err = ClientTls::new(&bad_sni, Protocol::Http1).unwrap_err();
+        let err = ClientTls::new(&bad_sni, &[ALPN_HTTP1]).unwrap_err();
         assert_eq!(err.path, "tls.sni");
     }
 

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use crate::error::{BoxError, ProxyError, cause, caused_by};
 use crate::http::{Body, Request, Response};
 use crate::tls::TlsError;
-use crate::tls::client::{ClientTls, host_name, is_tls_failure};
+use crate::tls::client::{ALPN_H2, ALPN_HTTP1, ClientTls, host_name, is_tls_failure};
 use crate::upstream::Settings as UpstreamConfig;
 use crate::upstream::pool::{EndpointTls, Pool, UPSTREAM_READ_BUF, sent_error};
 
@@ -55,6 +55,14 @@ impl Protocol {
         match self {
             Protocol::Http1 => "http1",
             Protocol::Http2 => "http2",
+        }
+    }
+
+    /// What TLS offers in ALPN for it: `http/1.1`; `h2` then `http/1.1` (the server chooses).
+    fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Protocol::Http1 => &[ALPN_HTTP1],
+            Protocol::Http2 => &[ALPN_H2, ALPN_HTTP1],
         }
     }
 }
@@ -122,7 +130,7 @@ impl Transport {
                 {
                     settings.sni = Some(dns.host().to_owned());
                 }
-                let tls = ClientTls::new(&settings, cfg.protocol)?;
+                let tls = ClientTls::new(&settings, cfg.protocol.alpn())?;
                 for ep in &cfg.endpoints {
                     tls.server_name(ep)?;
                 }
