@@ -17,7 +17,7 @@ UPSTREAM_ADDR=127.0.0.1:18000
 declare -A ADDR=([direct]=$UPSTREAM_ADDR [weir]=127.0.0.1:18080
                  [nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [weir-base]=127.0.0.1:18083)
 declare -A PID=()          # target -> PID of its (top) process
-STARTED=()                 # every server PID this script started, for cleanup
+STARTED=()                 # every server PID this script started and has not reaped yet
 WRK_PID=                   # the measured wrk while it runs
 
 log() { printf '[load] %s\n' "$*" >&2; }
@@ -182,10 +182,13 @@ EOF
 log "starting upstream on cpu0; proxies run on cpu1"
 start direct "$TMP/upstream.log" taskset -c 0 "$UPSTREAM_BIN" --listen "$UPSTREAM_ADDR"
 stop_proxy() {  # stop_proxy TARGET
-  local t=$1 p
+  local t=$1 p keep=()
   [[ -n ${PID[$t]:-} ]] || return 0
   for p in $(proc_tree "${PID[$t]}"); do kill "$p" 2>/dev/null || true; done
   wait "${PID[$t]}" 2>/dev/null || true
+  # Reaped: forget the PID, so that cleanup never signals a process that later reuses it.
+  for p in "${STARTED[@]}"; do [[ $p == "${PID[$t]}" ]] || keep+=("$p"); done
+  STARTED=("${keep[@]}")
   PID[$t]=
   while port_busy "${ADDR[$t]}"; do sleep 0.1; done
 }
