@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# End-to-end load benchmark: weir vs nginx vs HAProxy vs no proxy at all.
+# End-to-end load benchmark: weir vs nginx vs HAProxy vs no proxy at all, proxying to an upstream
+# and answering by themselves (direct response).
 # Usage: bash benches/load/run.sh   (knobs and how to read the output: README.md)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
 
-TARGETS=${TARGETS:-"direct nginx haproxy weir"}
+TARGETS=${TARGETS:-"direct nginx haproxy weir nginx-direct weir-direct"}
 CONNS=${CONNS:-"64 256"}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}   # seconds per measured run
@@ -14,8 +15,13 @@ WARMUP=${WARMUP:-2}        # seconds of unmeasured load before each run
 OUT_DIR=${OUT_DIR:-$ROOT/target/load-bench}
 
 UPSTREAM_ADDR=127.0.0.1:18000
+# Proxy mode: wrk -> proxy -> upstream. Direct-response mode (the *-direct targets): wrk -> proxy,
+# which answers by itself. `direct` is neither: wrk straight at the upstream.
 declare -A ADDR=([direct]=$UPSTREAM_ADDR [weir]=127.0.0.1:18080
-                 [nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [weir-base]=127.0.0.1:18083)
+                 [nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [weir-base]=127.0.0.1:18083
+                 [weir-direct]=127.0.0.1:18084 [nginx-direct]=127.0.0.1:18085
+                 [weir-base-direct]=127.0.0.1:18086)
+KNOWN="direct nginx haproxy weir weir-base nginx-direct weir-direct weir-base-direct"
 declare -A PID=()          # target -> PID of its (top) process
 STARTED=()                 # every server PID this script started and has not reaped yet
 WRK_PID=                   # the measured wrk while it runs
@@ -23,10 +29,15 @@ WRK_PID=                   # the measured wrk while it runs
 log() { printf '[load] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
+uses_nginx() { has nginx || has nginx-direct; }
+uses_weir() { has weir || has weir-direct; }
+uses_weir_base() { has weir-base || has weir-base-direct; }
 
-for t in $TARGETS; do [[ -n ${ADDR[$t]:-} ]] || die "unknown target '$t' (direct nginx haproxy weir weir-base)"; done
+for t in $TARGETS; do [[ -n ${ADDR[$t]:-} ]] || die "unknown target '$t' ($KNOWN)"; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ && $DURATION =~ ^[1-9][0-9]*$ && $WARMUP =~ ^[0-9]+$ ]] \
   || die "ROUNDS and DURATION must be positive integers, WARMUP a non-negative one"
+for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS must be positive integers (got '$c')"; done
+[[ -n ${TARGETS// /} && -n ${CONNS// /} ]] || die "TARGETS and CONNS must not be empty"
 
 # --- 1. tools --------------------------------------------------------------
 export PATH=$PATH:/usr/sbin:/sbin   # nginx and haproxy live in sbin
@@ -36,12 +47,12 @@ command -v taskset >/dev/null || need+=(util-linux)
 command -v ps >/dev/null || need+=(procps)
 command -v curl >/dev/null || need+=(curl)
 has haproxy && ! command -v haproxy >/dev/null && need+=(haproxy)
-if ((${#need[@]})) || { has nginx && ! command -v nginx >/dev/null; }; then
-  log "installing: ${need[*]} $(has nginx && ! command -v nginx >/dev/null && echo nginx-light)"
+if ((${#need[@]})) || { uses_nginx && ! command -v nginx >/dev/null; }; then
+  log "installing: ${need[*]} $(uses_nginx && ! command -v nginx >/dev/null && echo nginx-light)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   ((${#need[@]})) && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  if has nginx && ! command -v nginx >/dev/null; then
+  if uses_nginx && ! command -v nginx >/dev/null; then
     apt-get install -y -qq --no-install-recommends nginx-light >/dev/null 2>&1 \
       || apt-get install -y -qq --no-install-recommends nginx >/dev/null
   fi
@@ -50,7 +61,7 @@ fi
 # --- 2. binaries -----------------------------------------------------------
 build=()
 [[ -z ${UPSTREAM_BIN:-} ]] && build+=(--example bench-upstream)
-[[ -z ${WEIR_BIN:-} ]] && has weir && build+=(--bin weir)
+[[ -z ${WEIR_BIN:-} ]] && uses_weir && build+=(--bin weir)
 if ((${#build[@]})); then
   log "cargo build --release ${build[*]}"
   cargo build --release "${build[@]}"
@@ -59,10 +70,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 UPSTREAM_BIN=${UPSTREAM_BIN:-$TARGET_DIR/release/examples/bench-upstream}
 WEIR_BIN=${WEIR_BIN:-$TARGET_DIR/release/weir}
 [[ -x $UPSTREAM_BIN ]] || die "no upstream binary at $UPSTREAM_BIN"
-if has weir; then [[ -x $WEIR_BIN ]] || die "no weir binary at $WEIR_BIN"; fi
-# weir-base: another weir build (an earlier commit, say) on the same config, to compare builds
+if uses_weir; then [[ -x $WEIR_BIN ]] || die "no weir binary at $WEIR_BIN"; fi
+# weir-base: another weir build (an earlier commit, say) on the same configs, to compare builds
 # in one run: WEIR_BASE_BIN=/path/to/weir TARGETS="direct weir-base weir".
-if has weir-base; then [[ -x ${WEIR_BASE_BIN:-} ]] || die "weir-base needs WEIR_BASE_BIN"; fi
+if uses_weir_base; then [[ -x ${WEIR_BASE_BIN:-} ]] || die "weir-base needs WEIR_BASE_BIN"; fi
 
 # --- process bookkeeping ---------------------------------------------------
 TMP=$(mktemp -d /tmp/weir-load.XXXXXX)
@@ -132,30 +143,42 @@ done = function(summary, latency, requests)
 end
 EOF
 
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
+nginx_conf() {  # nginx_conf TARGET HTTP_BLOCK_LINES... : one nginx instance, its files under $TMP/TARGET
+  local t=$1 dir=$TMP/$1; shift
+  mkdir -p "$dir"
+  {
+    cat <<EOF
 worker_processes 1;
 daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 worker_rlimit_nofile 16384;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $TMP/nginx/body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
   keepalive_timeout 60s;
   keepalive_requests 100000000;
-  upstream bench { server $UPSTREAM_ADDR; keepalive 512; keepalive_requests 100000000; }
-  server {
-    listen ${ADDR[nginx]};
-    location / { proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
 EOF
+    printf '  %s\n' "$@"
+    echo "}"
+  } >"$TMP/$t.conf"
+}
+nginx_conf nginx \
+  "upstream bench { server $UPSTREAM_ADDR; keepalive 512; keepalive_requests 100000000; }" \
+  "server {" \
+  "  listen ${ADDR[nginx]};" \
+  "  location / { proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; }" \
+  "}"
+nginx_conf nginx-direct \
+  "server {" \
+  "  listen ${ADDR[nginx-direct]};" \
+  "  location / { return 200 \"ok\"; }" \
+  "}"
 
 cat >"$TMP/haproxy.cfg" <<EOF
 global
@@ -176,6 +199,26 @@ backend bench
   server up $UPSTREAM_ADDR
 EOF
 
+# weir-base and weir-base-direct run weir's own configs, moved to their own ports.
+sed "s/${ADDR[weir]}/${ADDR[weir-base]}/; s/127.0.0.1:19901/127.0.0.1:19902/" \
+  "$ROOT/benches/load/weir.toml" >"$TMP/weir-base.toml"
+sed "s/${ADDR[weir-direct]}/${ADDR[weir-base-direct]}/; s/127.0.0.1:19903/127.0.0.1:19904/" \
+  "$ROOT/benches/load/weir-direct.toml" >"$TMP/weir-base-direct.toml"
+
+start_proxy() {  # start_proxy TARGET: on cpu1, alone with the other proxies (idle while not measured)
+  local t=$1
+  case $t in
+    nginx | nginx-direct)
+      start "$t" "$TMP/$t.log" taskset -c 1 nginx -p "$TMP/$t" -e "$TMP/$t/error.log" -c "$TMP/$t.conf" ;;
+    haproxy) start haproxy "$TMP/haproxy.log" taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg" ;;
+    weir) start weir "$TMP/weir.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir.toml" ;;
+    weir-direct)
+      start weir-direct "$TMP/weir-direct.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir-direct.toml" ;;
+    weir-base | weir-base-direct)
+      start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BASE_BIN" --config "$TMP/$t.toml" ;;
+  esac
+}
+
 # The upstream serves the whole run. The proxies are started afresh for every connection level
 # of every round, so each RSS figure belongs to its own level (allocators keep what they once
 # took: a proxy that just served 256 connections would still report their memory at 64).
@@ -192,16 +235,10 @@ stop_proxy() {  # stop_proxy TARGET
   PID[$t]=
   while port_busy "${ADDR[$t]}"; do sleep 0.1; done
 }
-start_proxies() {
+start_proxies() {  # start_proxies TARGET... : stop every proxy, start those given
   local t
-  for t in nginx haproxy weir weir-base; do has "$t" && stop_proxy "$t"; done
-  has nginx && start nginx "$TMP/nginx.log" taskset -c 1 nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx.conf"
-  has haproxy && start haproxy "$TMP/haproxy.log" taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg"
-  has weir && start weir "$TMP/weir.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir.toml"
-  if has weir-base; then
-    sed 's/127.0.0.1:18080/127.0.0.1:18083/; s/127.0.0.1:19901/127.0.0.1:19902/' "$ROOT/benches/load/weir.toml" >"$TMP/weir-base.toml"
-    start weir-base "$TMP/weir-base.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BASE_BIN" --config "$TMP/weir-base.toml"
-  fi
+  for t in $KNOWN; do [[ $t == direct ]] || stop_proxy "$t"; done
+  for t in "$@"; do [[ $t == direct ]] || start_proxy "$t"; done
   return 0
 }
 
@@ -210,8 +247,8 @@ mkdir -p "$OUT_DIR"
 RAW=$OUT_DIR/raw.tsv
 printf 'round\tconns\ttarget\trequests\tseconds\treq_per_s\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tcpu_pct\trss_mib\n' >"$RAW"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-n_targets=$(wc -w <<<"$TARGETS"); n_conns=$(wc -w <<<"$CONNS")
-log "$ROUNDS rounds x $n_conns conns x $n_targets targets x $((WARMUP + DURATION)) s: about $((ROUNDS * n_conns * n_targets * (WARMUP + DURATION + 1))) s"
+n_runs=$(($(wc -w <<<"$TARGETS") * $(wc -w <<<"$CONNS")))
+log "$ROUNDS rounds x $n_runs runs x $((WARMUP + DURATION)) s: about $((ROUNDS * n_runs * (WARMUP + DURATION + 1))) s"
 
 measure() {    # measure ROUND CONNS TARGET -> one line of raw.tsv
   local r=$1 c=$2 t=$3 url="http://${ADDR[$3]}/" pids cpu0 cpu1 rss out
@@ -240,19 +277,20 @@ measure() {    # measure ROUND CONNS TARGET -> one line of raw.tsv
 
 for ((round = 1; round <= ROUNDS; round++)); do
   for c in $CONNS; do
-    start_proxies
+    # shellcheck disable=SC2086
+    start_proxies $TARGETS
     for t in $TARGETS; do measure "$round" "$c" "$t"; done
   done
 done
+start_proxies   # stop them all: the report below runs with nothing else of ours on cpu1
 
 # --- 5. report -------------------------------------------------------------
 {
   echo "# weir load benchmark"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r); rounds=$ROUNDS, duration=${DURATION}s, warm-up=${WARMUP}s;" \
-       "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)$(has nginx && echo ", $(nginx -v 2>&1 | sed 's/.*: //')")$(has haproxy && echo ", haproxy $(haproxy -v | head -1 | awk '{print $3}')")"
+       "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)$(uses_nginx && echo ", $(nginx -v 2>&1 | sed 's/.*: //')")$(has haproxy && echo ", haproxy $(haproxy -v | head -1 | awk '{print $3}')")"
   echo "Medians over rounds (RSS: max; errors: total). Only comparable within this run: read the ratios."
-  echo
   python3 - "$RAW" "$TARGETS" <<'EOF'
 import csv, statistics as st, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
@@ -260,6 +298,7 @@ order = sys.argv[2].split()
 groups = {}
 for r in rows:
     groups.setdefault((int(r["conns"]), r["target"]), []).append(r)
+conns = sorted({k[0] for k in groups})
 def med(rs, k):
     v = [float(r[k]) for r in rs if r[k] != "-"]
     return st.median(v) if v else None
@@ -267,25 +306,47 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 def ratio(a, b):
     return None if a is None or not b else a / b
-print("| target | conns | req/s | ×direct | ×nginx | p50 µs | p99 µs | p99.9 µs | CPU µs/req | CPU ×nginx | CPU % | RSS MiB | errors |")
-print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for c in sorted({k[0] for k in groups}):
-    stats = {}
-    for t in order:
-        rs = groups.get((c, t))
-        if rs:
-            rss = [float(r["rss_mib"]) for r in rs if r["rss_mib"] != "-"]
-            stats[t] = dict(rps=med(rs, "req_per_s"), p50=med(rs, "p50_us"), p99=med(rs, "p99_us"),
-                            p999=med(rs, "p999_us"), cpu=med(rs, "cpu_us_per_req"), pct=med(rs, "cpu_pct"),
-                            rss=max(rss) if rss else None, err=sum(int(r["errors"]) for r in rs))
-    d, n = stats.get("direct", {}), stats.get("nginx", {})
-    for t, s in stats.items():
-        proxy = t != "direct"
-        print(f"| {t} | {c} | {fmt(s['rps'], ',.0f')} | {fmt(ratio(s['rps'], d.get('rps')), '.2f')} "
-              f"| {fmt(ratio(s['rps'], n.get('rps')) if proxy else None, '.2f')} "
-              f"| {fmt(s['p50'], '.0f')} | {fmt(s['p99'], '.0f')} | {fmt(s['p999'], '.0f')} "
-              f"| {fmt(s['cpu'], '.2f')} | {fmt(ratio(s['cpu'], n.get('cpu')) if proxy else None, '.2f')} "
-              f"| {fmt(s['pct'], '.0f')} | {fmt(s['rss'], '.1f')} | {s['err']} |")
+stats = {}
+for (c, t), rs in groups.items():
+    rss = [float(r["rss_mib"]) for r in rs if r["rss_mib"] != "-"]
+    stats[c, t] = dict(rps=med(rs, "req_per_s"), p50=med(rs, "p50_us"), p99=med(rs, "p99_us"),
+                       p999=med(rs, "p999_us"), cpu=med(rs, "cpu_us_per_req"), pct=med(rs, "cpu_pct"),
+                       rss=max(rss) if rss else None, err=sum(int(r["errors"]) for r in rs))
+proxied = [t for t in order if not t.endswith("-direct")]
+answered = [t for t in order if t.endswith("-direct")]
+
+if any((c, t) in stats for c in conns for t in proxied):
+    print("\n## Proxied: wrk → proxy → upstream\n")
+    print("| target | conns | req/s | ×direct | ×nginx | p50 µs | p99 µs | p99.9 µs | CPU µs/req | CPU ×nginx | CPU % | RSS MiB | errors |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for c in conns:
+        d, n = stats.get((c, "direct"), {}), stats.get((c, "nginx"), {})
+        for t in proxied:
+            s = stats.get((c, t))
+            if not s:
+                continue
+            proxy = t != "direct"
+            print(f"| {t} | {c} | {fmt(s['rps'], ',.0f')} | {fmt(ratio(s['rps'], d.get('rps')), '.2f')} "
+                  f"| {fmt(ratio(s['rps'], n.get('rps')) if proxy else None, '.2f')} "
+                  f"| {fmt(s['p50'], '.0f')} | {fmt(s['p99'], '.0f')} | {fmt(s['p999'], '.0f')} "
+                  f"| {fmt(s['cpu'], '.2f')} | {fmt(ratio(s['cpu'], n.get('cpu')) if proxy else None, '.2f')} "
+                  f"| {fmt(s['pct'], '.0f')} | {fmt(s['rss'], '.1f')} | {s['err']} |")
+
+if any((c, t) in stats for c in conns for t in answered):
+    print("\n## Direct response: wrk → proxy, which answers by itself (weir `respond`, nginx `return 200`)\n")
+    print("| target | conns | req/s | ×nginx-direct | p50 µs | p99 µs | p99.9 µs | CPU µs/req | CPU ×nginx-direct | CPU % | RSS MiB | errors |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for c in conns:
+        n = stats.get((c, "nginx-direct"), {})
+        for t in answered:
+            s = stats.get((c, t))
+            if not s:
+                continue
+            print(f"| {t} | {c} | {fmt(s['rps'], ',.0f')} | {fmt(ratio(s['rps'], n.get('rps')), '.2f')} "
+                  f"| {fmt(s['p50'], '.0f')} | {fmt(s['p99'], '.0f')} | {fmt(s['p999'], '.0f')} "
+                  f"| {fmt(s['cpu'], '.2f')} | {fmt(ratio(s['cpu'], n.get('cpu')), '.2f')} "
+                  f"| {fmt(s['pct'], '.0f')} | {fmt(s['rss'], '.1f')} | {s['err']} |")
+
 EOF
 } >"$OUT_DIR/results.md"
 
