@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end load benchmark: weir vs nginx vs HAProxy vs no proxy at all, proxying to an upstream
-# and answering by themselves (direct response).
+# and answering by themselves (direct response), at low and high connection counts.
 # Usage: bash benches/load/run.sh   (knobs and how to read the output: README.md)
 set -euo pipefail
 
@@ -8,9 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
 
 TARGETS=${TARGETS:-"direct nginx haproxy weir nginx-direct weir-direct"}
-CONNS=${CONNS:-"64 256"}
+CONNS=${CONNS:-"1 64 256"}
+C1_TARGETS=${C1_TARGETS:-"direct nginx weir weir-base"}   # the ones of TARGETS measured at c=1
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}   # seconds per measured run
+DURATION=${DURATION:-8}    # seconds per measured run
 WARMUP=${WARMUP:-2}        # seconds of unmeasured load before each run
 OUT_DIR=${OUT_DIR:-$ROOT/target/load-bench}
 
@@ -32,8 +33,14 @@ has() { [[ " $TARGETS " == *" $1 "* ]]; }
 uses_nginx() { has nginx || has nginx-direct; }
 uses_weir() { has weir || has weir-direct; }
 uses_weir_base() { has weir-base || has weir-base-direct; }
+level_targets() {  # level_targets CONNS -> the targets measured at that connection count
+  local t
+  for t in $TARGETS; do
+    if [[ $1 != 1 || " $C1_TARGETS " == *" $t "* ]]; then printf '%s ' "$t"; fi
+  done
+}
 
-for t in $TARGETS; do [[ -n ${ADDR[$t]:-} ]] || die "unknown target '$t' ($KNOWN)"; done
+for t in $TARGETS $C1_TARGETS; do [[ -n ${ADDR[$t]:-} ]] || die "unknown target '$t' ($KNOWN)"; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ && $DURATION =~ ^[1-9][0-9]*$ && $WARMUP =~ ^[0-9]+$ ]] \
   || die "ROUNDS and DURATION must be positive integers, WARMUP a non-negative one"
 for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS must be positive integers (got '$c')"; done
@@ -247,7 +254,12 @@ mkdir -p "$OUT_DIR"
 RAW=$OUT_DIR/raw.tsv
 printf 'round\tconns\ttarget\trequests\tseconds\treq_per_s\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tcpu_pct\trss_mib\n' >"$RAW"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-n_runs=$(($(wc -w <<<"$TARGETS") * $(wc -w <<<"$CONNS")))
+n_runs=0
+for c in $CONNS; do
+  level=$(level_targets "$c")
+  [[ -n $level ]] || log "c=$c: no target of TARGETS is in C1_TARGETS ($C1_TARGETS); skipped"
+  n_runs=$((n_runs + $(wc -w <<<"$level")))
+done
 log "$ROUNDS rounds x $n_runs runs x $((WARMUP + DURATION)) s: about $((ROUNDS * n_runs * (WARMUP + DURATION + 1))) s"
 
 measure() {    # measure ROUND CONNS TARGET -> one line of raw.tsv
@@ -277,9 +289,11 @@ measure() {    # measure ROUND CONNS TARGET -> one line of raw.tsv
 
 for ((round = 1; round <= ROUNDS; round++)); do
   for c in $CONNS; do
+    level=$(level_targets "$c")
+    [[ -n $level ]] || continue
     # shellcheck disable=SC2086
-    start_proxies $TARGETS
-    for t in $TARGETS; do measure "$round" "$c" "$t"; done
+    start_proxies $level
+    for t in $level; do measure "$round" "$c" "$t"; done
   done
 done
 start_proxies   # stop them all: the report below runs with nothing else of ours on cpu1
@@ -306,6 +320,8 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 def ratio(a, b):
     return None if a is None or not b else a / b
+def diff(a, b):
+    return None if a is None or b is None else a - b
 stats = {}
 for (c, t), rs in groups.items():
     rss = [float(r["rss_mib"]) for r in rs if r["rss_mib"] != "-"]
@@ -347,6 +363,18 @@ if any((c, t) in stats for c in conns for t in answered):
                   f"| {fmt(s['cpu'], '.2f')} | {fmt(ratio(s['cpu'], n.get('cpu')), '.2f')} "
                   f"| {fmt(s['pct'], '.0f')} | {fmt(s['rss'], '.1f')} | {s['err']} |")
 
+low = [t for t in order if (1, t) in stats]
+if low:
+    d = stats.get((1, "direct"), {})
+    print("\n## Latency added per hop, c=1: each target's latency minus `direct`'s (the upstream alone)\n")
+    print("| target | p50 µs | p99 µs | p50 over direct µs | p99 over direct µs |")
+    print("|---|--:|--:|--:|--:|")
+    for t in low:
+        s = stats[1, t]
+        over = t != "direct"
+        print(f"| {t} | {fmt(s['p50'], '.0f')} | {fmt(s['p99'], '.0f')} "
+              f"| {fmt(diff(s['p50'], d.get('p50')) if over else None, '+.0f')} "
+              f"| {fmt(diff(s['p99'], d.get('p99')) if over else None, '+.0f')} |")
 EOF
 } >"$OUT_DIR/results.md"
 
