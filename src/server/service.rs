@@ -198,7 +198,7 @@ async fn handle(
             Err(e) => (None, None, Err(e), None),
             Ok(route) => {
                 let target = route.pick();
-                let (req, on_upgrade) = prepare(parts, body, route, &ex, client, l);
+                let (req, on_upgrade) = prepare(parts, body, route, target, &ex, client, l);
                 let result = call(conn, &generation, target, req).await;
                 (Some(route), Some(target), result, on_upgrade)
             }
@@ -242,14 +242,16 @@ fn route<'g>(
     generation.router.route(parts).ok_or(ProxyError::NoRoute)
 }
 
-/// Step 2, continued, for a routed request: hop-by-hop headers out, what weir adds in
-/// (`X-Forwarded-*`, `x-request-id`, `traceparent`), its [`RequestContext`] (client, route,
-/// priority), and its body bounded by the listener's limits. Returns the downstream upgrade to
-/// tunnel, if the client asked for one.
+/// Step 2, continued, for a routed request: hop-by-hop headers out, what weir tells the
+/// upstream (`X-Forwarded-*`, `x-request-id`, `traceparent`; nothing for a direct response,
+/// whose request goes nowhere), its [`RequestContext`] (client, route, priority), and its body
+/// bounded by the listener's limits. Returns the downstream upgrade to tunnel, if the client
+/// asked for one.
 fn prepare(
     mut parts: http::request::Parts,
     body: Incoming,
     route: &Route,
+    target: &Target,
     ex: &Exchange,
     client: &HeaderValue,
     l: &ListenerShared,
@@ -260,16 +262,18 @@ fn prepare(
         None
     };
     hygiene::strip_hop_by_hop(&mut parts.headers, ex.upgrade);
-    // Room for what weir adds (X-Forwarded-*, Via, x-request-id, traceparent, the deadline),
-    // so the map grows once instead of several times.
-    parts.headers.reserve(8);
-    let authority = parts.uri.authority().map(|a| a.as_str());
-    hygiene::add_forwarded(&mut parts.headers, client, l.proto, authority, ex.version);
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
-    let traceparent = ex.trace.traceparent(&parts.headers);
-    parts.headers.insert(TRACEPARENT.clone(), traceparent);
+    if !target.direct {
+        // Room for what weir adds (X-Forwarded-*, Via, x-request-id, traceparent, the
+        // deadline), so the map grows once instead of several times.
+        parts.headers.reserve(8);
+        let authority = parts.uri.authority().map(|a| a.as_str());
+        hygiene::add_forwarded(&mut parts.headers, client, l.proto, authority, ex.version);
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
+        let traceparent = ex.trace.traceparent(&parts.headers);
+        parts.headers.insert(TRACEPARENT.clone(), traceparent);
+    }
     let priority = match parts.headers.get(&X_WEIR_PRIORITY) {
         Some(asked) => route.priority.lowered_by(asked.as_bytes()),
         None => route.priority,
