@@ -86,6 +86,12 @@ enum Kind {
 #[error("request body exceeds the configured limit")]
 pub(crate) struct BodyTooLarge;
 
+/// The upstream's response stopped arriving for `read_timeout` (written by
+/// `upstream::read_timeout`; the server logs the broken body as `upstream-timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent no response bytes for read_timeout")]
+pub(crate) struct BodyReadTimeout;
+
 /// The client sent no request body bytes for the listener's `idle_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("the client stopped sending the request body")]

@@ -31,15 +31,14 @@ use crate::error::{BoxError, ProxyError};
 use crate::generation::Generation;
 use crate::http::context::{self, RequestContext};
 use crate::http::{
-    Body, Request, Response, TRACEPARENT, Watch, Watched, X_REQUEST_ID, X_WEIR_PRIORITY, hygiene,
-    respond,
+    Body, BodyReadTimeout, Request, Response, TRACEPARENT, Watch, Watched, X_REQUEST_ID,
+    X_WEIR_PRIORITY, hygiene, respond,
 };
 use crate::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
 use crate::route::{Route, Target};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
 use crate::telemetry::RequestTrace;
-use crate::upstream::read_timeout::BodyReadTimeout;
 
 /// Serves the requests of one downstream connection.
 #[derive(Clone, Debug)]

@@ -20,12 +20,7 @@ use http_body::Frame;
 use tokio::time::Instant;
 
 use crate::error::BoxError;
-use crate::http::{Body, StallTimer, Watch, Watched};
-
-/// The upstream's response stopped arriving for `read_timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream sent no response bytes for read_timeout")]
-pub(crate) struct BodyReadTimeout;
+use crate::http::{Body, BodyReadTimeout, StallTimer, Watch, Watched};
 
 /// When the request body of one try last moved toward the upstream, in milliseconds since the
 /// try began. Shared by the try's future and its request body.
