@@ -21,6 +21,7 @@ use crate::config::RouteAction;
 use crate::generation::Generation;
 use crate::resilience::breaker::BreakerStatus;
 use crate::resilience::shed::ShedStatus;
+pub(crate) use crate::upstream::endpoints::EndpointView;
 
 pub(crate) use html::html;
 pub(crate) use json::json;
@@ -105,8 +106,6 @@ pub(crate) struct UpstreamView {
     /// Median try latency of the last 10 to 20 seconds; `None` before any timed try.
     pub median_latency: Option<Duration>,
 }
-
-pub(crate) use crate::upstream::endpoints::EndpointView;
 
 impl StatusSnapshot {
     /// Reads `generation` once: its config and every upstream's policy handles.
