@@ -142,6 +142,12 @@ impl Body {
         }
     }
 
+    /// Whether the whole body is in memory (empty, or one chunk): nothing of it is still to
+    /// come from a peer, so no timer or slot needs to watch it arrive.
+    pub(crate) fn is_buffered(&self) -> bool {
+        matches!(self.kind, Kind::Empty | Kind::Full(_))
+    }
+
     /// Any other body, boxed.
     pub fn boxed<B>(body: B) -> Self
     where

@@ -309,7 +309,7 @@ impl Future for ResponseFuture {
         try_.end(verdict, pushback);
         let timeout = shared.read_timeout;
         Poll::Ready(result.map(|resp| {
-            if timeout.is_zero() || http_body::Body::is_end_stream(resp.body()) {
+            if timeout.is_zero() || resp.body().is_buffered() {
                 return resp;
             }
             resp.map(|body| Body::boxed(ReadTimeout::body(body, timeout)))
