@@ -636,16 +636,43 @@ async fn serve_connection(
     let acceptor = TlsAcceptor::from(tls.clone());
     // The handshake gets the header-read timeout: a client that opens connections and never
     // finishes them holds a connection slot no longer than a slow request head would.
-    match tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(stream)).await {
+    let deadline = tokio::time::Instant::now() + shared.timeouts.header_read;
+    let handshake = acceptor.accept(stream).into_fallible();
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => serve_io(shared, tls, peer, stop).await,
-        Ok(Err(e)) => {
+        Ok(Err((e, tcp))) => {
             debug!(listener = %shared.name, %peer, error = %e, "TLS handshake failed");
+            let _ = tokio::time::timeout_at(deadline, close_after_alert(tcp)).await;
         }
         Err(_) => {
             debug!(listener = %shared.name, %peer, "TLS handshake not finished in time; closing");
         }
     }
 }
+
+/// Closes a connection whose handshake failed so that the client reads the alert weir sent:
+/// the write side first, then what the client still sends is read and dropped until it
+/// closes too (at most [`ALERT_DRAIN`] bytes). Closing a socket with unread bytes would send
+/// a reset, and the client would lose the alert: a TLS 1.3 client that finished its side of
+/// the handshake has often sent its request by the time weir refuses its certificate.
+async fn close_after_alert(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    let mut left = ALERT_DRAIN;
+    while left > 0 {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// The most bytes [`close_after_alert`] reads from a refused client.
+const ALERT_DRAIN: usize = 64 * 1024;
 
 async fn serve_io<I>(shared: &Arc<ListenerShared>, io: I, peer: SocketAddr, stop: CancellationToken)
 where
