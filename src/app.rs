@@ -10,8 +10,13 @@
 //! connections it accepts from then on; one whose address changed is bound anew first (a bind
 //! failure refuses the reload) and its old socket stops accepting while its connections finish;
 //! a removed listener stops the same way, and a new one starts. Listener certificates are read
-//! again on every reload, and also whenever their files change. `[admin]` and `[drain]` take
-//! effect at the next start.
+//! again on every reload, and also whenever their files change. `[admin]`, `[drain]` and
+//! `workers` take effect at the next start.
+//!
+//! Workers ([`crate::workers`]): weir serves on the runtime `App::start` runs on (worker 0,
+//! which also runs the admin port, reloads, health checks, discovery and upkeep) and, with
+//! `workers` above 1, on that many runtimes in all, each accepting on its own socket of every
+//! listener. They stop when the [`Running`] is drained or dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::reload::{self, ReloadError, Reloader};
 use crate::server::shutdown::Drain;
 use crate::server::{ListenerError, Listeners, pin};
+use crate::workers::{self, Workers};
 
 /// Starts weir.
 #[derive(Debug)]
@@ -58,6 +64,10 @@ pub enum StartError {
     /// loaded; the error names the listener and the address or file at fault.
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    /// A worker's thread or runtime could not be started, or `App::start` was not called
+    /// within a tokio runtime.
+    #[error("workers: cannot start the worker runtimes: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// A running weir: its bound addresses and the handle that stops it.
@@ -76,6 +86,8 @@ pub struct Running {
     drain_delay: Duration,
     drain_timeout: Duration,
     reloader: Arc<Reloader>,
+    /// Workers 1..N; dropped last, once everything on them has stopped (or been cut).
+    workers: Workers,
 }
 
 /// How a drain ended.
@@ -90,9 +102,10 @@ pub struct Drained {
 }
 
 impl App {
-    /// Builds the first generation, binds every listener and the admin port and loads the
-    /// listeners' TLS files (all before serving, so an error leaves nothing running), then
-    /// serves them.
+    /// Builds the first generation, starts the workers (`workers`), binds every listener (a
+    /// socket per worker) and the admin port and loads the listeners' TLS files (all before
+    /// serving, so an error leaves nothing running), then serves them. Call it within a tokio
+    /// runtime: that one is worker 0.
     pub async fn start(config: Config) -> Result<Running, StartError> {
         Self::start_pinned(config, Vec::new()).await
     }
@@ -115,6 +128,8 @@ impl App {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let drain = Arc::new(Drain::new(&metrics));
+        let workers =
+            Workers::start(workers::resolve(config.workers)).map_err(StartError::Workers)?;
         let listeners = Arc::new(Listeners::new(
             current.clone(),
             metrics.clone(),
@@ -122,6 +137,7 @@ impl App {
             drain.clone(),
             stop.clone(),
             pins,
+            workers.handles().to_vec(),
         ));
 
         let admin_tcp = TcpListener::bind(config.admin.listen)
@@ -179,6 +195,7 @@ impl App {
             drain_timeout: config.drain.timeout,
             reloader: Arc::new(Reloader::new(current, metrics, listeners.clone())),
             listeners,
+            workers,
         })
     }
 }
@@ -207,8 +224,8 @@ impl Running {
     }
 
     /// Swaps in `config` (see [`Reloader::reload`]): routes, upstreams and listeners (see the
-    /// module docs); on an error nothing changes. `[admin]` and `[drain]` take effect only at
-    /// the next start.
+    /// module docs); on an error nothing changes. `[admin]`, `[drain]` and `workers` take
+    /// effect only at the next start (a changed `workers` is logged as a warning).
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
         self.reloader.reload(config)
     }
@@ -277,6 +294,8 @@ impl Running {
         self.admin_stop.cancel();
         self.admin_tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tasks.wait()).await;
+        // Last: workers 1..N end, with whatever a cut drain left on them.
+        drop(self.workers);
         Drained {
             in_time,
             completed,

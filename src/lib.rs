@@ -68,6 +68,7 @@ pub mod telemetry;
 mod tls;
 mod upstream;
 mod watch;
+mod workers;
 
 pub use app::{App, Drained, Running, StartError};
 pub use config::Config;

@@ -65,16 +65,12 @@ fn serve(cli: &Cli) -> ExitCode {
 }
 
 fn run(config: Config, file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    // One runtime. With one core available (a pinned sidecar, a CPU limit of 1) a work-stealing
-    // scheduler has nobody to steal from, and the current-thread flavour does the same work
-    // with fewer atomic operations per task wake-up.
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let mut builder = if cores == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = builder
+    // Worker 0: a current-thread runtime on this thread. `App::start` adds workers 1..N
+    // (`workers`, by default one per core), each a current-thread runtime of its own with its
+    // own socket on every listener, so connections spread over the cores without a
+    // work-stealing scheduler: a connection stays on the worker that accepted it, and no task
+    // wake-up pays for the atomic operations and cross-core hand-offs of stealing.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

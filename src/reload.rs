@@ -6,7 +6,7 @@
 //!
 //! Position: off the request path; writes the `Current` pointer and moves the listeners
 //! ([`crate::server::Listeners::apply`]). Config: the whole file (routes, upstreams and
-//! listeners take effect; `[admin]` and `[drain]` at the next start).
+//! listeners take effect; `[admin]`, `[drain]` and `workers` at the next start).
 //! Metrics: `weir_config_reloads_total{result}`.
 
 use std::path::{Path, PathBuf};
@@ -90,6 +90,7 @@ impl Reloader {
                 next.start();
                 self.current.store(Arc::new(next));
             })?;
+            crate::workers::warn_if_changed(self.listeners.workers(), config.workers);
             Ok(())
         })();
         self.count(&result);

@@ -14,6 +14,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}    # seconds per measured run
 WARMUP=${WARMUP:-2}        # seconds of unmeasured load before each run
 OUT_DIR=${OUT_DIR:-$ROOT/target/load-bench}
+WORKERS=${WORKERS:-}       # weir's `workers` (weir and weir-direct); empty: the config's default
+PROXY_CPUS=${PROXY_CPUS:-1}  # taskset CPU list of the proxies (wrk and the upstream stay on cpu0)
 
 UPSTREAM_ADDR=127.0.0.1:18000
 # Proxy mode: wrk -> proxy -> upstream. Direct-response mode (the *-direct targets): wrk -> proxy,
@@ -44,6 +46,8 @@ for t in $TARGETS $C1_TARGETS; do [[ -n ${ADDR[$t]:-} ]] || die "unknown target 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ && $DURATION =~ ^[1-9][0-9]*$ && $WARMUP =~ ^[0-9]+$ ]] \
   || die "ROUNDS and DURATION must be positive integers, WARMUP a non-negative one"
 for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS must be positive integers (got '$c')"; done
+[[ -z $WORKERS || $WORKERS =~ ^[0-9]+$ ]] || die "WORKERS must be a non-negative integer (got '$WORKERS')"
+[[ $PROXY_CPUS =~ ^[0-9]+([,-][0-9]+)*$ ]] || die "PROXY_CPUS must be a taskset CPU list (got '$PROXY_CPUS')"
 [[ -n ${TARGETS// /} && -n ${CONNS// /} ]] || die "TARGETS and CONNS must not be empty"
 
 # --- 1. tools --------------------------------------------------------------
@@ -206,30 +210,34 @@ backend bench
   server up $UPSTREAM_ADDR
 EOF
 
+# weir and weir-direct run weir's configs, with `workers = WORKERS` in front when it is set.
+for t in weir weir-direct; do
+  { [[ -n $WORKERS ]] && echo "workers = $WORKERS"; cat "$ROOT/benches/load/$t.toml"; } >"$TMP/$t.toml"
+done
+
 # weir-base and weir-base-direct run weir's own configs, moved to their own ports.
 sed "s/${ADDR[weir]}/${ADDR[weir-base]}/; s/127.0.0.1:19901/127.0.0.1:19902/" \
   "$ROOT/benches/load/weir.toml" >"$TMP/weir-base.toml"
 sed "s/${ADDR[weir-direct]}/${ADDR[weir-base-direct]}/; s/127.0.0.1:19903/127.0.0.1:19904/" \
   "$ROOT/benches/load/weir-direct.toml" >"$TMP/weir-base-direct.toml"
 
-start_proxy() {  # start_proxy TARGET: on cpu1, alone with the other proxies (idle while not measured)
-  local t=$1
+start_proxy() {  # start_proxy TARGET: on PROXY_CPUS (cpu1), alone with the other proxies (idle while not measured)
+  local t=$1 cpus=$PROXY_CPUS
   case $t in
     nginx | nginx-direct)
-      start "$t" "$TMP/$t.log" taskset -c 1 nginx -p "$TMP/$t" -e "$TMP/$t/error.log" -c "$TMP/$t.conf" ;;
-    haproxy) start haproxy "$TMP/haproxy.log" taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg" ;;
-    weir) start weir "$TMP/weir.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir.toml" ;;
-    weir-direct)
-      start weir-direct "$TMP/weir-direct.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BIN" --config "$ROOT/benches/load/weir-direct.toml" ;;
+      start "$t" "$TMP/$t.log" taskset -c "$cpus" nginx -p "$TMP/$t" -e "$TMP/$t/error.log" -c "$TMP/$t.conf" ;;
+    haproxy) start haproxy "$TMP/haproxy.log" taskset -c "$cpus" haproxy -db -f "$TMP/haproxy.cfg" ;;
+    weir | weir-direct)
+      start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c "$cpus" "$WEIR_BIN" --config "$TMP/$t.toml" ;;
     weir-base | weir-base-direct)
-      start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c 1 "$WEIR_BASE_BIN" --config "$TMP/$t.toml" ;;
+      start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c "$cpus" "$WEIR_BASE_BIN" --config "$TMP/$t.toml" ;;
   esac
 }
 
 # The upstream serves the whole run. The proxies are started afresh for every connection level
 # of every round, so each RSS figure belongs to its own level (allocators keep what they once
 # took: a proxy that just served 256 connections would still report their memory at 64).
-log "starting upstream on cpu0; proxies run on cpu1"
+log "starting upstream on cpu0; proxies run on cpu $PROXY_CPUS${WORKERS:+; weir workers = $WORKERS}"
 start direct "$TMP/upstream.log" taskset -c 0 "$UPSTREAM_BIN" --listen "$UPSTREAM_ADDR"
 stop_proxy() {  # stop_proxy TARGET
   local t=$1 p keep=()
@@ -303,6 +311,7 @@ start_proxies   # stop them all: the report below runs with nothing else of ours
   echo "# weir load benchmark"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r); rounds=$ROUNDS, duration=${DURATION}s, warm-up=${WARMUP}s;" \
+       "proxies on cpu $PROXY_CPUS;${WORKERS:+ weir workers=$WORKERS;}" \
        "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)$(uses_nginx && echo ", $(nginx -v 2>&1 | sed 's/.*: //')")$(has haproxy && echo ", haproxy $(haproxy -v | head -1 | awk '{print $3}')")"
   echo "Medians over rounds (RSS: max; errors: total). Only comparable within this run: read the ratios."
   python3 - "$RAW" "$TARGETS" <<'EOF'

@@ -205,6 +205,15 @@ impl Keys for Config {
                 }
             },
         ),
+        // A value, written before the tables above whatever its place here.
+        key!(
+            "workers",
+            workers,
+            Reader::workers,
+            plain,
+            "worker runtimes, each on its own thread with its own socket on every\n\
+             listener; 0 = one per core weir may run on; a change needs a restart"
+        ),
     ];
 }
 

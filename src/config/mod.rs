@@ -56,7 +56,15 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Upstreams (`[upstreams.NAME]`), in file order.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Worker runtimes (`workers`), each on its own thread with its own socket for every
+    /// listener; 0 (the default) = one per core the process may run on, at most
+    /// [`MAX_WORKERS`]. Read at start only: a reload that changes it logs a warning and the
+    /// change waits for the next start.
+    pub workers: usize,
 }
+
+/// The most worker runtimes `workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
 
 /// The admin side port: `/metrics`, `/healthz`, `/readyz`, `/status`, `/config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +139,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             routes: Vec::new(),
             upstreams: Vec::new(),
+            workers: 0,
         }
     }
 }
@@ -281,6 +290,7 @@ pub(crate) mod tests {
     #[test]
     fn full_toml_spells_out_the_defaults() {
         let c = full();
+        assert_eq!(c.workers, 0);
         assert_eq!(c.admin, AdminConfig::default());
         assert_eq!(c.listeners, vec![ListenerConfig::default()]);
         assert_eq!(c.drain, DrainConfig::default());
@@ -454,6 +464,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_documented_defaults() {
+        assert_eq!(Config::default().workers, 0, "one worker per core");
         let l = ListenerConfig::default();
         assert_eq!(&*l.name, "main");
         assert_eq!(l.listen, "127.0.0.1:8080".parse().unwrap());
@@ -611,6 +622,22 @@ pub(crate) mod tests {
         };
         assert_eq!(u, &expected);
         assert!(c.upstream("nope").is_none());
+    }
+
+    #[test]
+    fn workers_is_a_count_up_to_the_maximum() {
+        assert_eq!(ok("workers = 4").workers, 4);
+        assert_eq!(ok("workers = 0").workers, 0);
+        assert_eq!(ok(&format!("workers = {MAX_WORKERS}")).workers, MAX_WORKERS);
+        let expected = "expected 0 (one worker per core) or a number of workers up to 1024";
+        // A root key written after a table belongs to that table.
+        let e = one_error("[admin]\nlisten = \"127.0.0.1:9901\"\nworkers = 2");
+        assert_eq!((e.line, e.path.as_str()), (3, "admin.workers"), "{e}");
+        for bad in ["1025", "-1", "\"two\"", "1.5"] {
+            let e = one_error(&format!("\nworkers = {bad}\n[admin]"));
+            assert_eq!((e.line, e.path.as_str()), (2, "workers"), "{bad}: {e}");
+            assert!(e.message.starts_with(expected), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

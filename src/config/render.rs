@@ -292,6 +292,7 @@ const FULL_TOML_HEAD: &str = "\
 # Every key weir reads, each set to its default. Copy what you need; leave out what you don't:
 # a missing key takes the value shown here. Alternatives that exclude each other are comments.
 # Durations are strings such as \"250ms\", \"10s\", \"5m\". Key paths in errors index arrays from 0.
+
 ";
 
 #[cfg(test)]

@@ -2,10 +2,13 @@
 //! listener has `tls`, and serve HTTP/1.1 and HTTP/2 (by ALPN with TLS, h2c prior knowledge
 //! without) on the same port, with header-read and idle timeouts. [`Listeners`] holds the
 //! listeners of a running weir by name and moves them to a reloaded config: a listener whose
-//! address did not change keeps its socket, one whose address changed is bound anew.
+//! address did not change keeps its sockets, one whose address changed is bound anew. With
+//! several workers ([`crate::workers`]) a listener has one socket per worker on its address
+//! (`SO_REUSEPORT`: the kernel spreads new connections over them), each accepted on its
+//! worker's runtime, and everything else (settings, connection limit, drain) shared.
 //!
-//! Position: step 1 of the walk. Config: `listeners[]`.
-//! Metrics: `weir_downstream_connections{listener}`.
+//! Position: step 1 of the walk. Config: `listeners[]` (and `workers`, through the handles
+//! [`Listeners`] is given). Metrics: `weir_downstream_connections{listener}`.
 
 pub(crate) mod conn;
 pub(crate) mod service;
@@ -22,7 +25,8 @@ use hyper_util::server::conn::auto;
 use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -145,31 +149,48 @@ impl ListenerShared {
     }
 }
 
-/// A bound listener: its socket and the settings its next connections get.
+/// One socket of a bound listener, and the settings its next connections get.
 #[derive(Debug)]
 pub(crate) struct Listener {
+    /// Registered with the runtime of the worker that accepts on it.
     tcp: TcpListener,
     shared: Arc<ArcSwap<ListenerShared>>,
+    /// The listener's only socket (one worker).
+    alone: bool,
 }
 
 impl Listener {
     /// Accepts until `stop` is cancelled, then closes the socket; each connection is a task
-    /// tracked by the listener's task tracker and asked to finish gracefully when `stop` fires.
-    /// At `max_connections` open connections it stops accepting (new ones wait in the kernel
-    /// backlog), as HAProxy's `maxconn` does.
+    /// (on the runtime this runs on) tracked by the listener's task tracker and asked to
+    /// finish gracefully when `stop` fires. At `max_connections` open connections, counted
+    /// over all sockets of the listener, it stops accepting (new ones wait in the kernel
+    /// backlog), as HAProxy's `maxconn` does; with several workers each socket first takes
+    /// one more connection off its backlog and holds it, unserved, until a slot frees.
     pub(crate) async fn serve(self, stop: CancellationToken) {
         loop {
-            let limit = self.shared.load().limit.clone();
-            let permit = tokio::select! {
-                p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                () = stop.cancelled() => return,
-            };
             let name = self.shared.load().name.clone();
-            let Some((stream, peer)) = accept(&self.tcp, &stop, &name).await else {
+            let accepted = if self.alone {
+                let Some(permit) = self.slot(&stop).await else {
+                    return;
+                };
+                accept(&self.tcp, &stop, &name).await.map(|c| (c, permit))
+            } else {
+                // The sockets of a listener share its slots, and a slot held while waiting on
+                // a socket with nothing to accept would hold back the connections waiting on
+                // another socket. So a connection first, then a slot for it: at the limit
+                // each socket holds one accepted connection back, the others wait in its
+                // backlog.
+                let Some(conn) = accept(&self.tcp, &stop, &name).await else {
+                    return;
+                };
+                self.slot(&stop).await.map(|permit| (conn, permit))
+            };
+            let Some(((stream, peer), permit)) = accepted else {
                 return;
             };
             // Loaded after the accept: a reload while it waited (TLS turned on, say) applies.
             let shared = self.shared.load_full();
+            debug!(listener = %shared.name, %peer, worker = crate::workers::current(), "accepted");
             let stop = stop.clone();
             shared.tasks.clone().spawn(async move {
                 shared.connections.increment(1.0);
@@ -177,6 +198,18 @@ impl Listener {
                 shared.connections.decrement(1.0);
                 drop(permit);
             });
+        }
+    }
+}
+
+impl Listener {
+    /// One of the listener's `max_connections` slots, once one is free; `None` once `stop`
+    /// fires.
+    async fn slot(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        let limit = self.shared.load().limit.clone();
+        tokio::select! {
+            p = limit.acquire_owned() => p.ok(),
+            () = stop.cancelled() => None,
         }
     }
 }
@@ -244,6 +277,8 @@ pub enum ListenerError {
 #[derive(Debug)]
 pub(crate) struct Listeners {
     env: Env,
+    /// The runtime of each worker, worker 0 first: a listener has a socket on each.
+    workers: Vec<Handle>,
     /// Stops every listener (the drain); each listener's own token is a child of it.
     stop: CancellationToken,
     /// Addresses that override the config's, by listener name (see [`Listeners::pin`]).
@@ -280,10 +315,19 @@ struct Step {
 }
 
 enum Socket {
-    /// The socket of `live[i]` serves on.
+    /// The sockets of `live[i]` serve on.
     Keep(usize),
-    /// A socket bound anew.
-    New { tcp: TcpListener, addr: SocketAddr },
+    /// Sockets bound anew, one per worker, all on `addr`.
+    New {
+        sockets: Vec<Bound>,
+        addr: SocketAddr,
+    },
+}
+
+/// A socket bound for a worker, registered with that worker's runtime.
+struct Bound {
+    tcp: TcpListener,
+    worker: Handle,
 }
 
 enum TlsStep {
@@ -301,7 +345,9 @@ enum TlsStep {
 impl Listeners {
     /// No listeners yet, serving into `current`; their tasks (accept loops, connections,
     /// certificate watches) belong to `tasks` and stop with `stop`. `pins` override the
-    /// configured address of the listeners they name, at start and on every reload.
+    /// configured address of the listeners they name, at start and on every reload. Each
+    /// listener gets a socket per runtime of `workers` (worker 0 first, where the
+    /// certificate watches run too; at least one).
     pub(crate) fn new(
         current: Current,
         metrics: Metrics,
@@ -309,6 +355,7 @@ impl Listeners {
         drain: Arc<Drain>,
         stop: CancellationToken,
         pins: Vec<(Arc<str>, SocketAddr)>,
+        workers: Vec<Handle>,
     ) -> Self {
         Self {
             env: Env {
@@ -317,6 +364,7 @@ impl Listeners {
                 tasks,
                 drain,
             },
+            workers,
             stop,
             pins,
             live: Mutex::new(Vec::new()),
@@ -327,6 +375,11 @@ impl Listeners {
     /// names (see [`pin`]).
     pub(crate) fn pin(&self, configs: &mut [ListenerConfig]) {
         pin(&self.pins, configs);
+    }
+
+    /// How many workers accept on each listener.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// Each listener's name and bound address, in config order.
@@ -446,10 +499,9 @@ impl Listeners {
                         addr: cfg.listen,
                         source,
                     };
-                    let tcp = bind(cfg.listen).map_err(bind_error)?;
-                    let addr = tcp.local_addr().map_err(bind_error)?;
+                    let (sockets, addr) = bind(cfg.listen, &self.workers).map_err(bind_error)?;
                     let limit = Arc::new(Semaphore::new(cfg.max_connections));
-                    (Socket::New { tcp, addr }, limit)
+                    (Socket::New { sockets, addr }, limit)
                 }
             };
             steps.push(Step {
@@ -499,15 +551,22 @@ impl Listeners {
                     l.tls = tls;
                     l
                 }
-                (None, Socket::New { tcp, addr }) => {
+                (None, Socket::New { sockets, addr }) => {
                     let shared = Arc::new(ArcSwap::new(shared));
                     let stop = self.stop.child_token();
-                    let listener = Listener {
-                        tcp,
-                        shared: shared.clone(),
-                    };
-                    self.env.tasks.spawn(listener.serve(stop.clone()));
-                    info!(listener = %step.cfg.name, %addr, tls = tls.is_some(), "listening");
+                    let workers = sockets.len();
+                    for Bound { tcp, worker } in sockets {
+                        let listener = Listener {
+                            tcp,
+                            shared: shared.clone(),
+                            alone: workers == 1,
+                        };
+                        // On the worker's own runtime, as are the connections it accepts.
+                        self.env
+                            .tasks
+                            .spawn_on(listener.serve(stop.clone()), &worker);
+                    }
+                    info!(listener = %step.cfg.name, %addr, tls = tls.is_some(), workers, "listening");
                     Live {
                         cfg: step.cfg,
                         addr,
@@ -577,16 +636,43 @@ async fn serve_connection(
     let acceptor = TlsAcceptor::from(tls.clone());
     // The handshake gets the header-read timeout: a client that opens connections and never
     // finishes them holds a connection slot no longer than a slow request head would.
-    match tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(stream)).await {
+    let deadline = tokio::time::Instant::now() + shared.timeouts.header_read;
+    let handshake = acceptor.accept(stream).into_fallible();
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => serve_io(shared, tls, peer, stop).await,
-        Ok(Err(e)) => {
+        Ok(Err((e, tcp))) => {
             debug!(listener = %shared.name, %peer, error = %e, "TLS handshake failed");
+            let _ = tokio::time::timeout_at(deadline, close_after_alert(tcp)).await;
         }
         Err(_) => {
             debug!(listener = %shared.name, %peer, "TLS handshake not finished in time; closing");
         }
     }
 }
+
+/// Closes a connection whose handshake failed so that the client reads the alert weir sent:
+/// the write side first, then what the client still sends is read and dropped until it
+/// closes too (at most [`ALERT_DRAIN`] bytes). Closing a socket with unread bytes would send
+/// a reset, and the client would lose the alert: a TLS 1.3 client that finished its side of
+/// the handshake has often sent its request by the time weir refuses its certificate.
+async fn close_after_alert(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    let mut left = ALERT_DRAIN;
+    while left > 0 {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// The most bytes [`close_after_alert`] reads from a refused client.
+const ALERT_DRAIN: usize = 64 * 1024;
 
 async fn serve_io<I>(shared: &Arc<ListenerShared>, io: I, peer: SocketAddr, stop: CancellationToken)
 where
@@ -635,15 +721,45 @@ where
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+/// Binds one socket on `addr` for each of `workers` (at least one), each registered with its
+/// worker's runtime; with port 0 the first picks the port and the others bind that one.
+/// Returns them with the bound address.
+///
+/// With more than one worker every socket has `SO_REUSEPORT`, and the kernel spreads new
+/// connections over them by a hash of their addresses. Only then: that option also lets
+/// another process of the same user bind the address, and a single socket keeps the
+/// address to itself.
+fn bind(addr: SocketAddr, workers: &[Handle]) -> std::io::Result<(Vec<Bound>, SocketAddr)> {
+    let reuse_port = workers.len() > 1;
+    let mut at = addr;
+    let mut sockets = Vec::with_capacity(workers.len());
+    for worker in workers {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        let tcp: std::net::TcpListener = socket.into();
+        at = tcp.local_addr()?;
+        let tcp = {
+            // Registered with the worker's reactor, which is the one that must poll it.
+            let _on = worker.enter();
+            TcpListener::from_std(tcp)?
+        };
+        sockets.push(Bound {
+            tcp,
+            worker: worker.clone(),
+        });
+    }
+    if sockets.is_empty() {
+        return Err(std::io::Error::other("no worker to accept on"));
+    }
+    Ok((sockets, at))
 }

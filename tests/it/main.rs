@@ -15,3 +15,4 @@ mod support;
 mod support_selftest;
 mod tls;
 mod tls_upstream;
+mod workers;

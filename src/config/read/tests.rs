@@ -158,7 +158,7 @@ fn unknown_keys_are_errors_listing_the_known_ones() {
     let all = error_list(&src);
     assert_eq!(
         all[0].message,
-        "unknown key (expected one of: admin, listeners, drain, routes, upstreams)"
+        "unknown key (expected one of: admin, listeners, drain, routes, upstreams, workers)"
     );
     assert_eq!(
         all[4].message,

@@ -16,7 +16,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use toml::de::DeValue;
 
 use super::{Fields, NAME_EXPECTED, Reader, Val, join, valid_name};
-use crate::config::{Balance, HashOn, Mode, Priority, Protocol, RateLimitKey};
+use crate::config::{Balance, HashOn, MAX_WORKERS, Mode, Priority, Protocol, RateLimitKey};
 
 impl Reader<'_> {
     /// `parsed`, or else `expected {expected} (got …)` recorded at the value.
@@ -161,6 +161,15 @@ impl Reader<'_> {
     pub(crate) fn usize_positive(&mut self, v: &Val<'_>, path: &str) -> Option<usize> {
         let max = u64::try_from(usize::MAX).unwrap_or(INT_MAX).min(INT_MAX);
         self.int(v, path, 1, max)
+            .and_then(|n| usize::try_from(n).ok())
+    }
+
+    /// The number of worker runtimes: 0 (one per core) to [`MAX_WORKERS`].
+    pub(crate) fn workers(&mut self, v: &Val<'_>, path: &str) -> Option<usize> {
+        let expected =
+            format!("0 (one worker per core) or a number of workers up to {MAX_WORKERS}");
+        let max = u64::try_from(MAX_WORKERS).unwrap_or(u64::MAX);
+        self.int_as(v, path, (0, max), &expected)
             .and_then(|n| usize::try_from(n).ok())
     }
 

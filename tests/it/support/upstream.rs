@@ -495,9 +495,22 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Some(acceptor) => {
                 let shared = shared.clone();
                 Box::pin(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        shared.tls_failures.fetch_add(1, SeqCst);
-                        return;
+                    let tls = match acceptor.accept(stream).into_fallible().await {
+                        Ok(tls) => tls,
+                        Err((_, mut tcp)) => {
+                            shared.tls_failures.fetch_add(1, SeqCst);
+                            // Closes as a server should, so the client reads the alert: write
+                            // side first, then the client's unread bytes until it closes (a
+                            // socket closed with unread bytes sends a reset instead).
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let _ = tcp.shutdown().await;
+                            let drain = async {
+                                let mut buf = [0u8; 1024];
+                                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                            };
+                            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                            return;
+                        }
                     };
                     let (_, session) = tls.get_ref();
                     let seen = Handshake {
