@@ -81,6 +81,14 @@ pub(crate) fn resolve(configured: usize) -> usize {
     }
 }
 
+/// How many per-worker slots a structure that keeps state per worker (the upstream pools'
+/// idle queues) makes: one per core this process may run on, the number of workers unless
+/// `workers` says otherwise. Indexed with `current() % slots`, so any number of workers is
+/// served correctly; with more workers than cores some share a slot.
+pub(crate) fn slots() -> usize {
+    resolve(0)
+}
+
 /// The index of the worker running the calling thread: `1..N` on the worker threads, 0
 /// everywhere else (worker 0, and any thread that is no worker). One thread-local read.
 pub(crate) fn current() -> usize {

@@ -27,9 +27,14 @@ use crate::error::{BoxError, ProxyError, caused_by};
 use crate::http::{Body, BodyTooLarge, Request, RequestBodyError, RequestBodyStalled, Response};
 use crate::tls::client::{ClientTls, is_tls_failure};
 use crate::upstream::h1::{self, Conn, Home, Io, SendError};
+use crate::workers;
 
-/// Idle connections kept per endpoint; more are closed when they come back.
+/// Idle connections kept per endpoint, shared out among the workers' queues; more are closed
+/// when they come back.
 const MAX_IDLE: usize = 1024;
+
+/// The fewest idle connections a worker's queue keeps.
+const MIN_IDLE_PER_WORKER: usize = 64;
 
 /// The most an upstream HTTP/1.1 connection reads ahead of what the client has taken, and the
 /// longest response head: 64 KiB (nginx's `proxy_buffer_size` default is 4–8 KiB). A response
@@ -44,7 +49,10 @@ pub(crate) struct Pool {
 
 struct Shared {
     endpoint: Authority,
-    idle: ArrayQueue<Idle>,
+    /// One queue per worker (`crate::workers`): a connection is registered with the reactor of
+    /// the worker that opened it, so it serves that worker's requests only, and a request never
+    /// waits on another worker's thread for its readiness.
+    idle: Box<[ArrayQueue<Idle>]>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     tls: Option<EndpointTls>,
@@ -70,7 +78,10 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("endpoint", &self.endpoint)
-            .field("idle", &self.idle.len())
+            .field(
+                "idle",
+                &self.idle.iter().map(ArrayQueue::len).sum::<usize>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -90,9 +101,11 @@ impl Pool {
         idle_timeout: Duration,
         tls: Option<EndpointTls>,
     ) -> Self {
+        let queues = workers::slots();
+        let per_queue = (MAX_IDLE / queues).max(MIN_IDLE_PER_WORKER);
         let shared = Arc::new_cyclic(|me| Shared {
             endpoint,
-            idle: ArrayQueue::new(MAX_IDLE),
+            idle: (0..queues).map(|_| ArrayQueue::new(per_queue)).collect(),
             connect_timeout,
             idle_timeout,
             tls,
@@ -117,7 +130,8 @@ impl Pool {
             return self.upgrade(req).await;
         }
         let shared = &self.shared;
-        while let Some(Idle { mut conn, since }) = shared.idle.pop() {
+        let idle = shared.queue();
+        while let Some(Idle { mut conn, since }) = idle.pop() {
             if since.elapsed() > shared.idle_timeout || !conn.is_open() {
                 continue;
             }
@@ -206,6 +220,13 @@ impl Pool {
 
 // === impl Shared ===
 
+impl Shared {
+    /// The calling worker's idle queue.
+    fn queue(&self) -> &ArrayQueue<Idle> {
+        &self.idle[workers::current() % self.idle.len()]
+    }
+}
+
 impl Home for Shared {
     /// Keeps `conn` for the next request (a read buffer grown by a large response is let go),
     /// and starts the sweep task with the first one kept.
@@ -214,7 +235,7 @@ impl Home for Shared {
             conn.shrink();
         }
         let since = Instant::now();
-        let _ = self.idle.push(Idle { conn, since });
+        let _ = self.queue().push(Idle { conn, since });
         if !self.sweeping.load(Ordering::Relaxed)
             && !self.sweeping.swap(true, Ordering::Relaxed)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -234,17 +255,18 @@ async fn sweep(pool: Weak<Shared>) {
     loop {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
-        for _ in 0..pool.idle.len() {
-            let Some(mut idle) = pool.idle.pop() else {
-                break;
-            };
-            if idle.since.elapsed() <= pool.idle_timeout && idle.conn.is_open() {
-                idle.conn.shrink();
-                let _ = pool.idle.push(idle);
+        for queue in &pool.idle {
+            for _ in 0..queue.len() {
+                let Some(mut idle) = queue.pop() else { break };
+                if idle.since.elapsed() <= pool.idle_timeout && idle.conn.is_open() {
+                    idle.conn.shrink();
+                    let _ = queue.push(idle);
+                }
             }
         }
     }
 }
+
 /// An error after the request may have reached the upstream: the client's request body
 /// (too large: 413; unreadable: 400), or else the upstream connection (502).
 pub(crate) fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {

@@ -54,9 +54,7 @@ impl Permit {
     }
 
     /// The inner call resolved with `out`: samples its round trip for the adaptive limit (at
-    /// the response head), then keeps the slot until the response body ends or is dropped. A
-    /// body that came whole with its head (a small response) has nothing left to take from the
-    /// upstream: its slot is released at once.
+    /// the response head), then keeps the slot until the response body ends or is dropped.
     pub(super) fn finish(self, out: Result<Response, ProxyError>) -> Result<Response, ProxyError> {
         if let Some(started) = self.started.filter(|_| self.shared.gradient.is_some()) {
             let counts = match &out {
@@ -68,7 +66,7 @@ impl Permit {
             }
         }
         match out {
-            Ok(resp) if !resp.body().is_buffered() => {
+            Ok(resp) if !http_body::Body::is_end_stream(resp.body()) => {
                 Ok(resp.map(|body| Body::boxed(Watched::new(body, PermitBody(Some(self))))))
             }
             // Nothing left to stream: the slot is released here.
