@@ -56,6 +56,11 @@ impl Writer {
         self.wrote_any
     }
 
+    /// The write buffer, empty once the request is written, for the connection's next one.
+    pub(super) fn take_out(&mut self) -> BytesMut {
+        std::mem::take(&mut self.out)
+    }
+
     /// The body, when none of it was read (the request goes to another connection).
     pub(super) fn into_body(self) -> Option<Body> {
         self.body
@@ -188,7 +193,10 @@ impl http_body::Body for ResponseBody {
             };
             if let Some(w) = &mut this.writer {
                 match w.poll(cx, &mut conn.io) {
-                    Poll::Ready(Ok(())) => this.writer = None,
+                    Poll::Ready(Ok(())) => {
+                        conn.out = w.take_out();
+                        this.writer = None;
+                    }
                     Poll::Ready(Err(WriteError::Body(e))) => {
                         this.conn = None;
                         return Poll::Ready(Some(Err(e)));

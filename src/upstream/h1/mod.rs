@@ -94,6 +94,9 @@ pub(crate) struct Conn {
     io: Io,
     /// Bytes read and not yet taken: the start of a response.
     buf: BytesMut,
+    /// The write buffer, kept between requests while it is small (one allocation less per
+    /// request), lent to the request's writer meanwhile.
+    out: BytesMut,
     /// How much the next read reserves.
     read_size: usize,
 }
@@ -119,6 +122,7 @@ impl Conn {
         Self {
             io,
             buf: BytesMut::new(),
+            out: BytesMut::new(),
             read_size: FIRST_READ,
         }
     }
@@ -142,12 +146,13 @@ impl Conn {
             self.buf = BytesMut::new();
             self.read_size = FIRST_READ;
         }
+        self.out = BytesMut::new();
     }
 
     /// Whether the buffer holds more than the next response needs: worth letting go of when
     /// the connection goes idle.
     pub(crate) fn is_large(&self) -> bool {
-        self.buf.capacity() > 2 * FIRST_READ
+        self.buf.capacity() > 2 * FIRST_READ || self.out.capacity() > FIRST_READ
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
@@ -193,7 +198,8 @@ pub(crate) async fn send(
 ) -> Result<Response, SendError> {
     let (parts, body) = req.into_parts();
     let has_body = !body.is_end_stream();
-    let mut out = BytesMut::new();
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
     let framing = encode::head(&parts, has_body, &mut out)
         .map_err(|_| SendError::Failed(ProxyError::BadRequest("invalid content-length")))?;
     let mut writer = Some(Writer::new(out, has_body.then_some(body), framing));
@@ -204,7 +210,10 @@ pub(crate) async fn send(
     let head = std::future::poll_fn(|cx| {
         if let Some(w) = &mut writer {
             match w.poll(cx, &mut conn.io) {
-                Poll::Ready(Ok(())) => writer = None,
+                Poll::Ready(Ok(())) => {
+                    conn.out = w.take_out();
+                    writer = None;
+                }
                 Poll::Ready(Err(WriteError::Io(e))) if !w.wrote_any() => {
                     return Poll::Ready(Err(Err(e)));
                 }
