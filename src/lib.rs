@@ -90,5 +90,6 @@ pub mod internals {
     pub use crate::route::fault::{parse_delay, parse_status};
     pub use crate::route::{RouteService, build as build_route};
     pub use crate::upstream::balance::Balancer;
+    pub use crate::upstream::h1::{ReadResponse, read_response};
     pub use crate::upstream::{discovery, endpoint_set, with_leaf};
 }

@@ -9,7 +9,7 @@ pub(crate) mod client;
 pub mod discovery;
 pub(crate) mod endpoints;
 pub(crate) mod forward;
-mod h1;
+pub(crate) mod h1;
 pub(crate) mod hash;
 pub(crate) mod health;
 pub(crate) mod outlier;

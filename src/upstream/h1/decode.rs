@@ -398,6 +398,71 @@ impl Decoder {
     }
 }
 
+/// How one response read from untrusted bytes came out (see [`read_response`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResponse {
+    /// The final response's status.
+    pub status: u16,
+    /// Body bytes decoded.
+    pub body: usize,
+    /// Whether the body ended before the input did (else the input's end was taken as the
+    /// connection's close).
+    pub ended: bool,
+    /// Whether the connection could carry another request (clean end, keep-alive, no byte
+    /// left over).
+    pub reusable: bool,
+}
+
+/// Reads one response from `input` as a connection would, fed `step` bytes at a time (0 is
+/// taken as 1), the end of `input` being the connection's close: interim heads skipped, the
+/// body decoded by its framing. The error is the reason weir gives. For the fuzz target
+/// (`fuzz/fuzz_targets/response.rs`): whatever the bytes, this returns and never panics, and
+/// the body is never more than the input.
+pub fn read_response(
+    input: &[u8],
+    step: usize,
+    head_request: bool,
+) -> Result<ReadResponse, String> {
+    let step = step.max(1);
+    let mut fed = 0;
+    let mut buf = BytesMut::new();
+    let mut feed = |buf: &mut BytesMut| {
+        let end = (fed + step).min(input.len());
+        buf.extend_from_slice(&input[fed..end]);
+        let more = end > fed;
+        fed = end;
+        more
+    };
+    let head = loop {
+        match parse_head(&mut buf, head_request, super::MAX_HEAD).map_err(|e| e.to_string())? {
+            Parsed::Head(head) => break head,
+            Parsed::Interim => {}
+            Parsed::Partial if feed(&mut buf) => {}
+            Parsed::Partial => return Err(H1Error::EarlyClose.to_string()),
+        }
+    };
+    let mut decoder = Decoder::new(head.framing, super::MAX_HEAD);
+    let mut body = 0;
+    let ended = loop {
+        match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+            Decoded::Data(data) => body += data.len(),
+            Decoded::Trailers(_) | Decoded::End => break true,
+            Decoded::More if feed(&mut buf) => {}
+            Decoded::More => {
+                decoder.eof().map_err(|e| e.to_string())?;
+                break false;
+            }
+        }
+    };
+    let reusable = ended && head.keep_alive && buf.is_empty() && fed == input.len();
+    Ok(ReadResponse {
+        status: head.status.as_u16(),
+        body,
+        ended,
+        reusable,
+    })
+}
+
 /// `min(n, avail)` as a buffer index.
 fn take_len(n: u64, avail: usize) -> usize {
     usize::try_from(n).map_or(avail, |n| n.min(avail))
@@ -734,6 +799,32 @@ mod tests {
             decode_all(Framing::Chunked, &long, false),
             Err(H1Error::HeadTooLarge)
         ));
+    }
+
+    #[test]
+    fn a_whole_response_reads_alike_in_any_steps() {
+        let input = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let want = ReadResponse {
+            status: 200,
+            body: 3,
+            ended: true,
+            reusable: true,
+        };
+        for step in [0, 1, 2, 7, 1000] {
+            assert_eq!(
+                read_response(input, step, false),
+                Ok(want.clone()),
+                "step {step}"
+            );
+        }
+        let r = read_response(b"HTTP/1.1 200 OK\r\n\r\nuntil close", 3, false).unwrap();
+        assert_eq!((r.body, r.ended, r.reusable), (11, false, false));
+        let e = read_response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort",
+            4,
+            false,
+        );
+        assert!(e.unwrap_err().contains("before the end"));
     }
 
     #[test]

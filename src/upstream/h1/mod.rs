@@ -25,6 +25,8 @@
 
 mod body;
 mod decode;
+
+pub use decode::{ReadResponse, read_response};
 mod encode;
 #[cfg(test)]
 mod tests;
