@@ -101,6 +101,10 @@ impl ListenerShared {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         let mut h1 = builder.http1();
         h1.timer(TokioTimer::new())
+            // The connection's own timer enforces `header_read_timeout` (`conn`); hyper's
+            // (30 s unless set) would arm and box a second timer for every request, and cut a
+            // longer configured wait at 30 s.
+            .header_read_timeout(None)
             .keep_alive(true)
             // One write per response: a small body is copied next to the head instead of a
             // vectored write (measured: 3-4 % less CPU per proxied request; large bodies pay a copy).
