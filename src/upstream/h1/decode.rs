@@ -308,9 +308,7 @@ impl Decoder {
                     return Ok(Decoded::More);
                 }
                 State::Length(n) => {
-                    let take = take_len(n, buf.len());
-                    let data = buf.split_to(take).freeze();
-                    let left = n - take as u64;
+                    let (data, left) = take(n, buf);
                     self.state = if left == 0 {
                         State::Done
                     } else {
@@ -319,9 +317,7 @@ impl Decoder {
                     return Ok(Decoded::Data(data));
                 }
                 State::ChunkData(n) => {
-                    let take = take_len(n, buf.len());
-                    let data = buf.split_to(take).freeze();
-                    let left = n - take as u64;
+                    let (data, left) = take(n, buf);
                     self.state = if left == 0 {
                         State::ChunkEnd
                     } else {
@@ -463,9 +459,10 @@ pub fn read_response(
     })
 }
 
-/// `min(n, avail)` as a buffer index.
-fn take_len(n: u64, avail: usize) -> usize {
-    usize::try_from(n).map_or(avail, |n| n.min(avail))
+/// Up to `n` bytes from the front of `buf`, and how many of the `n` are still to come.
+fn take(n: u64, buf: &mut BytesMut) -> (Bytes, u64) {
+    let len = usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()));
+    (buf.split_to(len).freeze(), n - len as u64)
 }
 
 /// Where the first CRLF of `buf` starts; an error when none is within `limit` bytes, or when a
