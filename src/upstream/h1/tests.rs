@@ -70,27 +70,16 @@ async fn upstream(steps: Vec<Step>) -> (Conn, mpsc::UnboundedReceiver<Vec<u8>>) 
                         {
                             want = Some(i + 4 + body);
                         }
-                        if want.is_some_and(|w| seen.len() >= w) {
+                        if want.is_some_and(|w| seen.len() >= w)
+                            || !read_more(&mut s, &mut seen).await
+                        {
                             break;
                         }
-                        let mut b = [0u8; 4096];
-                        let n = s.read(&mut b).await.unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        seen.extend_from_slice(&b[..n]);
                     }
                     let _ = tx.send(std::mem::take(&mut seen));
                 }
                 Step::ReadUntil(end) => {
-                    while !seen.ends_with(end) {
-                        let mut b = [0u8; 4096];
-                        let n = s.read(&mut b).await.unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        seen.extend_from_slice(&b[..n]);
-                    }
+                    while !seen.ends_with(end) && read_more(&mut s, &mut seen).await {}
                     let _ = tx.send(std::mem::take(&mut seen));
                 }
                 Step::Write(bytes) => {
@@ -108,6 +97,14 @@ async fn upstream(steps: Vec<Step>) -> (Conn, mpsc::UnboundedReceiver<Vec<u8>>) 
     });
     let stream = TcpStream::connect(addr).await.unwrap();
     (Conn::new(Io::Tcp(stream)), rx)
+}
+
+/// Reads what the client sent next onto `seen`; false at its close.
+async fn read_more(s: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
+    let mut b = [0u8; 4096];
+    let n = s.read(&mut b).await.unwrap_or(0);
+    seen.extend_from_slice(&b[..n]);
+    n > 0
 }
 
 fn get(path: &str) -> Request {
@@ -294,33 +291,33 @@ async fn a_head_over_the_limit_is_refused() {
 }
 
 #[tokio::test]
-async fn a_bad_chunk_size_breaks_the_body() {
-    let (conn, _seen) = upstream(vec![
-        Step::Read { body: 0 },
-        Step::Write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n"),
-    ])
-    .await;
-    let kept = Arc::new(Kept::default());
-    let resp = exchange(conn, get("/"), &kept).await.unwrap();
-    let err = collect(resp).await.unwrap_err();
-    assert!(err.contains("malformed chunk"), "{err}");
-    assert_eq!(kept.count(), 0);
-}
-
-#[tokio::test]
-async fn a_body_shorter_than_declared_is_an_error_at_the_close() {
-    let (conn, _seen) = upstream(vec![
-        Step::Read { body: 0 },
-        Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"),
-        Step::Pause,
-        Step::Close,
-    ])
-    .await;
-    let kept = Arc::new(Kept::default());
-    let resp = exchange(conn, get("/"), &kept).await.unwrap();
-    let err = collect(resp).await.unwrap_err();
-    assert!(err.contains("before the end"), "{err}");
-    assert_eq!(kept.count(), 0);
+async fn a_broken_body_is_an_error_and_closes_the_connection() {
+    let cases: [(&'static [u8], bool, &str); 2] = [
+        // A bad chunk size.
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
+            false,
+            "malformed chunk",
+        ),
+        // A body shorter than declared: the close comes first.
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            true,
+            "before the end",
+        ),
+    ];
+    for (bytes, close, want) in cases {
+        let mut steps = vec![Step::Read { body: 0 }, Step::Write(bytes)];
+        if close {
+            steps.extend([Step::Pause, Step::Close]);
+        }
+        let (conn, _seen) = upstream(steps).await;
+        let kept = Arc::new(Kept::default());
+        let resp = exchange(conn, get("/"), &kept).await.unwrap();
+        let err = collect(resp).await.unwrap_err();
+        assert!(err.contains(want), "{err}");
+        assert_eq!(kept.count(), 0);
+    }
 }
 
 #[tokio::test]
