@@ -37,7 +37,8 @@ use crate::http::{Body, Request, Response};
 use crate::tls::TlsError;
 use crate::tls::client::{ALPN_H2, ALPN_HTTP1, ClientTls, host_name, is_tls_failure};
 use crate::upstream::Settings as UpstreamConfig;
-use crate::upstream::pool::{EndpointTls, Pool, UPSTREAM_READ_BUF, sent_error};
+use crate::upstream::h1::sent_error;
+use crate::upstream::pool::{EndpointTls, Pool, UPSTREAM_READ_BUF};
 
 /// Protocol spoken to an upstream (`upstreams.NAME.protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -9,7 +9,6 @@
 //! `upstreams.<name>.connect_timeout`, `pool_idle_timeout`, `tls`. HTTP/2 upstreams use
 //! [`crate::upstream::client`] instead (one multiplexed connection serves many requests).
 
-use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -23,10 +22,10 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::error::{BoxError, ProxyError, caused_by};
-use crate::http::{Body, BodyTooLarge, Request, RequestBodyError, RequestBodyStalled, Response};
+use crate::error::ProxyError;
+use crate::http::{Body, Request, Response};
 use crate::tls::client::{ClientTls, is_tls_failure};
-use crate::upstream::h1::{self, Conn, Home, Io, SendError};
+use crate::upstream::h1::{self, Conn, Home, Io, SendError, sent_error};
 use crate::workers;
 
 /// Idle connections kept per endpoint, shared out among the workers' queues; more are closed
@@ -264,19 +263,5 @@ async fn sweep(pool: Weak<Shared>) {
                 }
             }
         }
-    }
-}
-
-/// An error after the request may have reached the upstream: the client's request body
-/// (too large: 413; unreadable: 400), or else the upstream connection (502).
-pub(crate) fn sent_error<E: StdError + Send + Sync + 'static>(e: E) -> ProxyError {
-    if caused_by::<BodyTooLarge>(&e) {
-        ProxyError::PayloadTooLarge
-    } else if caused_by::<RequestBodyError>(&e) {
-        ProxyError::BadRequest("request body could not be read from the client")
-    } else if caused_by::<RequestBodyStalled>(&e) {
-        ProxyError::BadRequest("the client stopped sending the request body")
-    } else {
-        ProxyError::UpstreamReset(Box::new(e) as BoxError)
     }
 }

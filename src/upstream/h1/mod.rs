@@ -308,15 +308,17 @@ impl WriteError {
     fn into_proxy(self) -> ProxyError {
         match self {
             WriteError::Io(e) => reset(e),
-            WriteError::Body(e) => body_error(e),
+            WriteError::Body(e) => sent_error(e),
             WriteError::Length => reset(H1Error::BodyLength),
         }
     }
 }
 
-/// A request body's failure while it was sent: too large (413), unreadable or stalled (400),
-/// or anything else (502).
-pub(crate) fn body_error(e: BoxError) -> ProxyError {
+/// An error after the request may have reached the upstream: the client's request body (too
+/// large: 413; unreadable or stalled: 400), or else the upstream connection (502). The one
+/// mapping of every upstream client's errors (this one, the upgrade path and HTTP/2).
+pub(crate) fn sent_error(e: impl Into<BoxError>) -> ProxyError {
+    let e = e.into();
     if caused_by::<BodyTooLarge>(&*e) {
         ProxyError::PayloadTooLarge
     } else if caused_by::<RequestBodyError>(&*e) {
