@@ -213,8 +213,8 @@ fn judge(result: &Result<Response, ProxyError>) -> (Verdict, Option<std::time::D
 }
 
 pin_project! {
-    /// The future of [`Forward`]. Dropping it cancels the upstream request (hyper closes an
-    /// HTTP/1.1 connection whose request future is dropped; HTTP/2 resets the stream).
+    /// The future of [`Forward`]. Dropping it cancels the upstream request (an HTTP/1.1
+    /// exchange dropped before its end closes its connection; HTTP/2 resets the stream).
     pub struct ResponseFuture {
         state: State,
         // The `read_timeout` wait for the head: armed when the head is first waited for.
