@@ -126,7 +126,8 @@ impl Pool {
     /// `upstream-reset` otherwise.
     pub(crate) async fn send(self, mut req: Request) -> Result<Response, ProxyError> {
         if req.headers().contains_key(UPGRADE) {
-            return self.upgrade(req).await;
+            // Boxed, as the connect below: rare, and large.
+            return Box::pin(self.upgrade(req)).await;
         }
         let shared = &self.shared;
         let idle = shared.queue();
@@ -140,7 +141,9 @@ impl Pool {
                 Err(SendError::Failed(e)) => return Err(e),
             }
         }
-        let io = self.connect_within().await?;
+        // Boxed: a connect (and its TLS handshake, 1.4 KB of state) is rare under keep-alive,
+        // and inline it would make every request's future carry it (2.7 KB instead of 1.4 KB).
+        let io = Box::pin(self.connect_within()).await?;
         match h1::send(Conn::new(io), req, self.shared.clone()).await {
             Ok(resp) => Ok(resp),
             // A TLS error on a new connection's first exchange is the handshake's outcome: the
