@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 
 use super::Shared;
 use crate::http::context::RequestContext;
@@ -17,8 +17,11 @@ use crate::http::{Body, Request};
 /// What a retry needs once the first try has failed: the saved head and body, and the request's
 /// context.
 pub(super) struct Template {
-    /// Method, URI and version of the request; no headers, no extensions.
-    head: http::request::Parts,
+    /// Method, URI and version of the request: what a retry's head needs besides its headers
+    /// (a whole `Parts`, with its empty headers and extensions, is 224 bytes).
+    method: Method,
+    uri: Uri,
+    version: Version,
     /// The request's headers, flattened.
     headers: FlatHeaders,
     bytes: Bytes,
@@ -52,13 +55,11 @@ impl Template {
             }
             ctx.clone()
         });
-        let (mut saved, ()) = http::Request::new(()).into_parts();
-        saved.method = head.method.clone();
-        saved.uri = head.uri.clone();
-        saved.version = head.version;
         let template = Template {
             may_resend: shared.policy.may_resend(&head.method, &head.headers),
-            head: saved,
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            version: head.version,
             headers: FlatHeaders::new(&head.headers),
             bytes,
             context,
@@ -75,9 +76,9 @@ impl Template {
     /// among the extensions (allocated when a retry happens, not on every request).
     pub(super) fn retry_request(&self) -> Request {
         let mut req = Request::new(Body::full(self.bytes.clone()));
-        *req.method_mut() = self.head.method.clone();
-        *req.uri_mut() = self.head.uri.clone();
-        *req.version_mut() = self.head.version;
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.to_map();
         if let Some(ctx) = &self.context {
             req.extensions_mut().insert(ctx.clone());
