@@ -7,10 +7,7 @@ use crate::support::{Client, Toml, Upstream, Weir, eventually_async, scrape};
 #[tokio::test]
 async fn metrics_count_requests_attempts_and_connections_with_config_labels() {
     let up = Upstream::http1().fail_first(1, 503).start().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, closed) = crate::support::closed_port();
     let cfg = Toml::new()
         .route("m-api", "m-up")
         .set("match.path_prefix", "/api")

@@ -267,11 +267,7 @@ async fn endpoints_are_picked_round_robin() {
 /// Each way of not reaching an upstream answers with its own status and `x-weir-error`.
 #[tokio::test]
 async fn refused_reset_and_silent_upstreams_answer_502_or_504_with_their_own_reason() {
-    // A port that was just bound and released: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, closed) = crate::support::closed_port();
     let reset = Upstream::http1().reset().start().await;
     let hang = Upstream::hang().start().await;
     let cfg = Toml::new()

@@ -353,10 +353,7 @@ async fn an_idempotency_key_allows_a_post_retry_only_where_configured() {
 
 #[tokio::test]
 async fn a_request_that_never_left_is_retried_on_another_endpoint_whatever_its_method() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, closed) = crate::support::closed_port();
     let healthy = Upstream::http1().start().await;
     let cfg = Toml::one_route("re-refused", "re-refused-up", &[closed, healthy.addr()])
         .set("balance", "round_robin")

@@ -92,3 +92,14 @@ pub fn any_tool(names: &[&str]) -> Option<PathBuf> {
 }
 
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A loopback port where nothing listens, and which nothing else can take while the returned
+/// socket lives: it is bound but never listens, so a connect there is refused. (A port bound
+/// and released at once can be taken by a listener of a test running beside this one.)
+pub fn closed_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    sock.bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind to a loopback port");
+    let addr = sock.local_addr().expect("the bound address");
+    (sock, addr)
+}
