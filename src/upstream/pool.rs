@@ -235,8 +235,8 @@ impl Shared {
     }
 
     /// The most recently kept idle connection still open and within the idle timeout; those
-    /// that are not are closed. (Apart from `send`'s future: a connection it borrows stays in
-    /// that future's state, 104 bytes, after it is sent on.)
+    /// that are not are closed. Outside `send`'s future on purpose: a connection borrowed
+    /// there (to check it) stays in that future's state, 104 bytes, after it is sent on.
     fn pop_open(&self) -> Option<Conn> {
         let idle = self.queue();
         while let Some(Idle { mut conn, since }) = idle.pop() {

@@ -209,11 +209,11 @@ pub(crate) fn send(
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
     let framing = encode::head(&parts, has_body, &mut out).ok();
-    let invalid = framing.is_none();
     let mut writer = framing.map(|framing| Writer::new(out, has_body.then_some(body), framing));
     let head_request = parts.method == Method::HEAD;
     async move {
-        if invalid {
+        // No writer before the first poll: the head did not encode.
+        if writer.is_none() {
             return Err(SendError::Failed(ProxyError::BadRequest(
                 "invalid content-length",
             )));
