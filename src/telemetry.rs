@@ -97,13 +97,13 @@ impl RequestTrace {
     }
 
     /// The `traceparent` to send upstream: the span's, or
-    /// [`crate::http::context::traceparent`] of the inbound one.
-    pub(crate) fn traceparent(&self, headers: &http::HeaderMap) -> http::HeaderValue {
+    /// [`crate::http::context::traceparent`] of the `inbound` one.
+    pub(crate) fn traceparent(&self, inbound: Option<&http::HeaderValue>) -> http::HeaderValue {
         #[cfg(feature = "otel")]
         if let Some(tp) = otel::traceparent(self.span.as_ref()) {
             return tp;
         }
-        crate::http::context::traceparent(headers.get(&crate::http::TRACEPARENT))
+        crate::http::context::traceparent(inbound)
     }
 
     /// Records on the span what the access log says: route (when one matched), upstream,

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
 
-TARGETS=${TARGETS:-"direct nginx haproxy weir nginx-direct weir-direct"}
+TARGETS=${TARGETS:-"direct nginx haproxy weir nginx-direct hyper-direct weir-direct"}
 CONNS=${CONNS:-"1 64 256"}
 C1_TARGETS=${C1_TARGETS:-"direct nginx weir weir-base"}   # the ones of TARGETS measured at c=1
 ROUNDS=${ROUNDS:-3}
@@ -23,8 +23,8 @@ UPSTREAM_ADDR=127.0.0.1:18000
 declare -A ADDR=([direct]=$UPSTREAM_ADDR [weir]=127.0.0.1:18080
                  [nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [weir-base]=127.0.0.1:18083
                  [weir-direct]=127.0.0.1:18084 [nginx-direct]=127.0.0.1:18085
-                 [weir-base-direct]=127.0.0.1:18086)
-KNOWN="direct nginx haproxy weir weir-base nginx-direct weir-direct weir-base-direct"
+                 [weir-base-direct]=127.0.0.1:18086 [hyper-direct]=127.0.0.1:18087)
+KNOWN="direct nginx haproxy weir weir-base nginx-direct hyper-direct weir-direct weir-base-direct"
 declare -A PID=()          # target -> PID of its (top) process
 STARTED=()                 # every server PID this script started and has not reaped yet
 WRK_PID=                   # the measured wrk while it runs
@@ -231,6 +231,9 @@ start_proxy() {  # start_proxy TARGET: on PROXY_CPUS (cpu1), alone with the othe
       start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c "$cpus" "$WEIR_BIN" --config "$TMP/$t.toml" ;;
     weir-base | weir-base-direct)
       start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c "$cpus" "$WEIR_BASE_BIN" --config "$TMP/$t.toml" ;;
+    # The floor of a direct response served by hyper: the bench upstream itself (a bare hyper
+    # server with no per-request work of its own) on the proxy core.
+    hyper-direct) start "$t" "$TMP/$t.log" taskset -c "$cpus" "$UPSTREAM_BIN" --listen "${ADDR[$t]}" ;;
   esac
 }
 
@@ -358,7 +361,7 @@ if any((c, t) in stats for c in conns for t in proxied):
                   f"| {fmt(s['pct'], '.0f')} | {fmt(s['rss'], '.1f')} | {s['err']} |")
 
 if any((c, t) in stats for c in conns for t in answered):
-    print("\n## Direct response: wrk → proxy, which answers by itself (weir `respond`, nginx `return 200`)\n")
+    print("\n## Direct response: wrk → proxy, which answers by itself (weir `respond`, nginx `return 200`; hyper-direct: a bare hyper server, the floor under weir)\n")
     print("| target | conns | req/s | ×nginx-direct | p50 µs | p99 µs | p99.9 µs | CPU µs/req | CPU ×nginx-direct | CPU % | RSS MiB | errors |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for c in conns:

@@ -1,8 +1,8 @@
 //! An HTTP/1 request head, as untrusted bytes, through weir's hygiene checks.
 //!
 //! The bytes are parsed with httparse into method, URI, version and headers (what hyper hands
-//! weir), then `check_request`, `is_upgrade`, `strip_hop_by_hop` and `add_forwarded` run on
-//! them. Framing and `Host` are judged from the parsed head alone (a head with more than one
+//! weir), then the field scan, `check_request`, `is_upgrade`, `strip_hop_by_hop` and
+//! `add_forwarded` run on them, and the scan is held to what lookups by name find. Framing and `Host` are judged from the parsed head alone (a head with more than one
 //! `Host` must be refused).
 #![no_main]
 
@@ -50,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let loose = hygiene::check_request(&method, &uri, version, &headers, &UNLIMITED);
+    let fields = hygiene::Fields::scan(&headers);
+    assert_eq!(fields.request_id, headers.get("x-request-id"));
+    assert_eq!(fields.traceparent, headers.get("traceparent"));
+    assert_eq!(fields.priority, headers.get("x-weir-priority"));
+    let loose = hygiene::check_request(&method, &uri, version, &headers, &fields, &UNLIMITED);
     if headers.get_all(http::header::HOST).iter().count() > 1 {
         assert!(loose.is_err(), "a head with two Host headers passed");
     }
@@ -58,12 +62,17 @@ fuzz_target!(|data: &[u8]| {
         // Without limits only framing can be refused.
         assert_eq!(e.reason(), "bad-request", "{e:?}");
     }
-    if hygiene::check_request(&method, &uri, version, &headers, &TIGHT).is_ok() {
+    if hygiene::check_request(&method, &uri, version, &headers, &fields, &TIGHT).is_ok() {
         assert!(loose.is_ok(), "passes tight limits but not loose ones");
     }
 
-    let upgrade = hygiene::is_upgrade(version, &headers);
+    let upgrade = fields.is_upgrade(version);
+    let had_hop_by_hop = fields.has_hop_by_hop(upgrade);
+    let before = headers.clone();
     hygiene::strip_hop_by_hop(&mut headers, upgrade);
+    if !had_hop_by_hop {
+        assert_eq!(before, headers, "a head the scan found clean was changed by stripping");
+    }
     for name in [
         &KEEP_ALIVE,
         &PROXY_AUTHORIZATION,
@@ -81,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
 
     let client = hygiene::client_value([192, 0, 2, 1].into());
     let authority = uri.authority().map(|a| a.as_str());
-    hygiene::add_forwarded(&mut headers, &client, "http", authority, version);
+    let forwarded =
+        hygiene::Forwarded::new(&hygiene::Fields::scan(&headers), &client, "http", authority, version);
+    hygiene::add_forwarded(&mut headers, forwarded);
     assert!(headers.contains_key(VIA));
     assert!(headers.contains_key("x-forwarded-proto"));
 });

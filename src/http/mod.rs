@@ -34,8 +34,8 @@ pub(crate) static X_WEIR_ERROR: HeaderName = HeaderName::from_static("x-weir-err
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-weir-deadline-ms`: the remaining deadline, shared along a chain of proxies.
 pub(crate) static X_WEIR_DEADLINE_MS: HeaderName = HeaderName::from_static("x-weir-deadline-ms");
-/// `x-weir-priority`: a request may lower its route's priority (`default`, `sheddable`).
-pub(crate) static X_WEIR_PRIORITY: HeaderName = HeaderName::from_static("x-weir-priority");
+// `x-weir-priority`: a request may lower its route's priority (`default`, `sheddable`); read by
+// the scan of `hygiene::Fields`, which matches names by their spelling.
 /// `x-weir-fault-abort: <status>`: abort this request (routes with `fault.allow_header`).
 pub(crate) static X_WEIR_FAULT_ABORT: HeaderName = HeaderName::from_static("x-weir-fault-abort");
 /// `x-weir-fault-delay: <duration>`: delay this request (routes with `fault.allow_header`).

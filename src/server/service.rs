@@ -30,10 +30,10 @@ use tower::{Service, ServiceExt};
 
 use crate::error::{BoxError, ProxyError};
 use crate::generation::Generation;
-use crate::http::context::{self, RequestContext};
+use crate::http::context::{self, Priority, RequestContext};
 use crate::http::{
-    Body, BodyReadTimeout, Request, Response, TRACEPARENT, Watch, Watched, X_REQUEST_ID,
-    X_WEIR_PRIORITY, hygiene, respond,
+    Body, BodyReadTimeout, Request, Response, TRACEPARENT, Watch, Watched, X_REQUEST_ID, hygiene,
+    respond,
 };
 use crate::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
 use crate::route::{Route, Target};
@@ -190,25 +190,31 @@ fn handle(
     async move {
         let client = &client;
         let generation = guard.1.current.load_full();
+        let fields = hygiene::Fields::scan(&parts.headers);
         let ex = Exchange {
             trace: RequestTrace::start(&parts.method, &parts.headers),
-            request_id: context::request_id(parts.headers.get(&X_REQUEST_ID)),
+            request_id: context::request_id(fields.request_id),
             method: parts.method.clone(),
             version: parts.version,
-            upgrade: hygiene::is_upgrade(parts.version, &parts.headers),
+            upgrade: fields.is_upgrade(parts.version),
             peer,
         };
         let (l, conn) = (&*guard.1, &*guard.0);
-        let (route, target, result, on_upgrade) =
-            match check(&parts, l).and_then(|()| route(&generation, &parts)) {
-                Err(e) => (None, None, Err(e), None),
-                Ok(route) => {
-                    let target = route.pick();
-                    let (req, on_upgrade) = prepare(parts, body, route, target, &ex, client, l);
-                    let result = call(conn, &generation, target, req).await;
-                    (Some(route), Some(target), result, on_upgrade)
-                }
-            };
+        let (route, target, result, on_upgrade) = match check(&parts, &fields, l)
+            .and_then(|()| route(&generation, &parts))
+        {
+            Err(e) => (None, None, Err(e), None),
+            Ok(route) => {
+                let target = route.pick();
+                // The scan still describes the map unless hop-by-hop fields come out.
+                let additions = (!fields.has_hop_by_hop(ex.upgrade))
+                    .then(|| Additions::new(&fields, &parts.uri, route, target, &ex, client, l));
+                let (req, on_upgrade) =
+                    prepare(parts, additions, body, route, target, &ex, client, l);
+                let result = call(conn, &generation, target, req).await;
+                (Some(route), Some(target), result, on_upgrade)
+            }
+        };
         let route_name = route.map_or("", |r| &*r.name);
         let metrics = target.map_or(&generation.unrouted, |t| &t.metrics);
         let direct = target.is_some_and(|t| t.direct);
@@ -231,12 +237,17 @@ struct Exchange {
 }
 
 /// Step 2: a request weir refuses before routing it (framing, `Host`, header limits).
-fn check(parts: &http::request::Parts, l: &ListenerShared) -> Result<(), ProxyError> {
+fn check(
+    parts: &http::request::Parts,
+    fields: &hygiene::Fields<'_>,
+    l: &ListenerShared,
+) -> Result<(), ProxyError> {
     hygiene::check_request(
         &parts.method,
         &parts.uri,
         parts.version,
         &parts.headers,
+        fields,
         &l.limits,
     )
 }
@@ -249,13 +260,49 @@ fn route<'g>(
     generation.router.route(parts).ok_or(ProxyError::NoRoute)
 }
 
-/// Step 2, continued, for a routed request: hop-by-hop headers out, what weir tells the
-/// upstream (`X-Forwarded-*`, `x-request-id`, `traceparent`; nothing for a direct response,
-/// whose request goes nowhere), its [`RequestContext`] (client, route, priority), and its body
-/// bounded by the listener's limits. Returns the downstream upgrade to tunnel, if the client
-/// asked for one.
+/// What weir adds to a routed request, worked out from one scan of its fields: what it tells
+/// the upstream (`X-Forwarded-*`, `Via`, `traceparent`; nothing for a direct response, whose
+/// request goes nowhere) and the request's priority.
+struct Additions {
+    forwarded: Option<(hygiene::Forwarded, HeaderValue)>,
+    priority: Priority,
+}
+
+impl Additions {
+    fn new(
+        fields: &hygiene::Fields<'_>,
+        uri: &http::Uri,
+        route: &Route,
+        target: &Target,
+        ex: &Exchange,
+        client: &HeaderValue,
+        l: &ListenerShared,
+    ) -> Self {
+        let forwarded = (!target.direct).then(|| {
+            let authority = uri.authority().map(|a| a.as_str());
+            let forwarded = hygiene::Forwarded::new(fields, client, l.proto, authority, ex.version);
+            (forwarded, ex.trace.traceparent(fields.traceparent))
+        });
+        let priority = match fields.priority {
+            Some(asked) => route.priority.lowered_by(asked.as_bytes()),
+            None => route.priority,
+        };
+        Self {
+            forwarded,
+            priority,
+        }
+    }
+}
+
+/// Step 2, continued, for a routed request: hop-by-hop headers out (`additions` is `None`
+/// when there are some, and is then worked out once they are gone), what weir tells the
+/// upstream (`X-Forwarded-*`, `Via`, `x-request-id`, `traceparent`), its [`RequestContext`]
+/// (client, route, priority), and its body bounded by the listener's limits. Returns the
+/// downstream upgrade to tunnel, if the client asked for one.
+#[allow(clippy::too_many_arguments)] // the walk's state, passed down once
 fn prepare(
     mut parts: http::request::Parts,
+    additions: Option<Additions>,
     body: Incoming,
     route: &Route,
     target: &Target,
@@ -268,27 +315,25 @@ fn prepare(
     } else {
         None
     };
-    hygiene::strip_hop_by_hop(&mut parts.headers, ex.upgrade);
-    if !target.direct {
+    let additions = additions.unwrap_or_else(|| {
+        hygiene::remove_hop_by_hop(&mut parts.headers, ex.upgrade);
+        let fields = hygiene::Fields::scan(&parts.headers);
+        Additions::new(&fields, &parts.uri, route, target, ex, client, l)
+    });
+    if let Some((forwarded, traceparent)) = additions.forwarded {
         // Room for what weir adds (X-Forwarded-*, Via, x-request-id, traceparent, the
         // deadline), so the map grows once instead of several times.
         parts.headers.reserve(8);
-        let authority = parts.uri.authority().map(|a| a.as_str());
-        hygiene::add_forwarded(&mut parts.headers, client, l.proto, authority, ex.version);
+        hygiene::add_forwarded(&mut parts.headers, forwarded);
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
-        let traceparent = ex.trace.traceparent(&parts.headers);
         parts.headers.insert(TRACEPARENT.clone(), traceparent);
     }
-    let priority = match parts.headers.get(&X_WEIR_PRIORITY) {
-        Some(asked) => route.priority.lowered_by(asked.as_bytes()),
-        None => route.priority,
-    };
     parts.extensions.insert(RequestContext::new(
         ex.peer.ip(),
         route.name.clone(),
-        priority,
+        additions.priority,
     ));
     let body = Body::request(body, l.limits.max_body_bytes, l.timeouts.idle);
     (Request::from_parts(parts, body), on_upgrade)
