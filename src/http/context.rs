@@ -15,7 +15,8 @@ use rand::{RngCore, SeedableRng};
 use tokio::time::Instant;
 
 /// What the stages of one request share, stored once in the request's extensions by
-/// [`crate::server::service`] (one allocation per request). Cloned with the extensions when a
+/// [`crate::server::service`] when the route target's stack reads it (every upstream target;
+/// see [`crate::route::Target::context`]). Cloned with the extensions when a
 /// retry builds the next try. Each field says who writes it and who reads it; no other stage
 /// touches it.
 #[derive(Clone, Debug)]

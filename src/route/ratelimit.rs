@@ -35,6 +35,14 @@ pub struct Settings {
     pub max_keys: usize,
 }
 
+impl Settings {
+    /// Whether the limit reads the request's [`RequestContext`] (its buckets are keyed by the
+    /// client's address).
+    pub(crate) fn reads_context(&self) -> bool {
+        self.key == Key::ClientIp
+    }
+}
+
 /// What a rate limit bucket is keyed by (`routes[].rate_limit.key`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Key {

@@ -297,7 +297,7 @@ impl Additions {
 /// Step 2, continued, for a routed request: hop-by-hop headers out (`additions` is `None`
 /// when there are some, and is then worked out once they are gone), what weir tells the
 /// upstream (`X-Forwarded-*`, `Via`, `x-request-id`, `traceparent`), its [`RequestContext`]
-/// (client, route, priority), and its body bounded by the listener's limits. Returns the
+/// (client, route, priority) when the target's stack reads one, and its body bounded by the listener's limits. Returns the
 /// downstream upgrade to tunnel, if the client asked for one.
 #[allow(clippy::too_many_arguments)] // the walk's state, passed down once
 fn prepare(
@@ -330,11 +330,13 @@ fn prepare(
             .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
         parts.headers.insert(TRACEPARENT.clone(), traceparent);
     }
-    parts.extensions.insert(RequestContext::new(
-        ex.peer.ip(),
-        route.name.clone(),
-        additions.priority,
-    ));
+    if target.context {
+        parts.extensions.insert(RequestContext::new(
+            ex.peer.ip(),
+            route.name.clone(),
+            additions.priority,
+        ));
+    }
     let body = Body::request(body, l.limits.max_body_bytes, l.timeouts.idle);
     (Request::from_parts(parts, body), on_upgrade)
 }

@@ -1103,6 +1103,49 @@ async fn a_keyed_rate_limit_keeps_users_apart() {
     assert_eq!(up.hits(), 4);
 }
 
+/// One GET from a client socket bound to `from` (any address of 127.0.0.0/8 is the loopback),
+/// on a connection of its own; the response's status.
+async fn status_from(from: std::net::IpAddr, to: SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+        .await
+        .unwrap()
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let line = String::from_utf8_lossy(&head);
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A direct response keyed by client address still sees the client: such a route keeps the
+/// request context that other direct responses go without.
+#[tokio::test]
+async fn a_direct_response_rate_limited_by_client_ip_keeps_clients_apart() {
+    let cfg = Toml::new()
+        .respond("rl-direct", 200)
+        .set("rate_limit.rps", 0.01)
+        .set("rate_limit.burst", 1)
+        .set("rate_limit.key", "client_ip");
+    let weir = Weir::start(cfg).await;
+    let (one, two) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    assert_eq!(status_from(one, weir.addr()).await, 200);
+    assert_eq!(status_from(one, weir.addr()).await, 429);
+    assert_eq!(status_from(two, weir.addr()).await, 200);
+    assert_eq!(status_from(two, weir.addr()).await, 429);
+}
+
 // === fault injection ===
 
 #[tokio::test]
