@@ -67,12 +67,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let upgrade = fields.is_upgrade(version);
-    let had_hop_by_hop = fields.has_hop_by_hop(upgrade);
-    let before = headers.clone();
     hygiene::strip_hop_by_hop(&mut headers, upgrade);
-    if !had_hop_by_hop {
-        assert_eq!(before, headers, "a head the scan found clean was changed by stripping");
-    }
     for name in [
         &KEEP_ALIVE,
         &PROXY_AUTHORIZATION,
