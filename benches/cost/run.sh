@@ -36,12 +36,16 @@ if ((${#need[@]})); then
 fi
 
 # --- 2. binaries -----------------------------------------------------------
-build=()
-[[ -z ${UPSTREAM_BIN:-} ]] && build+=(--example bench-upstream)
-[[ -z ${WEIR_BIN:-} ]] && build+=(--bin weir)
-if ((${#build[@]})); then
-  log "cargo build --release ${build[*]}"
-  cargo build --release "${build[@]}"
+# Two invocations, not one: built beside the example, weir would get the features the
+# dev-dependencies turn on (tokio's test-util, whose clock the timer driver locks on every read),
+# which the shipped binary (`cargo build --release --bin weir`) does not have.
+if [[ -z ${UPSTREAM_BIN:-} ]]; then
+  log "cargo build --release --example bench-upstream"
+  cargo build --release --example bench-upstream
+fi
+if [[ -z ${WEIR_BIN:-} ]]; then
+  log "cargo build --release --bin weir"
+  cargo build --release --bin weir
 fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 UPSTREAM_BIN=${UPSTREAM_BIN:-$TARGET_DIR/release/examples/bench-upstream}
