@@ -57,10 +57,16 @@ pub(super) enum Parsed {
 /// Parses the response head at the start of `buf`, removing it from `buf` when complete.
 /// `head_request`: the request was `HEAD` (its response has no body). A head longer than
 /// `max_head` bytes is an error.
+///
+/// A final head's fields go into `headers`, cleared first, which then moves into the head:
+/// the caller passes the request's map, so the response reuses its allocation instead of the
+/// request's being freed and a new one made (2 allocations and 2 frees per proxied request).
+/// `headers` is left as it was unless a final head is complete.
 pub(super) fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
     max_head: usize,
+    headers: &mut HeaderMap,
 ) -> Result<Parsed, H1Error> {
     // Uninitialised: a head with 3 fields should not pay for writing 100 (3.2 KiB).
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -109,12 +115,12 @@ pub(super) fn parse_head(
         &many
     };
     let head = buf.split_to(len).freeze();
-    let headers = header_map(&head, spans)?;
-    let (framing, keep_alive) = framing(status, version, &headers, head_request)?;
+    fill(headers, &head, spans)?;
+    let (framing, keep_alive) = framing(status, version, headers, head_request)?;
     Ok(Parsed::Head(Head {
         status,
         version,
-        headers,
+        headers: std::mem::take(headers),
         framing,
         keep_alive,
     }))
@@ -151,16 +157,18 @@ const ADDED_HEADERS: usize = 4;
 /// 38,800. Twelve fields is one size class up (16 slots, the same one the grown map had).
 const MIN_HEADERS: usize = 12;
 
-/// The header map of fields at `spans` of `head`; the values share `head`'s bytes.
-fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, H1Error> {
-    let mut headers = HeaderMap::with_capacity((spans.len() + ADDED_HEADERS).max(MIN_HEADERS));
+/// Clears `headers` and fills it with the fields at `spans` of `head`, with room for what
+/// weir adds; the values share `head`'s bytes.
+fn fill(headers: &mut HeaderMap, head: &Bytes, spans: &[Span]) -> Result<(), H1Error> {
+    headers.clear();
+    headers.reserve((spans.len() + ADDED_HEADERS).max(MIN_HEADERS));
     for &(n0, n1, v0, v1) in spans {
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| H1Error::BadHeader)?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| H1Error::BadHeader)?;
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok(())
 }
 
 /// The body's framing and whether the connection stays open, by RFC 9112 §6.3 and §9.3.
@@ -385,7 +393,8 @@ impl Decoder {
             return Err(H1Error::HeadTooLarge);
         }
         let section = buf.split_to(len).freeze();
-        let trailers = header_map(&section, &spans)?;
+        let mut trailers = HeaderMap::new();
+        fill(&mut trailers, &section, &spans)?;
         self.state = State::Done;
         Ok(Decoded::Trailers(trailers))
     }
@@ -438,7 +447,14 @@ pub fn read_response(
         more
     };
     let head = loop {
-        match parse_head(&mut buf, head_request, super::MAX_HEAD).map_err(|e| e.to_string())? {
+        match parse_head(
+            &mut buf,
+            head_request,
+            super::MAX_HEAD,
+            &mut HeaderMap::new(),
+        )
+        .map_err(|e| e.to_string())?
+        {
             Parsed::Head(head) => break head,
             Parsed::Interim => {}
             Parsed::Partial if feed(&mut buf) => {}
@@ -505,7 +521,12 @@ mod tests {
     use super::*;
 
     fn head(bytes: &[u8]) -> Result<Parsed, H1Error> {
-        parse_head(&mut BytesMut::from(bytes), false, 64 * 1024)
+        parse_head(
+            &mut BytesMut::from(bytes),
+            false,
+            64 * 1024,
+            &mut HeaderMap::new(),
+        )
     }
 
     fn final_head(bytes: &[u8]) -> Head {
@@ -544,10 +565,45 @@ mod tests {
     }
 
     #[test]
+    fn head_fields_reuse_the_given_map_and_leave_it_alone_until_complete() {
+        let mut map = HeaderMap::with_capacity(40);
+        map.insert("x-request-field", HeaderValue::from_static("1"));
+        let capacity = map.capacity();
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: b\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, false, 1024, &mut map),
+            Ok(Parsed::Interim)
+        ));
+        assert!(matches!(
+            parse_head(&mut buf, false, 1024, &mut map),
+            Ok(Parsed::Partial)
+        ));
+        assert_eq!(
+            map.get("x-request-field").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        buf.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let Ok(Parsed::Head(h)) = parse_head(&mut buf, false, 1024, &mut map) else {
+            panic!("no head")
+        };
+        assert_eq!(h.headers.len(), 2);
+        assert!(h.headers.get("x-request-field").is_none());
+        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(
+            h.headers.capacity(),
+            capacity,
+            "the given map's allocation is reused"
+        );
+        assert!(map.is_empty());
+    }
+
+    #[test]
     fn content_length_head_and_body() {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nokNEXT"[..]);
-        let Parsed::Head(h) = parse_head(&mut buf, false, 1024).unwrap() else {
+        let Parsed::Head(h) = parse_head(&mut buf, false, 1024, &mut HeaderMap::new()).unwrap()
+        else {
             panic!("partial")
         };
         assert_eq!(h.status, StatusCode::OK);
@@ -571,13 +627,13 @@ mod tests {
         long.extend(std::iter::repeat_n(b'a', 2000));
         let mut buf = BytesMut::from(&long[..]);
         assert!(matches!(
-            parse_head(&mut buf, false, 1024),
+            parse_head(&mut buf, false, 1024, &mut HeaderMap::new()),
             Err(H1Error::HeadTooLarge)
         ));
         long.extend(b"\r\ncontent-length: 0\r\n\r\n");
         let mut buf = BytesMut::from(&long[..]);
         assert!(matches!(
-            parse_head(&mut buf, false, 1024),
+            parse_head(&mut buf, false, 1024, &mut HeaderMap::new()),
             Err(H1Error::HeadTooLarge)
         ));
     }
@@ -623,14 +679,14 @@ mod tests {
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..],
         );
         assert!(matches!(
-            parse_head(&mut buf, false, 1024),
+            parse_head(&mut buf, false, 1024, &mut HeaderMap::new()),
             Ok(Parsed::Interim)
         ));
         assert!(matches!(
-            parse_head(&mut buf, false, 1024),
+            parse_head(&mut buf, false, 1024, &mut HeaderMap::new()),
             Ok(Parsed::Interim)
         ));
-        let Ok(Parsed::Head(h)) = parse_head(&mut buf, false, 1024) else {
+        let Ok(Parsed::Head(h)) = parse_head(&mut buf, false, 1024, &mut HeaderMap::new()) else {
             panic!("no final head")
         };
         assert_eq!(h.status, StatusCode::NO_CONTENT);
@@ -646,7 +702,7 @@ mod tests {
     fn bodiless_responses() {
         // HEAD, 204 and 304 have no body whatever their headers say.
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"[..]);
-        let Ok(Parsed::Head(h)) = parse_head(&mut buf, true, 1024) else {
+        let Ok(Parsed::Head(h)) = parse_head(&mut buf, true, 1024, &mut HeaderMap::new()) else {
             panic!()
         };
         assert_eq!(h.framing, Framing::Empty);
