@@ -61,7 +61,8 @@ pub(super) enum Parsed {
 /// A final head's fields go into `headers`, cleared first, which then moves into the head:
 /// the caller passes the request's map, so the response reuses its allocation instead of the
 /// request's being freed and a new one made (2 allocations and 2 frees per proxied request).
-/// `headers` is left as it was unless a final head is complete.
+/// `headers` is untouched while the head is partial or interim, so a request that comes back
+/// unsent still has its own; a complete final head clears it, valid or not.
 pub(super) fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
