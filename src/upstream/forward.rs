@@ -264,8 +264,8 @@ impl Future for ResponseFuture {
                 fut,
                 shared,
                 try_,
+                deadline,
                 progress,
-                ..
             } => match fut.as_mut().poll(cx) {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
@@ -281,6 +281,12 @@ impl Future for ResponseFuture {
                     match timer.as_mut().as_pin_mut() {
                         Some(t) if t.deadline() != at => t.reset(at),
                         Some(_) => {}
+                        // The try's deadline comes first: the timer of the stage that set it
+                        // (the per-try timeout, the route deadline) ends the try then, which
+                        // this future counts as a timeout when dropped. With the defaults
+                        // (`read_timeout` 1m, route `timeout` 15s) that is every try, which
+                        // so arms one timer instead of two.
+                        None if deadline.is_some_and(|d| d <= at) => return Poll::Pending,
                         None => timer.set(Some(tokio::time::sleep_until(at))),
                     }
                     match timer.as_pin_mut().map(|t| t.poll(cx)) {

@@ -263,6 +263,37 @@ async fn a_silent_upstream_head_is_cut_at_read_timeout_and_counted() {
 }
 
 #[tokio::test]
+async fn a_silent_upstream_head_is_cut_at_the_route_deadline_before_read_timeout() {
+    // The route deadline comes long before `read_timeout` (its default, 1m): the try ends at
+    // the deadline and counts as a timeout, though only the deadline's timer was armed.
+    let up = Upstream::http1().never_respond().start().await;
+    let cfg = Toml::new()
+        .route("dl-head", "dl-head-up")
+        .set("timeout", "300ms")
+        .upstream("dl-head-up", &[up.addr()])
+        .set("retry.max_retries", 0);
+    let weir = Weir::start(cfg).await;
+    let started = Instant::now();
+    let r = Client::h1().get(weir.addr(), "/").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-weir-error")),
+        (504, Some("upstream-timeout"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let admin = weir.admin();
+    eventually_async(
+        || async move {
+            scrape(admin).await.get(
+                "weir_upstream_attempts_total",
+                &[("upstream", "dl-head-up"), ("outcome", "upstream-timeout")],
+            ) == Some(1.0)
+        },
+        SECS,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn tries_ended_by_try_timeout_are_counted() {
     let up = Upstream::http1()
         .delay(Duration::from_secs(5))
