@@ -17,6 +17,7 @@ pub(crate) mod shutdown;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -37,7 +38,7 @@ use crate::http::hygiene::Limits;
 use crate::metrics::{DOWNSTREAM_CONNECTIONS, Metrics};
 use crate::tls::TlsError;
 use crate::tls::server::{self as tls_server, Certs, Loaded};
-use conn::{ConnAction, ConnIo, ConnState, Timeouts};
+use conn::{ConnAction, ConnIo, ConnState, Side, Timeouts};
 use service::ProxyService;
 pub use settings::Settings;
 use settings::Settings as ListenerConfig;
@@ -687,6 +688,7 @@ where
     let svc = ProxyService::new(shared.clone(), state.clone(), peer);
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
+    let side = Side::new();
     let mut closing = false;
     loop {
         let wait = match state.next_action(shared.timeouts) {
@@ -708,19 +710,37 @@ where
             }
             ConnAction::Idle => tokio::time::Instant::now() + Duration::from_secs(3600),
         };
-        tokio::select! {
-            res = conn.as_mut() => {
+        // The timer, a stalled write and the stop, polled only when one of them woke the
+        // task (`Side`); the connection on every wake.
+        let open = !closing;
+        let events = async {
+            tokio::select! {
+                () = tokio::time::sleep_until(wait) => false,
+                () = state.stalled() => false,
+                () = stop.cancelled(), if open => true,
+            }
+        };
+        tokio::pin!(events);
+        side.rearm();
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Err(res));
+            }
+            side.poll(cx, events.as_mut()).map(Ok)
+        })
+        .await;
+        match woke {
+            Err(res) => {
                 if let Err(e) = res {
                     debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = tokio::time::sleep_until(wait) => {}
-            () = state.stalled() => {}
-            () = stop.cancelled(), if !closing => {
+            Ok(true) => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            Ok(false) => {}
         }
     }
 }
