@@ -388,16 +388,14 @@ mod tests {
     };
 
     /// A future that counts its polls and waits on a `Notify`.
-    fn counted(notify: &Notify, polls: &AtomicU32) -> impl Future<Output = ()> {
-        async move {
+    async fn counted(notify: &Notify, polls: &AtomicU32) {
+        polls.fetch_add(1, Ordering::Relaxed);
+        let mut notified = std::pin::pin!(notify.notified());
+        std::future::poll_fn(|cx| {
             polls.fetch_add(1, Ordering::Relaxed);
-            let mut notified = std::pin::pin!(notify.notified());
-            std::future::poll_fn(|cx| {
-                polls.fetch_add(1, Ordering::Relaxed);
-                notified.as_mut().poll(cx)
-            })
-            .await;
-        }
+            notified.as_mut().poll(cx)
+        })
+        .await;
     }
 
     #[test]
