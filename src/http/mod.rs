@@ -120,6 +120,12 @@ impl Body {
         }
     }
 
+    /// Whether the whole body is already in hand (empty, or one buffer): polling it waits for
+    /// nothing.
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self.kind, Kind::Empty | Kind::Full(_))
+    }
+
     /// A streamed hyper body, passed through as it arrives.
     pub fn incoming(body: Incoming) -> Self {
         Self {

@@ -29,7 +29,8 @@
 //!     arrive from then on. (CoDel with adaptive LIFO, as in Maurer, "Fail at Scale", 2015.)
 //! - An arrival that would likely outwait the wait allowed now is refused at once instead of
 //!   queued. Slots free at about L per service time, where the service time is an average of
-//!   the time a slot is held (admission to the end of the response body), taken on admissions
+//!   the time a slot is held (admission to the end of the response body, or to the head when
+//!   the body came whole with it), taken on admissions
 //!   that filled their share or came through the queue (no clock is read while there is room).
 //!   A waiter with p others to be served before it (higher priority, or the same and earlier;
 //!   when overloaded, only higher priority) expects (p + 1) × service time / L; until a first
@@ -40,8 +41,10 @@
 //!   took no queue place and no timer.
 //! - A slot is held until the response body ends (read to the end, or failed) or is dropped, or
 //!   the inner future fails or is dropped: a streaming response counts in flight. A response
-//!   whose body is already at its end releases the slot with the head; any other gets its body
-//!   wrapped (one allocation).
+//!   whose whole body is already in hand (empty, or all of it read with the head: the upstream
+//!   has no work left) releases the slot with the head, so a slow client reading a small
+//!   response does not hold an upstream slot; any other gets its body wrapped (one
+//!   allocation).
 //!
 //! The priority is [`RequestContext::priority`](crate::http::context::RequestContext::priority)
 //! from the request's extensions (absent: `default`).

@@ -1,5 +1,6 @@
 //! A [`Permit`]: one admitted request's hold on a slot, given back when its response ends (the
-//! body read to the end or failed, or dropped) or the call fails or is dropped.
+//! body read to the end or failed, or dropped; at the head when the whole body came with it)
+//! or the call fails or is dropped.
 //!
 //! Position: made by admission (at once, or when a waiter's turn comes), held by
 //! `ResponseFuture` and then by the response body. Config: none. Metrics: it feeds the service
@@ -66,10 +67,11 @@ impl Permit {
             }
         }
         match out {
-            Ok(resp) if !http_body::Body::is_end_stream(resp.body()) => {
+            Ok(resp) if !resp.body().is_whole() => {
                 Ok(resp.map(|body| Body::boxed(Watched::new(body, PermitBody(Some(self))))))
             }
-            // Nothing left to stream: the slot is released here.
+            // Nothing left to stream (the body is empty, or the upstream sent all of it with
+            // the head): the slot is released here.
             Ok(resp) => Ok(resp),
             Err(e) => Err(e),
         }
@@ -146,16 +148,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_streaming_body_holds_its_slot_until_it_ends_or_is_dropped() {
+    async fn a_streaming_body_holds_its_slot_until_it_ends_or_is_dropped_and_a_whole_one_does_not()
+    {
         use http_body_util::BodyExt;
 
         let m = Metrics::new().unwrap();
         let layer = ShedLayer::new("u".into(), &settings(Mode::Enforce, 1, 4, 1000), &m);
-        // Call 0 answers with an empty body, the others with one chunk still to read.
+        // Call 0 answers with an empty body, call 4 with a whole one (all of it read with the
+        // head), the others with a streamed one that has a chunk still to read.
         let svc = layer.layer(service_fn(|req: Request| async move {
             let body = match req.extensions().get::<u32>() {
                 Some(0) => Body::empty(),
-                _ => Body::full("hello"),
+                Some(4) => Body::full("whole"),
+                _ => Body::boxed(
+                    http_body_util::Full::new(bytes::Bytes::from_static(b"hello"))
+                        .map_err(|never| match never {}),
+                ),
             };
             Ok::<_, ProxyError>(Response::new(body))
         }));
@@ -200,5 +208,15 @@ mod tests {
             .unwrap();
         assert_eq!(in_flight(), 0);
         drop(resp);
+
+        // The whole body in hand: released with the head too, and the body is intact.
+        let resp = svc
+            .clone()
+            .oneshot(req(4, Priority::Default))
+            .await
+            .unwrap();
+        assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "whole");
     }
 }
