@@ -11,6 +11,7 @@ N1=${N1:-2000}             # requests in the short run
 N2=${N2:-32000}            # requests in the long run; the difference is what is measured
 WARMUP=${WARMUP:-1000}     # requests before counting starts
 CASES=${CASES:-"proxied respond"}
+CONNS=${CONNS:-1}          # connections the requests are spread over, one in flight on each
 UPSTREAM_ADDR=${UPSTREAM_ADDR:-127.0.0.1:18100}
 WEIR_ADDR=${WEIR_ADDR:-127.0.0.1:18180}
 ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:19981}
@@ -21,6 +22,7 @@ die() { log "error: $*"; exit 1; }
 
 [[ $N1 =~ ^[1-9][0-9]*$ && $N2 =~ ^[1-9][0-9]*$ && $WARMUP =~ ^[1-9][0-9]*$ ]] && ((N2 > N1)) \
   || die "N1, N2 and WARMUP must be positive integers, N2 > N1"
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer"
 for c in $CASES; do [[ $c == proxied || $c == respond ]] || die "unknown case '$c' (proxied respond)"; done
 
 # --- 1. tools --------------------------------------------------------------
@@ -119,10 +121,10 @@ control() {
     || { cat "$TMP/control.log" >&2; die "callgrind_control $1 failed (vgdb needs ptrace)"; }
 }
 
-# requests CASE N: N requests on one new connection; sets SECS[CASE/N].
+# requests CASE N: N requests on CONNS new connections; sets SECS[CASE/N].
 requests() {
   local took
-  took=$(taskset -c 0 python3 benches/cost/client.py "$WEIR_ADDR" "$2") \
+  took=$(taskset -c 0 python3 benches/cost/client.py "$WEIR_ADDR" "$2" / "$CONNS") \
     || { cat "$TMP/weir.$1.log" >&2; die "$1: the client failed ($2 requests)"; }
   SECS[$1/$2]=${took##* }
 }
@@ -175,11 +177,18 @@ for c in $CASES; do run "$c"; done
 # --- 5. report -------------------------------------------------------------
 {
   printf 'Instructions per request (callgrind, user space): %s\n' "$WEIR_BIN"
-  printf 'After %d requests of warm-up, runs of %d and %d sequential requests, each on one new\n' \
-    "$WARMUP" "$N1" "$N2"
-  printf 'keep-alive connection: Ir/request = (Ir(%d) - Ir(%d)) / %d. Thread 1 runs the runtime\n' \
-    "$N2" "$N1" "$((N2 - N1))"
-  printf '(weir on one core); the other threads are the config file watch, driven by the clock.\n\n'
+  if ((CONNS == 1)); then
+    printf 'After %d requests of warm-up, runs of %d and %d sequential requests, each on one new\n' \
+      "$WARMUP" "$N1" "$N2"
+    printf 'keep-alive connection'
+  else
+    printf 'After %d requests of warm-up, runs of %d and %d requests, each over %d new keep-alive\n' \
+      "$WARMUP" "$N1" "$N2" "$CONNS"
+    printf 'connections with one request in flight on each'
+  fi
+  printf ': Ir/request = (Ir(%d) - Ir(%d)) / %d.\n' "$N2" "$N1" "$((N2 - N1))"
+  printf 'Thread 1 runs the runtime (weir on one core); the other threads are the config file\n'
+  printf 'watch, driven by the clock.\n\n'
   printf '| case | Ir/request | thread 1 Ir/request | Ir(%d) | Ir(%d) |\n|---|--:|--:|--:|--:|\n' \
     "$N1" "$N2"
   for c in $CASES; do
