@@ -16,6 +16,10 @@ WARMUP=${WARMUP:-2}        # seconds of unmeasured load before each run
 OUT_DIR=${OUT_DIR:-$ROOT/target/load-bench}
 WORKERS=${WORKERS:-}       # weir's `workers` (weir and weir-direct); empty: the config's default
 PROXY_CPUS=${PROXY_CPUS:-1}  # taskset CPU list of the proxies (wrk and the upstream stay on cpu0)
+# glibc malloc tunables for weir (and the bare hyper server), as weir's image sets them
+# (deploy/Dockerfile); set empty for glibc's defaults. WEIR_BASE_GLIBC_TUNABLES: weir-base's.
+WEIR_GLIBC_TUNABLES=${WEIR_GLIBC_TUNABLES-glibc.malloc.tcache_count=256}
+WEIR_BASE_GLIBC_TUNABLES=${WEIR_BASE_GLIBC_TUNABLES-$WEIR_GLIBC_TUNABLES}
 
 UPSTREAM_ADDR=127.0.0.1:18000
 # Proxy mode: wrk -> proxy -> upstream. Direct-response mode (the *-direct targets): wrk -> proxy,
@@ -232,12 +236,17 @@ start_proxy() {  # start_proxy TARGET: on PROXY_CPUS (cpu1), alone with the othe
       start "$t" "$TMP/$t.log" taskset -c "$cpus" nginx -p "$TMP/$t" -e "$TMP/$t/error.log" -c "$TMP/$t.conf" ;;
     haproxy) start haproxy "$TMP/haproxy.log" taskset -c "$cpus" haproxy -db -f "$TMP/haproxy.cfg" ;;
     weir | weir-direct)
-      start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c "$cpus" "$WEIR_BIN" --config "$TMP/$t.toml" ;;
+      start "$t" "$TMP/$t.log" env RUST_LOG=warn ${WEIR_GLIBC_TUNABLES:+GLIBC_TUNABLES=$WEIR_GLIBC_TUNABLES} \
+        taskset -c "$cpus" "$WEIR_BIN" --config "$TMP/$t.toml" ;;
     weir-base | weir-base-direct)
-      start "$t" "$TMP/$t.log" env RUST_LOG=warn taskset -c "$cpus" "$WEIR_BASE_BIN" --config "$TMP/$t.toml" ;;
+      start "$t" "$TMP/$t.log" env RUST_LOG=warn \
+        ${WEIR_BASE_GLIBC_TUNABLES:+GLIBC_TUNABLES=$WEIR_BASE_GLIBC_TUNABLES} \
+        taskset -c "$cpus" "$WEIR_BASE_BIN" --config "$TMP/$t.toml" ;;
     # The floor of a direct response served by hyper: the bench upstream itself (a bare hyper
-    # server with no per-request work of its own) on the proxy core.
-    hyper-direct) start "$t" "$TMP/$t.log" taskset -c "$cpus" "$UPSTREAM_BIN" --listen "${ADDR[$t]}" ;;
+    # server with no per-request work of its own) on the proxy core, with weir's tunables.
+    hyper-direct)
+      start "$t" "$TMP/$t.log" env ${WEIR_GLIBC_TUNABLES:+GLIBC_TUNABLES=$WEIR_GLIBC_TUNABLES} \
+        taskset -c "$cpus" "$UPSTREAM_BIN" --listen "${ADDR[$t]}" ;;
   esac
 }
 
@@ -320,6 +329,7 @@ start_proxies   # stop them all: the report below runs with nothing else of ours
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r); rounds=$ROUNDS, duration=${DURATION}s, warm-up=${WARMUP}s;" \
        "proxies on cpu $PROXY_CPUS;${WORKERS:+ weir workers=$WORKERS;}" \
        "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)$(uses_nginx && echo ", $(nginx -v 2>&1 | sed 's/.*: //')")$(has haproxy && echo ", haproxy $(haproxy -v | head -1 | awk '{print $3}')")"
+  echo "GLIBC_TUNABLES of weir: ${WEIR_GLIBC_TUNABLES:-glibc defaults}$(uses_weir_base && echo "; of weir-base: ${WEIR_BASE_GLIBC_TUNABLES:-glibc defaults}")."
   echo "Medians over rounds (RSS: max; errors: total). Only comparable within this run: read the ratios."
   python3 - "$RAW" "$TARGETS" <<'EOF'
 import csv, statistics as st, sys
