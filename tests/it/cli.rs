@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::support::certs::TempDir;
 use crate::support::{Toml, Upstream};
 
 fn weir() -> Command {
@@ -29,12 +30,12 @@ fn on_port_zero(cfg: Toml) -> String {
         .to_string()
 }
 
-fn temp_file(name: &str, body: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// `body` as the file `name` in a directory of its own, removed when the `TempDir` drops.
+fn temp_file(name: &str, body: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("cli");
+    let path = dir.0.join(name);
     std::fs::write(&path, body).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
@@ -54,7 +55,7 @@ fn check_accepts_every_shipped_config() {
 #[test]
 fn check_prints_every_error_with_file_line_and_key() {
     let body = "[admin]\nlisten = \"127.0.0.1:9901\"\n\n[[routes]]\nname = \"api\"\ntimeout = \"fast\"\nupstream = \"missing\"\n\n[upstreams.b]\nendpoints = [\"127.0.0.1:9000\"]\nretrys = 3\n";
-    let path = temp_file("bad.toml", body);
+    let (_dir, path) = temp_file("bad.toml", body);
     let out = weir().arg("check").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -90,8 +91,9 @@ fn spawn_on(
     Child,
     BufReader<std::process::ChildStdout>,
     std::net::SocketAddr,
+    TempDir,
 ) {
-    let path = temp_file(name, config);
+    let (dir, path) = temp_file(name, config);
     let mut child = weir()
         .arg("--config")
         .arg(&path)
@@ -113,7 +115,7 @@ fn spawn_on(
             break v["addr"].as_str().unwrap().parse().unwrap();
         }
     };
-    (child, out, addr)
+    (child, out, addr, dir)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -140,7 +142,7 @@ fn wait_exit(mut child: Child) -> std::process::ExitStatus {
 async fn runs_a_file_logs_access_as_json_and_stops_on_sigterm() {
     let up = Upstream::http1().start().await;
     let cfg = on_port_zero(Toml::one_route("cli", "cli-up", &[up.addr()]));
-    let (child, mut out, addr) = spawn_on(&cfg, "run.toml");
+    let (child, mut out, addr, _dir) = spawn_on(&cfg, "run.toml");
     let reply = crate::support::Client::h1()
         .send(
             addr,
@@ -180,14 +182,14 @@ async fn runs_a_file_logs_access_as_json_and_stops_on_sigterm() {
 
 #[test]
 fn sigint_stops_with_exit_code_zero() {
-    let (child, _out, _addr) = spawn_on(&on_port_zero(Toml::new()), "int.toml");
+    let (child, _out, _addr, _dir) = spawn_on(&on_port_zero(Toml::new()), "int.toml");
     signal(&child, "INT");
     assert_eq!(wait_exit(child).code(), Some(0));
 }
 
 #[test]
 fn an_invalid_file_does_not_start() {
-    let path = temp_file("invalid.toml", "[[listeners]]\nlisten = \"nowhere\"\n");
+    let (_dir, path) = temp_file("invalid.toml", "[[listeners]]\nlisten = \"nowhere\"\n");
     let out = weir().arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listeners[0].listen"));
@@ -230,7 +232,7 @@ async fn slow_readers_pin_bounded_memory_and_give_it_back() {
         .start()
         .await;
     let cfg = on_port_zero(Toml::one_route("slow-read", "slow-read-up", &[up.addr()]));
-    let path = temp_file("slow-read.toml", &cfg);
+    let (_dir, path) = temp_file("slow-read.toml", &cfg);
     let mut child = weir()
         .arg("--config")
         .arg(&path)

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use weir::Config;
 
+use crate::support::certs::TempDir;
 use crate::support::{Client, Toml, Upstream, Weir, eventually};
 
 const SECS: Duration = Duration::from_secs(5);
@@ -40,13 +41,14 @@ struct Binary {
     child: Child,
     lines: mpsc::Receiver<serde_json::Value>,
     addr: SocketAddr,
+    /// The config's directory, removed when the binary is dropped.
+    _dir: TempDir,
 }
 
 impl Binary {
     fn start(config: &str, name: &str, log: &str) -> Binary {
-        let dir = std::env::temp_dir().join(format!("weir-workers-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("weir.toml");
+        let dir = TempDir::new(&format!("workers-{name}"));
+        let path = dir.0.join("weir.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("--config")
@@ -72,6 +74,7 @@ impl Binary {
             child,
             lines,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _dir: dir,
         };
         let listening = binary.next_where(|v| v["message"] == "listening");
         binary.addr = listening["addr"].as_str().unwrap().parse().unwrap();
@@ -262,9 +265,8 @@ fn a_bad_workers_value_names_file_line_and_key() {
         );
         assert!(err.contains(&format!("(got {got})")), "{err}");
     }
-    let dir = std::env::temp_dir().join(format!("weir-workers-{}-check", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.toml");
+    let dir = TempDir::new("workers-check");
+    let path = dir.0.join("bad.toml");
     std::fs::write(&path, "workers = 1025\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("check")
@@ -277,5 +279,4 @@ fn a_bad_workers_value_names_file_line_and_key() {
         err.contains(&format!("{}:1: workers: ", path.display())),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
