@@ -24,6 +24,7 @@ use crate::generation::Generation;
 use crate::route::{RouteService, Target};
 
 const NONE: u64 = u64::MAX;
+const H2_PREFACE_START: &[u8] = b"PRI ";
 
 /// The rare events a connection task waits on beside its connection (its timer, a stalled
 /// write, the listener's stop), polled only after one of them woke the task.
@@ -81,7 +82,6 @@ impl Wake for Side {
         self.task.wake();
     }
 }
-const H2_PREFACE_START: &[u8] = b"PRI ";
 
 /// State of one connection: its timers (milliseconds since `epoch`) and the route stack its
 /// last request used.

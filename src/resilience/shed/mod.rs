@@ -30,8 +30,8 @@
 //! - An arrival that would likely outwait the wait allowed now is refused at once instead of
 //!   queued. Slots free at about L per service time, where the service time is an average of
 //!   the time a slot is held (admission to the end of the response body, or to the head when
-//!   the body came whole with it), taken on admissions
-//!   that filled their share or came through the queue (no clock is read while there is room).
+//!   the body came whole with it), taken on admissions that filled their share or came through
+//!   the queue (no clock is read while there is room).
 //!   A waiter with p others to be served before it (higher priority, or the same and earlier;
 //!   when overloaded, only higher priority) expects (p + 1) × service time / L; until a first
 //!   slot has been timed, arrivals queue.
