@@ -715,34 +715,44 @@ where
         let open = !closing;
         let events = async {
             tokio::select! {
-                () = tokio::time::sleep_until(wait) => false,
-                () = state.stalled() => false,
-                () = stop.cancelled(), if open => true,
+                () = tokio::time::sleep_until(wait) => Woke::Recheck,
+                () = state.stalled() => Woke::Recheck,
+                () = stop.cancelled(), if open => Woke::Stop,
             }
         };
         tokio::pin!(events);
         side.rearm();
         let woke = std::future::poll_fn(|cx| {
             if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Err(res));
+                return Poll::Ready(Woke::Ended(res));
             }
-            side.poll(cx, events.as_mut()).map(Ok)
+            side.poll(cx, events.as_mut())
         })
         .await;
         match woke {
-            Err(res) => {
+            Woke::Ended(res) => {
                 if let Err(e) = res {
                     debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            Ok(true) => {
+            Woke::Stop => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            Ok(false) => {}
+            Woke::Recheck => {}
         }
     }
+}
+
+/// What ended a connection task's wait.
+enum Woke<E> {
+    /// The connection is done.
+    Ended(Result<(), E>),
+    /// The listener stops: finish what is in flight, then close.
+    Stop,
+    /// The timer fired or a write started to stall: see what the connection needs now.
+    Recheck,
 }
 
 /// Binds one socket on `addr` for each of `workers` (at least one), each registered with its
