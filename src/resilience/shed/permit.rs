@@ -167,17 +167,14 @@ mod tests {
             };
             Ok::<_, ProxyError>(Response::new(body))
         }));
+        let call = |n: u32| svc.clone().oneshot(req(n, Priority::Default));
         let in_flight = || layer.handle().status().in_flight;
         let gauge = || {
             layer.handle().publish();
             metric(&m, "weir_in_flight{upstream=\"u\"}")
         };
 
-        let resp = svc
-            .clone()
-            .oneshot(req(1, Priority::Default))
-            .await
-            .unwrap();
+        let resp = call(1).await.unwrap();
         assert_eq!((in_flight(), gauge()), (1, Some(1.0)));
         assert!(!http_body::Body::is_end_stream(resp.body()));
         assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(5));
@@ -186,11 +183,7 @@ mod tests {
         assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
 
         // While a body is unread its slot is taken: the next call queues until it is dropped.
-        let resp = svc
-            .clone()
-            .oneshot(req(2, Priority::Default))
-            .await
-            .unwrap();
+        let resp = call(2).await.unwrap();
         let next = spawn(&svc, 3, Priority::Default);
         settle().await;
         assert_eq!(layer.handle().status().queued, 1);
@@ -201,20 +194,12 @@ mod tests {
         assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
 
         // Nothing to stream: released with the head.
-        let resp = svc
-            .clone()
-            .oneshot(req(0, Priority::Default))
-            .await
-            .unwrap();
+        let resp = call(0).await.unwrap();
         assert_eq!(in_flight(), 0);
         drop(resp);
 
         // The whole body in hand: released with the head too, and the body is intact.
-        let resp = svc
-            .clone()
-            .oneshot(req(4, Priority::Default))
-            .await
-            .unwrap();
+        let resp = call(4).await.unwrap();
         assert_eq!((in_flight(), gauge()), (0, Some(0.0)));
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(bytes, "whole");
