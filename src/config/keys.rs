@@ -19,14 +19,14 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::config::read::{Reader, Val, join};
 use crate::config::render::{
-    Toml, array, authority, duration, float, hash_on, headers, inline, key, methods, mode, path,
-    plain, quote, quoted, rate_limit_key, status, statuses,
+    Toml, array, authority, duration, float, grpc_codes, hash_on, headers, inline, key, methods,
+    mode, path, plain, quote, quoted, rate_limit_key, status, statuses,
 };
 use crate::config::{
-    AdminConfig, Balance, BreakerSettings, Config, DrainConfig, FaultConfig, HealthSettings,
-    ListenerConfig, ListenerTls, OutlierSettings, Priority, Protocol, RateLimitConfig,
-    RespondConfig, RetrySettings, RouteAction, RouteConfig, RouteMatch, ShedSettings, SplitTarget,
-    UpstreamConfig, UpstreamTls,
+    AdminConfig, Balance, BreakerSettings, Config, DrainConfig, FaultConfig, GrpcSettings,
+    HealthSettings, ListenerConfig, ListenerTls, OutlierSettings, Priority, Protocol,
+    RateLimitConfig, RespondConfig, RetrySettings, RouteAction, RouteConfig, RouteMatch,
+    ShedSettings, SplitTarget, UpstreamConfig, UpstreamTls,
 };
 
 /// A settings type read from and written to one TOML table.
@@ -480,6 +480,7 @@ impl Keys for UpstreamConfig {
         table!("health", health?, HealthSettings::default(), HealthSettings::default(),
                "active checks; leave the table out for none"),
         table!("outlier", outlier, "passive ejection of failing endpoints"),
+        table!("grpc", grpc, "how calls with content-type application/grpc* are judged"),
     ];
 
     fn check(r: &mut Reader<'_>, has: &dyn Fn(&str) -> bool, span: &Range<usize>, path: &str) {
@@ -601,6 +602,11 @@ impl Keys for HealthSettings {
              "2xx answers in a row that bring an endpoint back"),
         key!("unhealthy_threshold", unhealthy_threshold, Reader::u32_positive, plain,
              "failures in a row that make it unhealthy"),
+        key!("grpc", grpc, Reader::bool, plain,
+             "true: grpc.health.v1.Health/Check (HTTP/2) instead of GET path;\n\
+              passes when the answer is SERVING"),
+        key!("grpc_service", grpc_service, Reader::string, quote,
+             "the service the gRPC check asks about (\"\" = the server as a whole)"),
     ];
 }
 
@@ -617,6 +623,18 @@ impl Keys for OutlierSettings {
         key!("ramp", ramp, Reader::duration, duration,
              "share grows from 10 % to full over this long after an ejection,\n\
               failed checks, or joining by DNS; 0s = at once"),
+    ];
+}
+
+impl Keys for GrpcSettings {
+    #[rustfmt::skip]
+    const ROWS: &'static [Row<Self>] = &[
+        key!("failure_codes", failure_codes, Reader::grpc_codes, grpc_codes,
+             "codes that are failures for breaker and outlier detection: UNKNOWN\n\
+              DEADLINE_EXCEEDED INTERNAL UNAVAILABLE DATA_LOSS (numbers or names)"),
+        key!("retry_codes", retry_codes, Reader::grpc_codes, grpc_codes,
+             "UNAVAILABLE: retried when it arrives trailers-only (nothing streamed yet),\n\
+              whatever the method: the server did not act on the call"),
     ];
 }
 

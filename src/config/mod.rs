@@ -22,6 +22,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use crate::http::context::Priority;
 pub use crate::resilience::Mode;
 pub use crate::resilience::breaker::Settings as BreakerSettings;
+pub use crate::resilience::grpc::Settings as GrpcSettings;
 pub use crate::resilience::retry::Settings as RetrySettings;
 pub use crate::resilience::shed::Settings as ShedSettings;
 pub use crate::route::direct::Settings as RespondConfig;

@@ -245,6 +245,11 @@ pub(crate) fn statuses(s: &[u16]) -> String {
     array(s, plain)
 }
 
+/// gRPC status codes, by number.
+pub(crate) fn grpc_codes(c: &[crate::http::grpc::Code]) -> String {
+    array(c, |c| plain(&c.as_u8()))
+}
+
 /// HTTP methods, as strings.
 pub(crate) fn methods(m: &[Method]) -> String {
     array(m, |m| quote(m.as_str()))

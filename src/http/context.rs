@@ -45,6 +45,11 @@ pub struct RequestContext {
     /// picks, and read by `upstream::forward` on the next try, which avoids that endpoint when
     /// another is available.
     pub last_endpoint: Option<Arc<AtomicUsize>>,
+    /// Whether the request is a gRPC call (`content-type: application/grpc*`). Written by
+    /// `server::service` from its scan of the head; read by `route::deadline` (`grpc-timeout`
+    /// in), `resilience::timeout` (`grpc-timeout` out), and the stages that judge outcomes by
+    /// `grpc-status`: `resilience::breaker`, `resilience::retry`, `upstream::forward`.
+    pub grpc: bool,
 }
 
 impl RequestContext {
@@ -57,6 +62,7 @@ impl RequestContext {
             deadline: None,
             try_end: None,
             last_endpoint: None,
+            grpc: false,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Fields<'a> {
     pub traceparent: Option<&'a HeaderValue>,
     /// `x-weir-priority` as the client sent it.
     pub priority: Option<&'a HeaderValue>,
+    /// Whether the request is a gRPC call (its `content-type`, see [`crate::http::grpc`]).
+    pub grpc: bool,
     /// Bytes of the header fields as the limits count them (name, value, 4 for `: ` and CRLF).
     field_bytes: usize,
 }
@@ -111,6 +113,7 @@ impl<'a> Fields<'a> {
                 "x-request-id" => f.request_id = f.request_id.or(Some(value)),
                 "traceparent" => f.traceparent = f.traceparent.or(Some(value)),
                 "x-weir-priority" => f.priority = f.priority.or(Some(value)),
+                "content-type" => f.grpc = crate::http::grpc::is_grpc_content_type(value),
                 _ => {}
             }
         }

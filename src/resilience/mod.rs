@@ -8,6 +8,7 @@
 
 pub(crate) mod adaptive;
 pub(crate) mod breaker;
+pub mod grpc;
 pub(crate) mod retry;
 pub(crate) mod shed;
 pub(crate) mod timeout;

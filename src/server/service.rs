@@ -197,6 +197,7 @@ fn handle(
             method: parts.method.clone(),
             version: parts.version,
             upgrade: fields.is_upgrade(parts.version),
+            grpc: fields.grpc,
             peer,
         };
         let (l, conn) = (&*guard.1, &*guard.0);
@@ -233,6 +234,9 @@ struct Exchange {
     version: http::Version,
     /// Whether the client asks to switch protocols (`Connection: upgrade`).
     upgrade: bool,
+    /// Whether the request is a gRPC call: weir's own errors answer it in gRPC, and its
+    /// record carries its `grpc-status`.
+    grpc: bool,
     peer: SocketAddr,
 }
 
@@ -331,11 +335,9 @@ fn prepare(
         parts.headers.insert(TRACEPARENT.clone(), traceparent);
     }
     if target.context {
-        parts.extensions.insert(RequestContext::new(
-            ex.peer.ip(),
-            route.name.clone(),
-            additions.priority,
-        ));
+        let mut ctx = RequestContext::new(ex.peer.ip(), route.name.clone(), additions.priority);
+        ctx.grpc = ex.grpc;
+        parts.extensions.insert(ctx);
     }
     let body = Body::request(body, l.limits.max_body_bytes, l.timeouts.idle);
     (Request::from_parts(parts, body), on_upgrade)

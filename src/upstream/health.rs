@@ -36,6 +36,11 @@ pub struct Settings {
     pub healthy_threshold: u32,
     /// Consecutive failures that make an endpoint unhealthy; default 3.
     pub unhealthy_threshold: u32,
+    /// Whether the probe is the standard gRPC health check (`grpc.health.v1.Health/Check`)
+    /// instead of `GET path`; default false.
+    pub grpc: bool,
+    /// The service the gRPC check asks about; default `""`, the server as a whole.
+    pub grpc_service: String,
 }
 
 impl Default for Settings {
@@ -46,6 +51,8 @@ impl Default for Settings {
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
+            grpc: false,
+            grpc_service: String::new(),
         }
     }
 }

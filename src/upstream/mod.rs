@@ -29,6 +29,7 @@ use crate::http::{Request, Response};
 use crate::metrics::Metrics;
 use crate::resilience::breaker::Settings as BreakerSettings;
 use crate::resilience::breaker::{BreakerHandle, CircuitBreakerLayer};
+use crate::resilience::grpc::Settings as GrpcSettings;
 use crate::resilience::retry::Settings as RetrySettings;
 use crate::resilience::retry::{RetryHandle, RetryLayer};
 use crate::resilience::shed::Settings as ShedSettings;
@@ -86,6 +87,8 @@ pub struct Settings {
     pub health: Option<health::Settings>,
     /// Passive outlier ejection (`outlier`).
     pub outlier: outlier::Settings,
+    /// How gRPC calls are judged (`grpc`): failure and retried codes.
+    pub grpc: GrpcSettings,
 }
 
 impl Default for Settings {
@@ -109,6 +112,7 @@ impl Default for Settings {
             shed: ShedSettings::default(),
             health: None,
             outlier: outlier::Settings::default(),
+            grpc: GrpcSettings::default(),
         }
     }
 }

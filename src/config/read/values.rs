@@ -17,6 +17,7 @@ use toml::de::DeValue;
 
 use super::{Fields, NAME_EXPECTED, Reader, Val, join, valid_name};
 use crate::config::{Balance, HashOn, MAX_WORKERS, Mode, Priority, Protocol, RateLimitKey};
+use crate::http::grpc::Code;
 
 impl Reader<'_> {
     /// `parsed`, or else `expected {expected} (got …)` recorded at the value.
@@ -70,6 +71,11 @@ impl Reader<'_> {
         let valid = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == '/');
         self.string_where(v, path, valid, "a host name such as \"api.example.com\"")
             .map(|s| s.to_ascii_lowercase())
+    }
+
+    /// Any string.
+    pub(crate) fn string(&mut self, v: &Val<'_>, path: &str) -> Option<String> {
+        self.string_where(v, path, |_| true, "a string")
     }
 
     /// A response body: any string.
@@ -226,6 +232,26 @@ impl Reader<'_> {
 
     pub(crate) fn statuses(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<u16>> {
         self.list(v, path, None, |r, _, v, p| r.status_code(v, p))
+    }
+
+    /// A gRPC status code: its number (0..=16) or its name (`"UNAVAILABLE"`).
+    fn grpc_code(&mut self, v: &Val<'_>, path: &str) -> Option<Code> {
+        let code = match v.get_ref() {
+            DeValue::Integer(_) => integer(v)
+                .and_then(|n| u8::try_from(n).ok())
+                .and_then(Code::from_u8),
+            _ => string(v).and_then(Code::from_name),
+        };
+        self.expect(
+            v,
+            path,
+            code,
+            "a gRPC status code: a number from 0 to 16 or a name such as \"UNAVAILABLE\"",
+        )
+    }
+
+    pub(crate) fn grpc_codes(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<Code>> {
+        self.list(v, path, None, |r, _, v, p| r.grpc_code(v, p))
     }
 
     fn keyword<T: Copy>(&mut self, v: &Val<'_>, path: &str, options: &[(&str, T)]) -> Option<T> {
