@@ -6,6 +6,8 @@ mod cli;
 mod config;
 mod deploy;
 mod discovery;
+mod grpc;
+mod grpc_health;
 mod hardening;
 mod lifecycle;
 mod proxy;

@@ -18,6 +18,7 @@
 pub mod certs;
 pub mod client;
 pub mod dns;
+pub mod grpc;
 pub mod metrics;
 pub mod toml;
 pub mod upstream;

@@ -1,0 +1,1 @@
+//! gRPC health checks (`grpc.health.v1.Health/Check`) against a real tonic health server.
