@@ -16,8 +16,12 @@
 //!    `stream_then_fail(k, code)` sends `k` replies (whatever `count` says), then `code` in the
 //!    trailers.
 //!
-//! A call whose handler is dropped before step 4 (the peer reset the stream or went away) is
-//! counted in `cancelled()`.
+//! A call whose handler is dropped while it waits in step 2 (the peer reset the stream or went
+//! away) is counted in `cancelled()`.
+//!
+//! [`GrpcClient`] makes unary and server-streaming calls; [`grpc_request`] builds the same call
+//! as a raw HTTP/2 request, for a test that looks at the HTTP level; [`parse_grpc_timeout`]
+//! reads a recorded `grpc-timeout`.
 //!
 //! The server is tonic's `server::Grpc` served by hyper's HTTP/2 server (h2c, prior
 //! knowledge), not `tonic::transport::Server`: that one enforces an inbound `grpc-timeout`
