@@ -14,9 +14,14 @@
 //! errors as gRPC), `route::deadline` (`grpc-timeout` in), `resilience::timeout`
 //! (`grpc-timeout` out), and the stages that judge outcomes. Config: none. Metrics: none.
 
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body::Frame;
+
+use crate::error::BoxError;
 
 /// `grpc-status`: the call's status code, in the trailers or a trailers-only head.
 pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -193,6 +198,31 @@ pub(crate) fn head_code(status: StatusCode, headers: &HeaderMap) -> Option<Code>
         return Some(status_of(headers).unwrap_or_else(|| Code::from_http(status)));
     }
     status_of(headers)
+}
+
+/// How a gRPC call's streamed response body ended, as one poll of it shows.
+#[derive(Debug)]
+pub(crate) enum BodyEnd<'e> {
+    /// With this status: the `grpc-status` of its trailers, or `UNKNOWN` when the stream
+    /// ended without one.
+    Status(Code),
+    /// It broke off with this error.
+    Broke(&'e BoxError),
+}
+
+/// The end of a gRPC response body that `polled` shows, if it shows one (trailers, the end of
+/// the stream, or an error; a data frame or a pending poll is no end).
+pub(crate) fn body_end(
+    polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+) -> Option<BodyEnd<'_>> {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => frame
+            .trailers_ref()
+            .map(|t| BodyEnd::Status(status_of(t).unwrap_or(Code::Unknown))),
+        Poll::Ready(None) => Some(BodyEnd::Status(Code::Unknown)),
+        Poll::Ready(Some(Err(e))) => Some(BodyEnd::Broke(e)),
+        Poll::Pending => None,
+    }
 }
 
 /// Reads a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (`H` hours, `M` minutes, `S`

@@ -31,7 +31,7 @@ use tower::{Service, ServiceExt};
 use crate::error::{BoxError, ProxyError};
 use crate::generation::Generation;
 use crate::http::context::{self, Priority, RequestContext};
-use crate::http::grpc::{self, Code};
+use crate::http::grpc::{self, BodyEnd, Code};
 use crate::http::{
     Body, BodyReadTimeout, Request, Response, TRACEPARENT, Watch, Watched, X_REQUEST_ID, hygiene,
     respond,
@@ -166,12 +166,12 @@ impl Watch for Finish {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &polled {
             Poll::Ready(None) => drop(self.0.take().map(Record::finish)),
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(_))) => {
                 if let Some(r) = &mut self.0
                     && r.grpc == Grpc::Pending
-                    && let Some(trailers) = frame.trailers_ref()
+                    && let Some(BodyEnd::Status(code)) = grpc::body_end(&polled)
                 {
-                    r.grpc = Grpc::Code(grpc::status_of(trailers).unwrap_or(Code::Unknown));
+                    r.grpc = Grpc::Code(code);
                 }
             }
             Poll::Ready(Some(Err(e))) => {

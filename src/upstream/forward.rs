@@ -32,7 +32,7 @@ use tower::Service;
 use crate::error::BoxError;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
-use crate::http::grpc::{self, Code, CodeSet};
+use crate::http::grpc::{self, BodyEnd, CodeSet};
 use crate::http::{Body, BodyReadTimeout, Request, Response, Watch, Watched, retry_after};
 use crate::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
 use crate::upstream::Settings as UpstreamConfig;
@@ -246,19 +246,14 @@ impl Watch for GrpcVerdict {
         polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
         _: bool,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let verdict = match &polled {
-            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(|t| {
-                Verdict::of_grpc(grpc::status_of(t).unwrap_or(Code::Unknown), &self.failures)
-            }),
-            Poll::Ready(None) => Some(Verdict::of_grpc(Code::Unknown, &self.failures)),
-            Poll::Ready(Some(Err(e))) if e.is::<BodyReadTimeout>() => Some(Verdict::Unjudged),
-            Poll::Ready(Some(Err(_))) => Some(Verdict::GatewayFailure),
-            Poll::Pending => None,
-        };
-        if let Some(v) = verdict
-            && let Some(e) = self.endpoint.take()
+        if let Some(end) = grpc::body_end(&polled)
+            && let Some(endpoint) = self.endpoint.take()
         {
-            e.judge(v);
+            endpoint.judge(match end {
+                BodyEnd::Status(code) => Verdict::of_grpc(code, &self.failures),
+                BodyEnd::Broke(e) if e.is::<BodyReadTimeout>() => Verdict::Unjudged,
+                BodyEnd::Broke(_) => Verdict::GatewayFailure,
+            });
         }
         polled
     }

@@ -230,8 +230,8 @@ endpoints = ["127.0.0.1:2", "127.0.0.1:3", "localhost:4"]
 shed = { mode = "dry_run", adaptive = true }
 "#;
 
-    /// The snapshot of a generation built from `toml`.
-    pub(super) fn snapshot(toml: &str) -> StatusSnapshot {
+    /// What `f` makes of a generation built from `toml`.
+    fn with_generation<T>(toml: &str, f: impl FnOnce(&Generation) -> T) -> T {
         let cfg = Config::from_toml(toml, "t.toml").unwrap();
         let metrics = Metrics::new().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -240,7 +240,12 @@ shed = { mode = "dry_run", adaptive = true }
             .unwrap();
         let _guard = rt.enter();
         let generation = Generation::build(Arc::new(cfg), &metrics).unwrap();
-        StatusSnapshot::collect(&generation)
+        f(&generation)
+    }
+
+    /// The snapshot of a generation built from `toml`.
+    pub(super) fn snapshot(toml: &str) -> StatusSnapshot {
+        with_generation(toml, StatusSnapshot::collect)
     }
 
     /// The view of upstream `name` in `s`, to change before rendering.
@@ -251,17 +256,9 @@ shed = { mode = "dry_run", adaptive = true }
     #[test]
     fn the_grpc_error_ratio_sums_the_routes_of_an_upstream_by_its_failure_codes() {
         let toml = format!("{TWO_UPSTREAMS}[upstreams.backend.grpc]\nfailure_codes = [14]\n");
-        let cfg = Config::from_toml(&toml, "t.toml").unwrap();
-        let metrics = Metrics::new().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let generation = Generation::build(Arc::new(cfg), &metrics).unwrap();
         let ok = http::StatusCode::OK;
-        for route in generation.router.routes() {
-            for t in route.targets() {
+        let s = with_generation(&toml, |generation| {
+            for t in generation.router.routes().flat_map(Route::targets) {
                 // Per (route, upstream): 3 calls, UNAVAILABLE, INTERNAL and OK, and a plain
                 // request that is no gRPC call.
                 for code in [Code::Unavailable, Code::Internal, Code::Ok] {
@@ -269,8 +266,8 @@ shed = { mode = "dry_run", adaptive = true }
                 }
                 t.metrics.record(ok, "upstream", None, 0.001);
             }
-        }
-        let s = StatusSnapshot::collect(&generation);
+            StatusSnapshot::collect(generation)
+        });
         let view = |name: &str| s.upstreams.iter().find(|u| &*u.name == name).unwrap().grpc;
         // backend: two routes; only UNAVAILABLE is a failure there.
         assert_eq!(

@@ -33,7 +33,7 @@ use self::state::{Admission, Machine, Ticket, Transition, Trigger};
 use crate::error::BoxError;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
-use crate::http::grpc::{self, Code, CodeSet};
+use crate::http::grpc::{self, BodyEnd, CodeSet};
 use crate::http::{Body, Watch, Watched};
 use crate::http::{Request, Response};
 use crate::metrics::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DRY_RUN_REJECTIONS_TOTAL, Metrics};
@@ -417,26 +417,13 @@ impl Watch for GrpcEnd {
         polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
         _: bool,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let outcome = match &polled {
-            Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
-                Some(t) => {
-                    let code = grpc::status_of(t).unwrap_or(Code::Unknown);
-                    self.0
-                        .as_ref()
-                        .map(|g| Outcome::of_grpc(code, &g.shared.grpc_failures))
-                }
-                None => None,
-            },
-            Poll::Ready(None) => self
-                .0
-                .as_ref()
-                .map(|g| Outcome::of_grpc(Code::Unknown, &g.shared.grpc_failures)),
-            Poll::Ready(Some(Err(_))) => Some(Outcome::Failure),
-            Poll::Pending => None,
-        };
-        if let Some(outcome) = outcome
+        if let Some(end) = grpc::body_end(&polled)
             && let Some(mut g) = self.0.take()
         {
+            let outcome = match end {
+                BodyEnd::Status(code) => Outcome::of_grpc(code, &g.shared.grpc_failures),
+                BodyEnd::Broke(_) => Outcome::Failure,
+            };
             g.finish(outcome);
         }
         polled
