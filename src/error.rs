@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::http::grpc::Code;
+
 /// A boxed error from a body, a connector or hyper.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -102,6 +104,29 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC client gets for this error (the README's reason → code table):
+    /// `UNAVAILABLE` where another try later or elsewhere may succeed, `DEADLINE_EXCEEDED` for
+    /// time that ran out, `RESOURCE_EXHAUSTED` for a limit the call went past, `UNIMPLEMENTED`
+    /// for a method no route serves, `INTERNAL` for a request weir could not read, and for an
+    /// injected fault the gRPC mapping of its status.
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            Self::NoRoute => Code::Unimplemented,
+            Self::CircuitOpen { .. }
+            | Self::Overloaded
+            | Self::NoHealthyEndpoint
+            | Self::UpstreamConnect(_)
+            | Self::UpstreamReset(_)
+            | Self::UpstreamTls(_) => Code::Unavailable,
+            Self::UpstreamTimeout => Code::DeadlineExceeded,
+            Self::RateLimited { .. } | Self::HeadersTooLarge | Self::PayloadTooLarge => {
+                Code::ResourceExhausted
+            }
+            Self::FaultInjected { status } => Code::from_http(*status),
+            Self::BadRequest(_) => Code::Internal,
+        }
+    }
+
     /// The `Retry-After` to send, where the error has one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -194,6 +219,47 @@ mod tests {
         for (err, reason, status) in cases {
             assert_eq!(err.reason(), reason);
             assert_eq!(err.status().as_u16(), status, "{reason}");
+        }
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_readme_table() {
+        let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
+        let after = Duration::from_secs(1);
+        let cases: Vec<(ProxyError, Code)> = vec![
+            (ProxyError::NoRoute, Code::Unimplemented),
+            (
+                ProxyError::CircuitOpen { retry_after: after },
+                Code::Unavailable,
+            ),
+            (ProxyError::Overloaded, Code::Unavailable),
+            (
+                ProxyError::RateLimited { retry_after: after },
+                Code::ResourceExhausted,
+            ),
+            (ProxyError::UpstreamTimeout, Code::DeadlineExceeded),
+            (ProxyError::UpstreamConnect(io()), Code::Unavailable),
+            (ProxyError::UpstreamReset(io()), Code::Unavailable),
+            (ProxyError::NoHealthyEndpoint, Code::Unavailable),
+            (
+                ProxyError::FaultInjected {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                },
+                Code::Unavailable,
+            ),
+            (
+                ProxyError::FaultInjected {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                Code::Unknown,
+            ),
+            (ProxyError::UpstreamTls(io()), Code::Unavailable),
+            (ProxyError::BadRequest("x"), Code::Internal),
+            (ProxyError::HeadersTooLarge, Code::ResourceExhausted),
+            (ProxyError::PayloadTooLarge, Code::ResourceExhausted),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.grpc_code(), code, "{}", err.reason());
         }
     }
 

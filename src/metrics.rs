@@ -5,16 +5,22 @@
 //! request path imports [`crate::admin`], which only renders what is recorded here. Labels come
 //! from config names and closed sets only, never request data.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use crate::http::grpc::Code;
 use ::metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::{
     BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-/// `weir_requests_total{route,upstream,status,reason}`: requests answered.
+/// `weir_requests_total{route,upstream,status,reason,grpc_code}`: requests answered;
+/// `grpc_code` is a gRPC call's status name (`OK` … `UNAUTHENTICATED`), empty for other
+/// requests.
 pub const REQUESTS_TOTAL: &str = "weir_requests_total";
+/// `weir_grpc_responses_total{route,upstream,code}`: gRPC calls answered, by status name.
+pub const GRPC_RESPONSES_TOTAL: &str = "weir_grpc_responses_total";
 /// `weir_request_duration_seconds{route,upstream}`: time from request head to the end of the
 /// response body.
 pub const REQUEST_DURATION_SECONDS: &str = "weir_request_duration_seconds";
@@ -170,7 +176,11 @@ impl Metrics {
             None,
             "Requests being forwarded to an upstream.".into(),
         );
-        let counters: [(&'static str, &'static str); 10] = [
+        let counters: [(&'static str, &'static str); 11] = [
+            (
+                GRPC_RESPONSES_TOTAL,
+                "gRPC calls answered, by gRPC status (from the head or the trailers).",
+            ),
             (
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads; an error keeps the running config.",
@@ -269,9 +279,18 @@ struct RouteInner {
     route: Arc<str>,
     upstream: Arc<str>,
     duration: Histogram,
-    /// Few distinct (status, reason) pairs per route: a linear scan beats hashing.
-    requests: ArcSwap<Vec<((u16, &'static str), Counter)>>,
+    /// Few distinct (status, reason, gRPC code) keys per route: a linear scan beats hashing.
+    requests: ArcSwap<Vec<(RequestKey, Counter)>>,
+    /// `weir_grpc_responses_total` per code, resolved on first use, so a route that serves no
+    /// gRPC has no such series.
+    grpc: [OnceLock<Counter>; 17],
+    /// gRPC calls answered per code since these handles were built (the config generation),
+    /// for the status page.
+    grpc_tally: [AtomicU64; 17],
 }
+
+/// What one `weir_requests_total` series is keyed by.
+type RequestKey = (u16, &'static str, Option<Code>);
 
 impl RouteMetrics {
     /// Handles for `route` and `upstream` (empty when the request reached none).
@@ -287,6 +306,8 @@ impl RouteMetrics {
                 upstream,
                 duration,
                 requests: ArcSwap::default(),
+                grpc: Default::default(),
+                grpc_tally: Default::default(),
             }),
         }
     }
@@ -301,10 +322,28 @@ impl RouteMetrics {
         &self.inner.upstream
     }
 
-    /// Counts one answered request and records its duration.
-    pub fn record(&self, status: http::StatusCode, reason: &'static str, seconds: f64) {
+    /// gRPC calls answered per code (indexed by number) since these handles were built.
+    pub fn grpc_tally(&self) -> [u64; 17] {
+        self.inner
+            .grpc_tally
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Counts one answered request (a gRPC call with its `grpc` code) and records its
+    /// duration.
+    pub fn record(
+        &self,
+        status: http::StatusCode,
+        reason: &'static str,
+        grpc: Option<Code>,
+        seconds: f64,
+    ) {
         self.inner.duration.record(seconds);
-        let key = (status.as_u16(), reason);
+        if let Some(code) = grpc {
+            self.record_grpc(code);
+        }
+        let key = (status.as_u16(), reason, grpc);
         if let Some((_, counter)) = self.inner.requests.load().iter().find(|(k, _)| *k == key) {
             counter.increment(1);
             return;
@@ -316,6 +355,7 @@ impl RouteMetrics {
                 ("upstream", self.inner.upstream.clone()),
                 ("status", Arc::from(status.as_str())),
                 ("reason", Arc::from(reason)),
+                ("grpc_code", Arc::from(grpc.map_or("", Code::as_str))),
             ],
         );
         counter.increment(1);
@@ -327,6 +367,26 @@ impl RouteMetrics {
             list
         });
     }
+
+    fn record_grpc(&self, code: Code) {
+        let i = usize::from(code.as_u8());
+        if let Some(n) = self.inner.grpc_tally.get(i) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(slot) = self.inner.grpc.get(i) {
+            slot.get_or_init(|| {
+                self.inner.metrics.counter(
+                    GRPC_RESPONSES_TOTAL,
+                    &[
+                        ("route", self.inner.route.clone()),
+                        ("upstream", self.inner.upstream.clone()),
+                        ("code", Arc::from(code.as_str())),
+                    ],
+                )
+            })
+            .increment(1);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -337,20 +397,45 @@ mod tests {
     fn renders_requests_and_a_real_histogram() {
         let m = Metrics::new().unwrap();
         let rm = RouteMetrics::new(&m, "api".into(), "backend".into());
-        rm.record(http::StatusCode::OK, REASON_UPSTREAM, 0.003);
-        rm.record(http::StatusCode::OK, REASON_UPSTREAM, 0.004);
-        rm.record(http::StatusCode::BAD_GATEWAY, "upstream-connect", 0.001);
+        rm.record(http::StatusCode::OK, REASON_UPSTREAM, None, 0.003);
+        rm.record(http::StatusCode::OK, REASON_UPSTREAM, None, 0.004);
+        rm.record(
+            http::StatusCode::BAD_GATEWAY,
+            "upstream-connect",
+            None,
+            0.001,
+        );
+        rm.record(
+            http::StatusCode::OK,
+            REASON_UPSTREAM,
+            Some(Code::Unavailable),
+            0.001,
+        );
         m.run_upkeep();
         let text = m.render();
         assert!(
             text.contains(
-                "weir_requests_total{route=\"api\",upstream=\"backend\",status=\"200\",reason=\"upstream\"} 2"
+                "weir_requests_total{route=\"api\",upstream=\"backend\",status=\"200\",reason=\"upstream\",grpc_code=\"\"} 2"
             ),
             "{text}"
         );
-        assert!(text.contains("reason=\"upstream-connect\"} 1"), "{text}");
         assert!(
-            text.contains("weir_request_duration_seconds_bucket{route=\"api\",upstream=\"backend\",le=\"0.005\"} 3"),
+            text.contains("reason=\"upstream-connect\",grpc_code=\"\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reason=\"upstream\",grpc_code=\"UNAVAILABLE\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "weir_grpc_responses_total{route=\"api\",upstream=\"backend\",code=\"UNAVAILABLE\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(rm.grpc_tally()[14], 1);
+        assert!(
+            text.contains("weir_request_duration_seconds_bucket{route=\"api\",upstream=\"backend\",le=\"0.005\"} 4"),
             "{text}"
         );
         assert!(text.contains("weir_build_info{version=\""), "{text}");

@@ -20,6 +20,7 @@ pub use error::{ConfigError, ConfigErrors};
 
 // The stages own their settings types; the config assembles them, under these names.
 pub use crate::http::context::Priority;
+pub use crate::http::grpc::Code as GrpcCode;
 pub use crate::resilience::Mode;
 pub use crate::resilience::breaker::Settings as BreakerSettings;
 pub use crate::resilience::grpc::Settings as GrpcSettings;

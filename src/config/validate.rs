@@ -2,7 +2,7 @@
 //!
 //! Position: file → validated `Config` (second half, after `read`); no I/O. Keys: listener names
 //! and addresses, `admin.listen`, route names and upstreams, `dns_servers` only with `dns`,
-//! backoff, open_for, shed limits.
+//! backoff, open_for, shed limits, `health.grpc` only over HTTP/2.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::error::Collector;
 use crate::config::read::join;
 use crate::config::render::{duration, quote};
-use crate::config::{Config, ListenerConfig, RouteAction, UpstreamConfig};
+use crate::config::{Config, ListenerConfig, Protocol, RouteAction, UpstreamConfig};
 
 /// Records every cross-key problem of `config`, each at the line of the key it is about.
 pub(crate) fn validate(config: &Config, c: &mut Collector) {
@@ -167,6 +167,32 @@ fn upstream(u: &UpstreamConfig, c: &mut Collector) {
         let hi = (Value::Count(s.max_in_flight), "max_in_flight");
         order(c, &join(&path, "shed"), lo, hi);
     }
+    if u.health.as_ref().is_some_and(|h| h.grpc) && u.protocol != Protocol::Http2 {
+        grpc_needs_http2(u, c, &path);
+    }
+}
+
+/// `health.grpc = true` on an upstream that does not speak HTTP/2: gRPC runs over HTTP/2
+/// only (Envoy refuses the same). Reported at `health.grpc`, which is written whenever true.
+fn grpc_needs_http2(u: &UpstreamConfig, c: &mut Collector, path: &str) {
+    let grpc = join(path, "health.grpc");
+    let protocol = join(path, "protocol");
+    if c.has_error(&grpc) || c.has_error(&protocol) {
+        return;
+    }
+    let default = if c.seen(&protocol) {
+        ""
+    } else {
+        "the default "
+    };
+    c.at_path(
+        &grpc,
+        format!(
+            "gRPC health checks need `protocol = \"http2\"` on the upstream: gRPC runs over \
+             HTTP/2 (got {default}protocol = {})",
+            quote(u.protocol.as_str())
+        ),
+    );
 }
 
 /// A value in an ordering message.
@@ -450,6 +476,55 @@ mod tests {
                 "[::1]:5353".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn grpc_health_checks_need_http2() {
+        let src = doc(&[
+            "[upstreams.a]",             // 1
+            "endpoints = [\"a:1\"]",     // 2
+            "[upstreams.a.health]",      // 3
+            "grpc = true",               // 4
+            "[upstreams.b]",             // 5
+            "endpoints = [\"b:1\"]",     // 6
+            "protocol = \"http1\"",      // 7
+            "health = { grpc = true }",  // 8
+            "[upstreams.c]",             // 9
+            "endpoints = [\"c:1\"]",     // 10
+            "protocol = \"http2\"",      // 11
+            "health = { grpc = true }",  // 12
+            "[upstreams.d]",             // 13
+            "endpoints = [\"d:1\"]",     // 14
+            "health = { grpc = false }", // 15
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(4, "upstreams.a.health.grpc"),
+                at(8, "upstreams.b.health.grpc")
+            ]
+        );
+        let all = error_list(&src);
+        assert_eq!(
+            all[0].to_string(),
+            "weir.toml:4: upstreams.a.health.grpc: gRPC health checks need \
+             `protocol = \"http2\"` on the upstream: gRPC runs over HTTP/2 \
+             (got the default protocol = \"http1\")"
+        );
+        assert!(
+            all[1].message.ends_with("(got protocol = \"http1\")"),
+            "{}",
+            all[1].message
+        );
+        let c = ok(&doc(&[
+            "[upstreams.c]",
+            "endpoints = [\"c:1\"]",
+            "protocol = \"http2\"",
+            "health = { grpc = true, grpc_service = \"weir.test.Echo\" }",
+        ]));
+        let h = c.upstreams[0].health.as_ref().unwrap();
+        assert!(h.grpc);
+        assert_eq!(h.grpc_service, "weir.test.Echo");
     }
 
     #[test]

@@ -143,37 +143,30 @@ impl Code {
     }
 
     /// The `grpc-status` value of this code.
-    pub fn header_value(self) -> HeaderValue {
+    pub(crate) fn header_value(self) -> HeaderValue {
         HeaderValue::from(u16::from(self.as_u8()))
     }
 }
 
 /// A set of gRPC codes as a bitmap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CodeSet(u32);
+pub(crate) struct CodeSet(u32);
 
 impl CodeSet {
     /// The set of `codes`.
-    pub fn new(codes: &[Code]) -> Self {
+    pub(crate) fn new(codes: &[Code]) -> Self {
         Self(codes.iter().fold(0, |bits, c| bits | 1 << c.as_u8()))
     }
 
     /// Whether `code` is in the set.
-    pub fn contains(self, code: Code) -> bool {
+    pub(crate) fn contains(&self, code: Code) -> bool {
         self.0 & (1 << code.as_u8()) != 0
     }
 }
 
-/// Whether a request with these headers is a gRPC call: its `content-type` is
-/// `application/grpc`, alone or followed by `+` or `;`.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(is_grpc_content_type)
-}
-
-/// Whether a `content-type` value names gRPC (see [`is_grpc`]).
-pub fn is_grpc_content_type(v: &HeaderValue) -> bool {
+/// Whether a request's `content-type` value makes it a gRPC call: `application/grpc`, alone
+/// or followed by `+` or `;`.
+pub(crate) fn is_grpc_content_type(v: &HeaderValue) -> bool {
     const PREFIX: &[u8] = b"application/grpc";
     let v = v.as_bytes();
     v.len() >= PREFIX.len()
@@ -183,7 +176,7 @@ pub fn is_grpc_content_type(v: &HeaderValue) -> bool {
 
 /// The `grpc-status` in `headers` (a trailers-only head, or the trailers), if present. A value
 /// that is not a known code reads as `UNKNOWN`, as clients read it.
-pub fn status_of(headers: &HeaderMap) -> Option<Code> {
+pub(crate) fn status_of(headers: &HeaderMap) -> Option<Code> {
     let v = headers.get(&GRPC_STATUS)?;
     let code = std::str::from_utf8(v.as_bytes())
         .ok()
@@ -195,7 +188,7 @@ pub fn status_of(headers: &HeaderMap) -> Option<Code> {
 /// The code a response head gives a gRPC call, when the head decides it: its `grpc-status`
 /// (trailers-only), or the mapping of a status other than 200. `None` when the code is still to
 /// come, in the trailers.
-pub fn head_code(status: StatusCode, headers: &HeaderMap) -> Option<Code> {
+pub(crate) fn head_code(status: StatusCode, headers: &HeaderMap) -> Option<Code> {
     if status != StatusCode::OK {
         return Some(status_of(headers).unwrap_or_else(|| Code::from_http(status)));
     }
@@ -204,7 +197,7 @@ pub fn head_code(status: StatusCode, headers: &HeaderMap) -> Option<Code> {
 
 /// Reads a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (`H` hours, `M` minutes, `S`
 /// seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds). `None` when malformed.
-pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
+pub(crate) fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
     let v = v.as_bytes();
     let (&unit, digits) = v.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
@@ -228,7 +221,7 @@ pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
 /// up to 100 s, then milliseconds, seconds, minutes, hours), rounded up to that unit (a few
 /// microseconds left are `3u`, not `0u`, which would mean no time at all); at most 99,999,999
 /// hours.
-pub fn format_timeout(d: Duration) -> HeaderValue {
+pub(crate) fn format_timeout(d: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = d.as_nanos();
     let units: [(u128, char); 5] = [
@@ -249,7 +242,7 @@ pub fn format_timeout(d: Duration) -> HeaderValue {
 
 /// A `grpc-message` value: `msg` percent-encoded as the spec asks (every byte outside
 /// printable ASCII, and `%`).
-pub fn message_value(msg: &str) -> HeaderValue {
+pub(crate) fn message_value(msg: &str) -> HeaderValue {
     let mut out = String::with_capacity(msg.len());
     for b in msg.bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {
@@ -276,13 +269,6 @@ mod tests {
         assert!(!is("application/grpcx"));
         assert!(!is("application/json"));
         assert!(!is("application/grp"));
-        let mut h = HeaderMap::new();
-        assert!(!is_grpc(&h));
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        assert!(is_grpc(&h));
     }
 
     #[test]

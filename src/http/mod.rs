@@ -4,7 +4,7 @@
 //! Config: none. Metrics: none.
 
 pub(crate) mod context;
-pub mod grpc;
+pub(crate) mod grpc;
 pub mod hygiene;
 pub(crate) mod respond;
 pub mod retry_after;

@@ -8,7 +8,7 @@
 
 pub(crate) mod adaptive;
 pub(crate) mod breaker;
-pub mod grpc;
+pub(crate) mod grpc;
 pub(crate) mod retry;
 pub(crate) mod shed;
 pub(crate) mod timeout;
@@ -17,6 +17,7 @@ use http::StatusCode;
 
 use crate::error::ProxyError;
 use crate::http::Response;
+use crate::http::grpc::{Code, CodeSet};
 
 /// Whether a policy acts on its decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,6 +63,16 @@ impl Outcome {
             Ok(resp) if failures.contains(resp.status()) => Self::Failure,
             Ok(_) => Self::Success,
             Err(e) => Self::of_error(e),
+        }
+    }
+
+    /// Classifies a gRPC call that ended with `code`, against the codes that count as
+    /// failures.
+    pub(crate) fn of_grpc(code: Code, failures: &CodeSet) -> Self {
+        if failures.contains(code) {
+            Self::Failure
+        } else {
+            Self::Success
         }
     }
 

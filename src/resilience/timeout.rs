@@ -1,4 +1,5 @@
-//! The per-try timeout, and the deadline each try carries upstream in `x-weir-deadline-ms`.
+//! The per-try timeout, and the deadline each try carries upstream in `x-weir-deadline-ms`
+//! (and, for a gRPC call, in `grpc-timeout`, which gRPC servers read).
 //!
 //! Position: innermost layer of every upstream stack, just above the forwarding leaf (see
 //! [`crate::upstream::build`]). Config: `upstreams.<name>.try_timeout`. Metrics: none (an
@@ -16,6 +17,7 @@ use tower::{Layer, Service};
 
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
+use crate::http::grpc::{self, GRPC_TIMEOUT};
 use crate::http::{Request, Response, X_WEIR_DEADLINE_MS};
 
 /// Wraps a service in [`AttemptTimeout`].
@@ -67,10 +69,9 @@ where
         let try_end = (!self.timeout.is_zero())
             .then(|| now.checked_add(self.timeout))
             .flatten();
-        let route_end = req
-            .extensions()
-            .get::<RequestContext>()
-            .and_then(|c| c.deadline);
+        let ctx = req.extensions().get::<RequestContext>();
+        let route_end = ctx.and_then(|c| c.deadline);
+        let grpc = ctx.is_some_and(|c| c.grpc);
         let end = match (try_end, route_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -90,6 +91,10 @@ where
             let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
             req.headers_mut()
                 .insert(X_WEIR_DEADLINE_MS.clone(), millis_value(ms));
+            if grpc {
+                req.headers_mut()
+                    .insert(GRPC_TIMEOUT.clone(), grpc::format_timeout(left));
+            }
         } else {
             req.headers_mut().remove(&X_WEIR_DEADLINE_MS);
         }
@@ -192,6 +197,28 @@ mod tests {
         ctx.deadline = Some(Instant::now() + in_);
         req.extensions_mut().insert(ctx);
         req
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_call_is_told_its_time_left_in_grpc_timeout_too() {
+        let echo = service_fn(|req: Request| async move {
+            let seen = req.headers().get(&GRPC_TIMEOUT).cloned();
+            Ok::<_, ProxyError>(Response::new(Body::full(format!("{seen:?}"))))
+        });
+        let svc = AttemptTimeoutLayer::new(Duration::ZERO).layer(echo);
+        let body = |resp: Response| async {
+            use http_body_util::BodyExt;
+            resp.into_body().collect().await.unwrap().to_bytes()
+        };
+        let mut req = with_deadline(Duration::from_millis(1500));
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(body(resp).await, "None", "not a gRPC call");
+        req = with_deadline(Duration::from_millis(1500));
+        if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+            ctx.grpc = true;
+        }
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(body(resp).await, "Some(\"1500000u\")");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! The route's total deadline: every try and every backoff of a request must finish within it.
 //! An inbound `x-weir-deadline-ms` (a weir or a client further up the chain) lowers it, so a
-//! chain of proxies shares one budget.
+//! chain of proxies shares one budget; so does a gRPC call's `grpc-timeout` (every unit, `H`
+//! to `n`), which each try then carries on with the time left (`resilience::timeout`).
 //!
 //! Position: outermost layer of each route target's stack ([`crate::route::build`]); it writes
 //! the deadline into [`RequestContext`] for the retry and per-try layers below. Config:
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
+use crate::http::grpc::{self, GRPC_TIMEOUT};
 use crate::http::{Request, Response, X_WEIR_DEADLINE_MS};
 
 /// Wraps a service in [`Deadline`].
@@ -72,11 +74,19 @@ where
             .headers_mut()
             .remove(&X_WEIR_DEADLINE_MS)
             .and_then(|v| parse_deadline_ms(&v));
-        let own = (!self.timeout.is_zero()).then_some(self.timeout);
-        let budget = match (own, inbound) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        // A gRPC call's own deadline; the try below sends what is left of it on.
+        let grpc = req
+            .extensions()
+            .get::<RequestContext>()
+            .is_some_and(|c| c.grpc);
+        let asked = if grpc {
+            let t = req.headers_mut().remove(&GRPC_TIMEOUT);
+            min(inbound, t.and_then(|v| grpc::parse_timeout(&v)))
+        } else {
+            inbound
         };
+        let own = (!self.timeout.is_zero()).then_some(self.timeout);
+        let budget = min(own, asked);
         // A far-off inbound value that overflows the clock means no deadline, not a panic.
         let deadline = budget.and_then(|b| now.checked_add(b));
         if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
@@ -88,6 +98,14 @@ where
             inner,
             sleep: OptionSleep { sleep },
         }
+    }
+}
+
+/// The sooner of two optional durations.
+fn min(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -197,6 +215,46 @@ mod tests {
             crate::http::context::Priority::Default,
         ));
         assert!(svc.oneshot(req).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_timeout_lowers_the_deadline_of_a_grpc_call_only() {
+        let probe = service_fn(|req: Request| async move {
+            let ctx = req.extensions().get::<RequestContext>().cloned();
+            let left = ctx.and_then(|c| c.deadline).map(|d| d - Instant::now());
+            let header = req.headers().get(&GRPC_TIMEOUT).cloned();
+            Ok::<_, ProxyError>(Response::new(Body::full(format!("{left:?} {header:?}"))))
+        });
+        let svc = DeadlineLayer::new(Duration::from_secs(5)).layer(probe);
+        let call = |grpc: bool, timeout: &'static str, weir_ms: Option<&'static str>| {
+            let mut req = Request::new(Body::empty());
+            req.headers_mut()
+                .insert(GRPC_TIMEOUT.clone(), HeaderValue::from_static(timeout));
+            if let Some(ms) = weir_ms {
+                req.headers_mut()
+                    .insert(X_WEIR_DEADLINE_MS.clone(), HeaderValue::from_static(ms));
+            }
+            let mut ctx = RequestContext::new(
+                [127, 0, 0, 1].into(),
+                "r".into(),
+                crate::http::context::Priority::Default,
+            );
+            ctx.grpc = grpc;
+            req.extensions_mut().insert(ctx);
+            let svc = svc.clone();
+            async move {
+                use http_body_util::BodyExt;
+                let resp = svc.oneshot(req).await.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        // The header is taken: each try sends what is left (`resilience::timeout`).
+        assert_eq!(call(true, "200m", None).await, "Some(200ms) None");
+        assert_eq!(call(true, "1S", Some("300")).await, "Some(300ms) None");
+        assert_eq!(call(true, "1H", None).await, "Some(5s) None");
+        assert_eq!(call(true, "bogus", None).await, "Some(5s) None");
+        // Not a gRPC call: the header means nothing and passes as it came.
+        assert_eq!(call(false, "200m", None).await, "Some(5s) Some(\"200m\")");
     }
 
     #[tokio::test(start_paused = true)]

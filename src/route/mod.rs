@@ -119,6 +119,11 @@ impl Route {
     pub fn pick(&self) -> &Target {
         self.targets.pick()
     }
+
+    /// Every target of the route.
+    pub(crate) fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.items()
+    }
 }
 
 /// A route that cannot be built (config validation rules both cases out).

@@ -49,6 +49,11 @@ impl<T> Weighted<T> {
         Some(Self { items, total })
     }
 
+    /// Every item, picked or not.
+    pub(crate) fn items(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|(item, _)| item)
+    }
+
     /// The picked item: the only one, or a draw weighted by the weights (all zero: the first).
     pub(crate) fn pick(&self) -> &T {
         let last = self.items.len() - 1; // never empty: see `one` and `new`

@@ -23,6 +23,11 @@ impl<R> Router<R> {
         Self { routes }
     }
 
+    /// The routes, in match order.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &R> {
+        self.routes.iter().map(|(_, r)| r)
+    }
+
     /// The first route whose matcher accepts the request, or `None` (`no-route`).
     pub(crate) fn route(&self, parts: &Parts) -> Option<&R> {
         let host = request_host(parts);

@@ -31,6 +31,7 @@ use tower::{Service, ServiceExt};
 use crate::error::{BoxError, ProxyError};
 use crate::generation::Generation;
 use crate::http::context::{self, Priority, RequestContext};
+use crate::http::grpc::{self, Code};
 use crate::http::{
     Body, BodyReadTimeout, Request, Response, TRACEPARENT, Watch, Watched, X_REQUEST_ID, hygiene,
     respond,
@@ -104,14 +105,33 @@ struct Record {
     started: Instant,
     request_id: HeaderValue,
     client: std::net::IpAddr,
+    /// A gRPC call's status, from the head, the trailers, or how its body ended.
+    grpc: Grpc,
+}
+
+/// What a record knows of a request's gRPC status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grpc {
+    /// Not a gRPC call.
+    No,
+    /// A gRPC call whose status is still to come, in the trailers.
+    Pending,
+    /// A gRPC call's status.
+    Code(Code),
 }
 
 impl Record {
-    fn finish(self) {
+    fn finish(mut self) {
         let elapsed = self.started.elapsed();
         let upstream: &str = self.metrics.upstream();
+        // A stream that ended without a status is UNKNOWN, as a client reads it.
+        let grpc = match self.grpc {
+            Grpc::No => None,
+            Grpc::Pending => Some(Code::Unknown),
+            Grpc::Code(c) => Some(c),
+        };
         self.metrics
-            .record(self.status, self.reason, elapsed.as_secs_f64());
+            .record(self.status, self.reason, grpc, elapsed.as_secs_f64());
         tracing::info!(
             target: "weir::access",
             method = %self.method,
@@ -122,8 +142,18 @@ impl Record {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = self.request_id.to_str().unwrap_or(""),
             client = %self.client,
+            grpc_code = grpc.map_or("", Code::as_str),
         );
+        self.grpc = Grpc::No;
         drop(self.guard);
+    }
+
+    /// The body ended early with `code` (broken off, or dropped unread): a status still to
+    /// come becomes it.
+    fn broke_off(&mut self, code: Code) {
+        if self.grpc == Grpc::Pending {
+            self.grpc = Grpc::Code(code);
+        }
     }
 }
 
@@ -136,13 +166,25 @@ impl Watch for Finish {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &polled {
             Poll::Ready(None) => drop(self.0.take().map(Record::finish)),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(r) = &mut self.0
+                    && r.grpc == Grpc::Pending
+                    && let Some(trailers) = frame.trailers_ref()
+                {
+                    r.grpc = Grpc::Code(grpc::status_of(trailers).unwrap_or(Code::Unknown));
+                }
+            }
             Poll::Ready(Some(Err(e))) => {
                 if let Some(mut r) = self.0.take() {
-                    r.reason = if e.is::<BodyReadTimeout>() {
-                        ProxyError::UpstreamTimeout.reason()
+                    // As weir's own errors map (`ProxyError::grpc_code`): a read timeout is
+                    // DEADLINE_EXCEEDED, a reset UNAVAILABLE.
+                    let (reason, code) = if e.is::<BodyReadTimeout>() {
+                        (ProxyError::UpstreamTimeout.reason(), Code::DeadlineExceeded)
                     } else {
-                        REASON_UPSTREAM_BODY
+                        (REASON_UPSTREAM_BODY, Code::Unavailable)
                     };
+                    r.reason = reason;
+                    r.broke_off(code);
                     tracing::debug!(route = &*r.route, error = %e, "response body failed");
                     r.finish();
                 }
@@ -155,7 +197,9 @@ impl Watch for Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
+        if let Some(mut r) = self.0.take() {
+            // Dropped before its end: the client went away, or its connection closed.
+            r.broke_off(Code::Cancelled);
             r.finish();
         }
     }
@@ -407,7 +451,11 @@ fn finish(
                 source = ?std::error::Error::source(&e),
                 "request failed"
             );
-            let resp = respond::error_response(&e, route, metrics.upstream());
+            let resp = if ex.grpc {
+                respond::grpc_error_response(&e)
+            } else {
+                respond::error_response(&e, route, metrics.upstream())
+            };
             (resp, e.reason())
         }
     };
@@ -434,7 +482,13 @@ fn record(
     started: Instant,
     guard: RequestGuard,
 ) -> http::Response<ServedBody> {
+    let grpc = if ex.grpc {
+        grpc::head_code(resp.status(), resp.headers()).map_or(Grpc::Pending, Grpc::Code)
+    } else {
+        Grpc::No
+    };
     let record = Record {
+        grpc,
         metrics: metrics.clone(),
         method: ex.method,
         route: metrics.route().clone(),

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::grpc::{Code, CodeSet};
 use crate::metrics::{
     DRY_RUN_REJECTIONS_TOTAL, ENDPOINT_EJECTIONS_TOTAL, ENDPOINT_HEALTHY, Metrics, PANIC_MODE,
 };
@@ -108,6 +109,20 @@ pub(crate) enum Verdict {
     GatewayFailure,
     /// Not judged (the try was abandoned before it ended).
     Unjudged,
+    /// Judged later: a gRPC call whose status comes in the trailers. Counts as `Unjudged`
+    /// when the try ends; the forwarding leaf judges it at the trailers.
+    Later,
+}
+
+impl Verdict {
+    /// A gRPC call that ended with `code`: a gateway failure when `failures` holds it.
+    pub(crate) fn of_grpc(code: Code, failures: &CodeSet) -> Self {
+        if failures.contains(code) {
+            Self::GatewayFailure
+        } else {
+            Self::Success
+        }
+    }
 }
 
 impl Endpoint {
@@ -146,6 +161,12 @@ impl Endpoint {
             let until = now.saturating_add(micros(d.min(MAX_PUSHBACK)));
             self.penalty_until.fetch_max(until, Ordering::Relaxed);
         }
+        self.judge(verdict);
+    }
+
+    /// Counts `verdict` for outlier detection: what [`Endpoint::end`] does with its verdict,
+    /// on its own for a gRPC call whose status came after its head, in the trailers.
+    pub(crate) fn judge(&self, verdict: Verdict) {
         match verdict {
             Verdict::Success => {
                 if self.failures.load(Ordering::Relaxed) != 0 {
@@ -161,7 +182,7 @@ impl Endpoint {
                     self.signal.notify_one();
                 }
             }
-            Verdict::Unjudged => {}
+            Verdict::Unjudged | Verdict::Later => {}
         }
     }
 

@@ -21,15 +21,19 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::StatusCode;
+use http_body::Frame;
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
+use crate::error::BoxError;
 use crate::error::ProxyError;
 use crate::http::context::RequestContext;
-use crate::http::{Body, Request, Response, retry_after};
+use crate::http::grpc::{self, Code, CodeSet};
+use crate::http::{Body, BodyReadTimeout, Request, Response, Watch, Watched, retry_after};
 use crate::metrics::{Metrics, UPSTREAM_ATTEMPTS_TOTAL};
 use crate::upstream::Settings as UpstreamConfig;
 use crate::upstream::balance::Balancer;
@@ -49,6 +53,8 @@ struct Shared {
     balancer: Balancer,
     outcomes: Outcomes,
     read_timeout: Duration,
+    /// The gRPC codes outlier detection counts as gateway failures.
+    grpc_failures: CodeSet,
 }
 
 /// `weir_upstream_attempts_total` handles, one per outcome (a closed set).
@@ -85,6 +91,7 @@ impl Forward {
                 cancelled: outcome("cancelled"),
             },
             read_timeout: cfg.read_timeout,
+            grpc_failures: cfg.grpc.failures(),
         };
         Self {
             shared: Arc::new(shared),
@@ -97,6 +104,7 @@ impl Forward {
         let memo = ctx.and_then(|c| c.last_endpoint.clone());
         let client = ctx.map(|c| c.client);
         let deadline = ctx.and_then(|c| c.try_end.or(c.deadline));
+        let grpc = ctx.is_some_and(|c| c.grpc);
         let avoid = memo.as_ref().map(|m| m.load(Ordering::Relaxed));
         let snap = self.shared.set.load();
         let i = self
@@ -131,6 +139,7 @@ impl Forward {
                     try_,
                     deadline,
                     progress,
+                    grpc,
                 },
                 timer: None,
             }),
@@ -184,16 +193,26 @@ impl Drop for Try {
     }
 }
 
-/// How a try's result counts for outlier detection, and the pushback it carries.
-fn judge(result: &Result<Response, ProxyError>) -> (Verdict, Option<std::time::Duration>) {
+/// How a try's result counts for outlier detection, and the pushback it carries. A gRPC call
+/// (`grpc_failures`: the codes that count as failures) is judged by its code, when its head has it;
+/// else [`Verdict::Later`], by its trailers.
+fn judge(
+    result: &Result<Response, ProxyError>,
+    grpc_failures: Option<&CodeSet>,
+) -> (Verdict, Option<std::time::Duration>) {
     match result {
         Ok(resp) => {
             let status = resp.status();
-            let verdict = match status {
-                StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT => Verdict::GatewayFailure,
-                _ => Verdict::Success,
+            let verdict = match grpc_failures.map(|f| (f, grpc::head_code(status, resp.headers())))
+            {
+                Some((failures, Some(code))) => Verdict::of_grpc(code, failures),
+                Some((_, None)) => Verdict::Later,
+                None => match status {
+                    StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT => Verdict::GatewayFailure,
+                    _ => Verdict::Success,
+                },
             };
             let pushback = match status {
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
@@ -209,6 +228,39 @@ fn judge(result: &Result<Response, ProxyError>) -> (Verdict, Option<std::time::D
             | ProxyError::UpstreamTls(_),
         ) => (Verdict::GatewayFailure, None),
         Err(_) => (Verdict::Unjudged, None),
+    }
+}
+
+/// Judges a gRPC try by the `grpc-status` of its trailers (none: `UNKNOWN`) when its body
+/// ends; a body that breaks off is a gateway failure, unless `read_timeout` cut it (not
+/// judged, as a timeout before the head is not); one dropped unread is not judged.
+struct GrpcVerdict {
+    endpoint: Option<Arc<Endpoint>>,
+    failures: CodeSet,
+}
+
+impl Watch for GrpcVerdict {
+    fn polled(
+        &mut self,
+        _: &mut Context<'_>,
+        polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        _: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let verdict = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(|t| {
+                Verdict::of_grpc(grpc::status_of(t).unwrap_or(Code::Unknown), &self.failures)
+            }),
+            Poll::Ready(None) => Some(Verdict::of_grpc(Code::Unknown, &self.failures)),
+            Poll::Ready(Some(Err(e))) if e.is::<BodyReadTimeout>() => Some(Verdict::Unjudged),
+            Poll::Ready(Some(Err(_))) => Some(Verdict::GatewayFailure),
+            Poll::Pending => None,
+        };
+        if let Some(v) = verdict
+            && let Some(e) = self.endpoint.take()
+        {
+            e.judge(v);
+        }
+        polled
     }
 }
 
@@ -247,6 +299,8 @@ enum State {
         deadline: Option<Instant>,
         /// The request body's progress, when it has one and `read_timeout` applies.
         progress: Option<Arc<Progress>>,
+        /// Whether the request is a gRPC call, judged by its `grpc-status`.
+        grpc: bool,
     },
     Failed(Option<ProxyError>),
 }
@@ -266,6 +320,7 @@ impl Future for ResponseFuture {
                 try_,
                 deadline,
                 progress,
+                ..
             } => match fut.as_mut().poll(cx) {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
@@ -296,8 +351,9 @@ impl Future for ResponseFuture {
                 }
             },
         };
-        let State::Sending { shared, try_, .. } =
-            std::mem::replace(&mut *this.state, State::Failed(None))
+        let State::Sending {
+            shared, try_, grpc, ..
+        } = std::mem::replace(&mut *this.state, State::Failed(None))
         else {
             return Poll::Ready(result);
         };
@@ -311,14 +367,23 @@ impl Future for ResponseFuture {
             Err(ProxyError::UpstreamTimeout) => o.timeout.increment(1),
             Err(_) => o.reset.increment(1),
         }
-        let (verdict, pushback) = judge(&result);
+        let (verdict, pushback) = judge(&result, grpc.then_some(&shared.grpc_failures));
+        // A gRPC call whose status is still to come is judged when its trailers arrive.
+        let later = (verdict == Verdict::Later).then(|| try_.endpoint.clone());
         try_.end(verdict, pushback);
         let timeout = shared.read_timeout;
-        Poll::Ready(result.map(|resp| {
-            if timeout.is_zero() || resp.body().is_buffered() {
-                return resp;
+        Poll::Ready(result.map(|mut resp| {
+            if !timeout.is_zero() && !resp.body().is_buffered() {
+                resp = resp.map(|body| Body::boxed(ReadTimeout::body(body, timeout)));
             }
-            resp.map(|body| Body::boxed(ReadTimeout::body(body, timeout)))
+            if let Some(endpoint) = later {
+                let end = GrpcVerdict {
+                    endpoint: Some(endpoint),
+                    failures: shared.grpc_failures,
+                };
+                resp = resp.map(|body| Body::boxed(Watched::new(body, end)));
+            }
+            resp
         }))
     }
 }

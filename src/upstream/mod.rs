@@ -275,9 +275,10 @@ where
     S::Future: Send + 'static,
 {
     let shed = ShedLayer::new(cfg.name.clone(), &cfg.shed, metrics);
-    let breaker = CircuitBreakerLayer::new(cfg.name.clone(), &cfg.breaker, metrics);
+    let breaker = CircuitBreakerLayer::new(cfg.name.clone(), &cfg.breaker, &cfg.grpc, metrics);
     let retry = RetryLayer::new(cfg.name.clone(), &cfg.retry, metrics)
-        .with_endpoint_memo(cfg.endpoints.len() > 1 || cfg.dns.is_some());
+        .with_endpoint_memo(cfg.endpoints.len() > 1 || cfg.dns.is_some())
+        .with_grpc(&cfg.grpc);
     let handles = (shed.handle(), breaker.handle(), retry.handle());
     let stack = ServiceBuilder::new()
         .layer(shed)

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{EndpointView, StatusSnapshot, TargetView, UpstreamView};
+use super::{EndpointView, GrpcView, StatusSnapshot, TargetView, UpstreamView};
 use crate::resilience::breaker::{BreakerState, BreakerStatus};
 use crate::resilience::shed::ShedStatus;
 
@@ -118,7 +118,7 @@ fn overview_html(out: &mut String, s: &StatusSnapshot) {
     out.push_str(concat!(
         "<section id=\"overview\">\n<h2>Upstreams at a glance</h2>\n<table>\n<thead><tr>",
         "<th>upstream</th><th>breaker</th><th>endpoints serving</th><th>in flight / limit</th>",
-        "<th>queued</th><th>retry budget</th></tr></thead>\n<tbody>\n",
+        "<th>queued</th><th>retry budget</th><th>gRPC errors</th></tr></thead>\n<tbody>\n",
     ));
     for u in &s.upstreams {
         let name = escape(&u.name);
@@ -127,7 +127,7 @@ fn overview_html(out: &mut String, s: &StatusSnapshot) {
             out,
             "<tr class=\"overview\" data-upstream=\"{name}\"><td><a href=\"#upstream-{name}\">\
              {name}</a>{}</td><td>{}</td><td class=\"{}\">{serving} / {}</td><td>{} / {}</td>\
-             <td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td class=\"grpc\">{}</td></tr>",
             if u.panic_mode {
                 " <span class=\"tag bad\">panic</span>"
             } else {
@@ -140,9 +140,18 @@ fn overview_html(out: &mut String, s: &StatusSnapshot) {
             limit(&u.shed),
             u.shed.queued,
             u.retry_budget_remaining,
+            grpc_ratio(&u.grpc),
         );
     }
     out.push_str("</tbody>\n</table>\n</section>\n");
+}
+
+/// An upstream's gRPC error ratio and its call count: `1.5 % of 200`, or `–` before any call.
+fn grpc_ratio(g: &GrpcView) -> String {
+    match g.error_ratio() {
+        Some(r) => format!("{:.1} % of {}", r * 100.0, g.calls),
+        None => "&ndash;".to_owned(),
+    }
 }
 
 fn routes_html(out: &mut String, s: &StatusSnapshot) {

@@ -84,6 +84,7 @@ struct Upstream<'a> {
     breaker: Breaker<'a>,
     shed: Shed<'a>,
     retry: Retry,
+    grpc: Grpc,
 }
 
 #[derive(Serialize)]
@@ -116,6 +117,13 @@ struct Shed<'a> {
     in_flight: u32,
     limit: u32,
     queued: u32,
+}
+
+#[derive(Serialize)]
+struct Grpc {
+    calls: u64,
+    failures: u64,
+    error_ratio: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -193,6 +201,11 @@ impl<'a> Upstream<'a> {
             retry: Retry {
                 budget_remaining: u.retry_budget_remaining,
                 median_latency_ms: u.median_latency.map(|d| d.as_secs_f64() * 1000.0),
+            },
+            grpc: Grpc {
+                calls: u.grpc.calls,
+                failures: u.grpc.failures,
+                error_ratio: u.grpc.error_ratio(),
             },
         }
     }

@@ -1,7 +1,8 @@
 //! `/status` (HTML) and `/status.json`: what an engineer on call wants to see at a glance —
 //! routes, upstreams, and per upstream its endpoints, the breaker state and time in it,
-//! in-flight requests, the concurrency limit, the queue, the retry budget left and the
-//! observed median latency. This module owns the [`StatusSnapshot`] and [`collect`]s it;
+//! in-flight requests, the concurrency limit, the queue, the retry budget left, the
+//! observed median latency, and the gRPC error ratio (calls whose code is one of the
+//! upstream's `grpc.failure_codes`, since the config was loaded). This module owns the [`StatusSnapshot`] and [`collect`]s it;
 //! [`json`] and [`html`] render it.
 //!
 //! Position: admin port, off the request path; reads the policies' handles of the live
@@ -19,8 +20,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::RouteAction;
 use crate::generation::Generation;
+use crate::http::grpc::Code;
 use crate::resilience::breaker::BreakerStatus;
 use crate::resilience::shed::ShedStatus;
+use crate::route::Route;
 pub(crate) use crate::upstream::endpoints::EndpointView;
 
 pub(crate) use html::html;
@@ -105,6 +108,25 @@ pub(crate) struct UpstreamView {
     pub retry_budget_remaining: u64,
     /// Median try latency of the last 10 to 20 seconds; `None` before any timed try.
     pub median_latency: Option<Duration>,
+    /// Its gRPC calls since the config was loaded.
+    pub grpc: GrpcView,
+}
+
+/// The gRPC calls of an upstream, summed over the routes that send to it, since the config
+/// generation was built: every answer its clients got, weir's own errors included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GrpcView {
+    /// Calls answered.
+    pub calls: u64,
+    /// Those whose code is one of the upstream's `grpc.failure_codes`.
+    pub failures: u64,
+}
+
+impl GrpcView {
+    /// Failures over calls; `None` before any call.
+    pub(crate) fn error_ratio(&self) -> Option<f64> {
+        (self.calls > 0).then(|| self.failures as f64 / self.calls as f64)
+    }
 }
 
 impl StatusSnapshot {
@@ -150,6 +172,17 @@ impl StatusSnapshot {
             .map(|u| {
                 let cfg = config.upstreams.iter().find(|c| c.name == u.name);
                 let (endpoints, panic_mode) = u.endpoints.views();
+                let failures = cfg.map(|c| c.grpc.failures()).unwrap_or_default();
+                let mut grpc = GrpcView::default();
+                let targets = generation.router.routes().flat_map(Route::targets);
+                for t in targets.filter(|t| !t.direct && *t.metrics.upstream() == u.name) {
+                    for (code, n) in Code::ALL.into_iter().zip(t.metrics.grpc_tally()) {
+                        grpc.calls += n;
+                        if failures.contains(code) {
+                            grpc.failures += n;
+                        }
+                    }
+                }
                 UpstreamView {
                     name: u.name.clone(),
                     balance: cfg.map_or("p2c", |c| c.balance.as_str()),
@@ -160,6 +193,7 @@ impl StatusSnapshot {
                     shed: u.shed.status(),
                     retry_budget_remaining: u.retry.budget_remaining(),
                     median_latency: u.retry.median_latency(),
+                    grpc,
                 }
             })
             .collect();
@@ -212,6 +246,57 @@ shed = { mode = "dry_run", adaptive = true }
     /// The view of upstream `name` in `s`, to change before rendering.
     pub(super) fn upstream<'a>(s: &'a mut StatusSnapshot, name: &str) -> &'a mut UpstreamView {
         s.upstreams.iter_mut().find(|u| &*u.name == name).unwrap()
+    }
+
+    #[test]
+    fn the_grpc_error_ratio_sums_the_routes_of_an_upstream_by_its_failure_codes() {
+        let toml = format!("{TWO_UPSTREAMS}[upstreams.backend.grpc]\nfailure_codes = [14]\n");
+        let cfg = Config::from_toml(&toml, "t.toml").unwrap();
+        let metrics = Metrics::new().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let generation = Generation::build(Arc::new(cfg), &metrics).unwrap();
+        let ok = http::StatusCode::OK;
+        for route in generation.router.routes() {
+            for t in route.targets() {
+                // Per (route, upstream): 3 calls, UNAVAILABLE, INTERNAL and OK, and a plain
+                // request that is no gRPC call.
+                for code in [Code::Unavailable, Code::Internal, Code::Ok] {
+                    t.metrics.record(ok, "upstream", Some(code), 0.001);
+                }
+                t.metrics.record(ok, "upstream", None, 0.001);
+            }
+        }
+        let s = StatusSnapshot::collect(&generation);
+        let view = |name: &str| s.upstreams.iter().find(|u| &*u.name == name).unwrap().grpc;
+        // backend: two routes; only UNAVAILABLE is a failure there.
+        assert_eq!(
+            view("backend"),
+            GrpcView {
+                calls: 6,
+                failures: 2
+            }
+        );
+        // v2: one route, the default failure codes (UNAVAILABLE and INTERNAL among them).
+        assert_eq!(
+            view("v2"),
+            GrpcView {
+                calls: 3,
+                failures: 2
+            }
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&json(&s)).unwrap();
+        let v2 = doc["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "v2");
+        let ratio = v2.unwrap()["grpc"]["error_ratio"].as_f64().unwrap();
+        assert_eq!(ratio, 0.667, "JSON floats carry 3 decimals");
+        assert!(html(&s).contains("66.7 % of 3"));
     }
 
     #[test]

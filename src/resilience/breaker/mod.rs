@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::Frame;
 use metrics::{Counter, Gauge};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -28,10 +30,15 @@ use tower::{Layer, Service};
 
 pub(crate) use self::state::BreakerState;
 use self::state::{Admission, Machine, Ticket, Transition, Trigger};
+use crate::error::BoxError;
 use crate::error::ProxyError;
+use crate::http::context::RequestContext;
+use crate::http::grpc::{self, Code, CodeSet};
+use crate::http::{Body, Watch, Watched};
 use crate::http::{Request, Response};
 use crate::metrics::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DRY_RUN_REJECTIONS_TOTAL, Metrics};
 use crate::resilience::Mode;
+use crate::resilience::grpc::Settings as GrpcSettings;
 use crate::resilience::{Outcome, StatusSet};
 
 /// Circuit breaker of an upstream (`upstreams.NAME.breaker`).
@@ -124,6 +131,8 @@ struct Shared {
     upstream: Arc<str>,
     mode: Mode,
     failures: StatusSet,
+    /// The gRPC codes that count as failures (`upstreams.<name>.grpc.failure_codes`).
+    grpc_failures: CodeSet,
     machine: Machine,
     state_gauge: Gauge,
     /// One per [`Trigger`], in [`Trigger::ALL`] order (each trigger has one target state).
@@ -137,7 +146,12 @@ struct Shared {
 impl CircuitBreakerLayer {
     /// A closed breaker for `upstream` with `settings`; resolves its metric handles in
     /// `metrics` now and sets `weir_circuit_state` to 0.
-    pub(crate) fn new(upstream: Arc<str>, settings: &Settings, metrics: &Metrics) -> Self {
+    pub(crate) fn new(
+        upstream: Arc<str>,
+        settings: &Settings,
+        grpc: &GrpcSettings,
+        metrics: &Metrics,
+    ) -> Self {
         let label = || ("upstream", upstream.clone());
         let transitions = Trigger::ALL.map(|r| {
             metrics.counter(
@@ -163,6 +177,7 @@ impl CircuitBreakerLayer {
                 upstream,
                 mode: settings.mode,
                 failures: StatusSet::new(&settings.failure_statuses),
+                grpc_failures: grpc.failures(),
                 machine: Machine::new(settings),
                 state_gauge,
                 transitions,
@@ -209,8 +224,12 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let shared = &self.shared;
         if shared.mode == Mode::Off {
-            return ResponseFuture::admitted(self.inner.call(req), None);
+            return ResponseFuture::admitted(self.inner.call(req), None, false);
         }
+        let grpc = req
+            .extensions()
+            .get::<RequestContext>()
+            .is_some_and(|c| c.grpc);
         let (admission, transition) = shared.machine.admit();
         if let Some(t) = transition {
             shared.on_transition(t);
@@ -230,7 +249,7 @@ where
                 None
             }
         };
-        ResponseFuture::admitted(self.inner.call(req), guard)
+        ResponseFuture::admitted(self.inner.call(req), guard, grpc)
     }
 }
 
@@ -275,13 +294,7 @@ impl Shared {
         );
     }
 
-    fn finish(
-        &self,
-        ticket: Ticket,
-        result: &Result<Response, ProxyError>,
-        started: Option<Instant>,
-    ) {
-        let outcome = Outcome::of(result, &self.failures);
+    fn finish(&self, ticket: Ticket, outcome: Outcome, started: Option<Instant>) {
         let now = Instant::now();
         let elapsed = started.map(|s| now.saturating_duration_since(s));
         if let Some(t) = self.machine.record(ticket, outcome, now, elapsed) {
@@ -293,7 +306,8 @@ impl Shared {
 pin_project! {
     /// The future of [`CircuitBreaker`]: a ready `circuit-open` refusal, or the inner future,
     /// whose outcome is counted when it resolves. Dropped before that, it counts nothing and
-    /// gives back the half-open probe slot it held.
+    /// gives back the half-open probe slot it held. A gRPC call whose status comes in the
+    /// trailers is counted when they arrive ([`GrpcEnd`]).
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -307,6 +321,8 @@ pin_project! {
             #[pin]
             inner: F,
             guard: Option<Guard>,
+            // Whether the request is a gRPC call, judged by its `grpc-status`.
+            grpc: bool,
         },
         Rejected {
             retry_after: Duration,
@@ -325,9 +341,9 @@ struct Guard {
 // === impl ResponseFuture ===
 
 impl<F> ResponseFuture<F> {
-    fn admitted(inner: F, guard: Option<Guard>) -> Self {
+    fn admitted(inner: F, guard: Option<Guard>, grpc: bool) -> Self {
         Self {
-            kind: Kind::Admitted { inner, guard },
+            kind: Kind::Admitted { inner, guard, grpc },
         }
     }
 
@@ -346,11 +362,30 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Admitted { inner, guard } => {
-                let result = std::task::ready!(inner.poll(cx));
-                if let Some(g) = guard {
-                    g.finish(&result);
-                }
+            KindProj::Admitted { inner, guard, grpc } => {
+                let mut result = std::task::ready!(inner.poll(cx));
+                let Some(g) = guard else {
+                    return Poll::Ready(result);
+                };
+                let failures = &g.shared.grpc_failures;
+                let outcome = match &result {
+                    Ok(resp) if *grpc => {
+                        match grpc::head_code(resp.status(), resp.headers()) {
+                            Some(code) => Outcome::of_grpc(code, failures),
+                            // The status is in the trailers: the body's end judges the call.
+                            None => {
+                                if let Ok(resp) = &mut result {
+                                    let body = std::mem::take(resp.body_mut());
+                                    let end = GrpcEnd(guard.take());
+                                    *resp.body_mut() = Body::boxed(Watched::new(body, end));
+                                }
+                                return Poll::Ready(result);
+                            }
+                        }
+                    }
+                    _ => Outcome::of(&result, &g.shared.failures),
+                };
+                g.finish(outcome);
                 Poll::Ready(result)
             }
             KindProj::Rejected { retry_after } => Poll::Ready(Err(ProxyError::CircuitOpen {
@@ -363,10 +398,48 @@ where
 // === impl Guard ===
 
 impl Guard {
-    fn finish(&mut self, result: &Result<Response, ProxyError>) {
+    fn finish(&mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
-            self.shared.finish(ticket, result, self.started);
+            self.shared.finish(ticket, outcome, self.started);
         }
+    }
+}
+
+/// Judges a gRPC call whose status comes in the trailers when its body ends: by the trailers'
+/// `grpc-status` (none: `UNKNOWN`); a body that breaks off is a failure; one dropped unread
+/// (the client went away) counts nothing and gives back its probe slot.
+struct GrpcEnd(Option<Guard>);
+
+impl Watch for GrpcEnd {
+    fn polled(
+        &mut self,
+        _: &mut Context<'_>,
+        polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        _: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let outcome = match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
+                Some(t) => {
+                    let code = grpc::status_of(t).unwrap_or(Code::Unknown);
+                    self.0
+                        .as_ref()
+                        .map(|g| Outcome::of_grpc(code, &g.shared.grpc_failures))
+                }
+                None => None,
+            },
+            Poll::Ready(None) => self
+                .0
+                .as_ref()
+                .map(|g| Outcome::of_grpc(Code::Unknown, &g.shared.grpc_failures)),
+            Poll::Ready(Some(Err(_))) => Some(Outcome::Failure),
+            Poll::Pending => None,
+        };
+        if let Some(outcome) = outcome
+            && let Some(mut g) = self.0.take()
+        {
+            g.finish(outcome);
+        }
+        polled
     }
 }
 
@@ -458,7 +531,8 @@ mod tests {
         + 'static,
     > {
         let metrics = Metrics::new().unwrap();
-        let layer = CircuitBreakerLayer::new(upstream.into(), &s, &metrics);
+        let layer =
+            CircuitBreakerLayer::new(upstream.into(), &s, &GrpcSettings::default(), &metrics);
         let calls = Arc::new(AtomicUsize::new(0));
         Fixture {
             svc: layer.layer(leaf(calls.clone())),
@@ -519,6 +593,113 @@ mod tests {
 
     const OK: Reply = Reply::Status(200);
     const FAIL: Reply = Reply::Status(503);
+
+    /// A gRPC call to a leaf that answers `code` trailers-only, or in the trailers after one
+    /// message (`in_trailers`).
+    fn grpc_req(code: u8, in_trailers: bool) -> Request {
+        let mut req = http::Request::builder()
+            .header("x-code", code.to_string())
+            .header("x-in-trailers", if in_trailers { "1" } else { "0" })
+            .body(Body::empty())
+            .unwrap();
+        let mut ctx = RequestContext::new(
+            [127, 0, 0, 1].into(),
+            "r".into(),
+            crate::http::context::Priority::Default,
+        );
+        ctx.grpc = true;
+        req.extensions_mut().insert(ctx);
+        req
+    }
+
+    fn grpc_leaf() -> impl Service<Request, Response = Response, Error = ProxyError, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        service_fn(|req: Request| {
+            let h = |name: &str| req.headers()[name].to_str().unwrap().to_owned();
+            let (code, in_trailers) = (h("x-code"), h("x-in-trailers") == "1");
+            async move {
+                let value = http::HeaderValue::from_str(&code).unwrap();
+                if !in_trailers {
+                    let mut r = Response::new(Body::empty());
+                    r.headers_mut().insert("grpc-status", value);
+                    return Ok(r);
+                }
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", value);
+                let frames = futures_util::stream::iter([
+                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                    Ok(Frame::trailers(trailers)),
+                ]);
+                Ok(Response::new(Body::boxed(http_body_util::StreamBody::new(
+                    frames,
+                ))))
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_calls_are_judged_by_their_status_in_the_head_or_at_the_trailers() {
+        use http_body_util::BodyExt;
+        let metrics = Metrics::new().unwrap();
+        let s = Settings {
+            consecutive_failures: 3,
+            ..Settings::default()
+        };
+        let layer = CircuitBreakerLayer::new("g".into(), &s, &GrpcSettings::default(), &metrics);
+        let (svc, handle) = (layer.layer(grpc_leaf()), layer.handle());
+        let call = |code, in_trailers| svc.clone().oneshot(grpc_req(code, in_trailers));
+        let state = || handle.status().state;
+
+        // OK, NOT_FOUND and INVALID_ARGUMENT are not failures, wherever they come.
+        for (code, t) in [(0, false), (5, true), (3, false), (0, true)] {
+            let resp = call(code, t).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+        // Two INTERNAL trailers-only: two failures in a row; still closed.
+        for _ in 0..2 {
+            call(13, false).await.unwrap();
+        }
+        assert_eq!(state(), BreakerState::Closed);
+        // UNAVAILABLE in the trailers counts when the body ends, not at the head.
+        let resp = call(14, true).await.unwrap();
+        assert_eq!(state(), BreakerState::Closed);
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(state(), BreakerState::Open, "third failure in a row");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_stream_dropped_unread_or_without_a_status_counts_as_the_client_sees_it() {
+        use http_body_util::BodyExt;
+        let metrics = Metrics::new().unwrap();
+        let s = Settings {
+            consecutive_failures: 1,
+            ..Settings::default()
+        };
+        let layer = CircuitBreakerLayer::new("g".into(), &s, &GrpcSettings::default(), &metrics);
+        let (svc, handle) = (layer.layer(grpc_leaf()), layer.handle());
+        // Dropped before its trailers (the client went away): nothing counts.
+        drop(svc.clone().oneshot(grpc_req(14, true)).await.unwrap());
+        assert_eq!(handle.status().state, BreakerState::Closed);
+        // Not a gRPC call: a `grpc-status` header is not read, and 200 is a success.
+        let mut plain = grpc_req(13, false);
+        plain.extensions_mut().clear();
+        svc.clone().oneshot(plain).await.unwrap();
+        assert_eq!(handle.status().state, BreakerState::Closed);
+        // A stream that ends without any status is UNKNOWN: a failure.
+        let leaf = service_fn(|_req: Request| async {
+            let frames = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
+                Bytes::from_static(b"x"),
+            ))]);
+            Ok::<_, ProxyError>(Response::new(Body::boxed(http_body_util::StreamBody::new(
+                frames,
+            ))))
+        });
+        let resp = layer.layer(leaf).oneshot(grpc_req(0, true)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(handle.status().state, BreakerState::Open);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn trips_on_consecutive_failures() {

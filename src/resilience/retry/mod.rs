@@ -37,6 +37,7 @@ use crate::http::{Request, Response, retry_after};
 use crate::metrics::{
     Metrics, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL, RETRY_BUDGET_REMAINING,
 };
+use crate::resilience::grpc::Settings as GrpcSettings;
 use backoff::Backoff;
 use budget::Budget;
 use latency::Latency;
@@ -175,6 +176,15 @@ impl RetryLayer {
         self
     }
 
+    /// Retries the gRPC calls whose trailers-only status is one of `grpc.retry_codes` (by
+    /// default UNAVAILABLE).
+    pub(crate) fn with_grpc(mut self, grpc: &GrpcSettings) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.policy.grpc_retried = grpc.retried();
+        }
+        self
+    }
+
     /// A handle on this layer's budget and latency estimate.
     pub(crate) fn handle(&self) -> RetryHandle {
         RetryHandle {
@@ -262,7 +272,8 @@ impl Shared {
         let now = Instant::now();
         self.latency
             .record(now, now.saturating_duration_since(started));
-        let reason = self.policy.classify(result, t.may_resend)?;
+        let grpc = t.context.as_ref().is_some_and(|c| c.grpc);
+        let reason = self.policy.classify(result, t.may_resend, grpc)?;
         if n >= self.max_retries {
             return None;
         }

@@ -3,10 +3,11 @@
 //! Position: consulted by [`super::Retry`] after every try, before backoff, deadline and budget.
 //! Config: `upstreams.<name>.retry.statuses`, `retry.idempotency_key`. Metrics: none.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, StatusCode};
 
 use super::Settings;
 use crate::error::ProxyError;
+use crate::http::grpc::{self, CodeSet};
 use crate::http::{IDEMPOTENCY_KEY, Response};
 use crate::resilience::StatusSet;
 
@@ -15,6 +16,9 @@ use crate::resilience::StatusSet;
 pub(crate) struct Policy {
     statuses: StatusSet,
     idempotency_key: bool,
+    /// The gRPC codes retried when they arrive trailers-only; `upstreams.<name>.grpc`, set by
+    /// [`super::RetryLayer::with_grpc`] (none until then).
+    pub(super) grpc_retried: CodeSet,
 }
 
 /// What makes a try worth retrying; [`Retryable::label`] is the `reason` label of
@@ -30,6 +34,8 @@ pub(crate) enum Retryable {
     UpstreamTimeout,
     /// The upstream answered with one of the configured statuses.
     Status,
+    /// A gRPC call's trailers-only status is one of the retried codes.
+    GrpcStatus,
 }
 
 impl Policy {
@@ -37,6 +43,7 @@ impl Policy {
         Self {
             statuses: StatusSet::new(&settings.statuses),
             idempotency_key: settings.idempotency_key,
+            grpc_retried: CodeSet::default(),
         }
     }
 
@@ -48,12 +55,24 @@ impl Policy {
 
     /// Why the try that ended with `result` should be retried, or `None` when its answer goes
     /// back as it is. `may_resend` is [`Policy::may_resend`] of the request: without it only a
-    /// request that provably never left is retried.
+    /// request that provably never left is retried, or a gRPC call (`grpc`) whose
+    /// trailers-only status is a retried code: the server says it did not act on the call
+    /// (UNAVAILABLE), so a second try cannot act twice. The status of a response that has a
+    /// body is in its trailers, after messages the client may already have: never retried.
     pub(crate) fn classify(
         &self,
         result: &Result<Response, ProxyError>,
         may_resend: bool,
+        grpc: bool,
     ) -> Option<Retryable> {
+        if grpc
+            && let Ok(resp) = result
+            && resp.status() == StatusCode::OK
+        {
+            return grpc::status_of(resp.headers())
+                .filter(|c| self.grpc_retried.contains(*c))
+                .map(|_| Retryable::GrpcStatus);
+        }
         let reason = match result {
             Ok(resp) if self.statuses.contains(resp.status()) => Retryable::Status,
             Ok(_) => return None,
@@ -87,6 +106,7 @@ impl Retryable {
             Self::UpstreamReset => "upstream-reset",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::Status => "status",
+            Self::GrpcStatus => "grpc-status",
         }
     }
 }
@@ -195,8 +215,39 @@ mod tests {
             ),
         ];
         for (result, safe, unsafe_) in cases {
-            assert_eq!(p.classify(&result, true), safe, "{result:?}");
-            assert_eq!(p.classify(&result, false), unsafe_, "{result:?}");
+            assert_eq!(p.classify(&result, true, false), safe, "{result:?}");
+            assert_eq!(p.classify(&result, false, false), unsafe_, "{result:?}");
         }
+    }
+
+    #[test]
+    fn a_grpc_call_is_retried_on_a_trailers_only_retried_code_whatever_its_method() {
+        let mut p = policy(false);
+        p.grpc_retried = crate::resilience::grpc::Settings::default().retried();
+        let grpc = |code: &'static str| {
+            let mut r = Response::new(Body::empty());
+            r.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static(code));
+            Ok(r)
+        };
+        for may_resend in [true, false] {
+            assert_eq!(
+                p.classify(&grpc("14"), may_resend, true),
+                Some(Retryable::GrpcStatus)
+            );
+            for code in ["0", "2", "4", "8", "13"] {
+                assert_eq!(p.classify(&grpc(code), may_resend, true), None, "{code}");
+            }
+            // No status in the head: it comes in the trailers, after the body.
+            assert_eq!(p.classify(&status(200), may_resend, true), None);
+        }
+        // Not a gRPC call: a grpc-status header means nothing.
+        assert_eq!(p.classify(&grpc("14"), true, false), None);
+        // A gRPC call answered by a proxy with HTTP 503 is retried as any 503 is.
+        assert_eq!(
+            p.classify(&status(503), true, true),
+            Some(Retryable::Status)
+        );
+        assert_eq!(p.classify(&status(503), false, true), None);
     }
 }
