@@ -158,10 +158,13 @@ start_weirs() {  # stop both weirs, start the ones the targets use (on PROXY_CPU
   fi
   return 0
 }
-grpc_non_ok() {  # grpc_non_ok WEIR: its weir_grpc_responses_total with a code other than OK, or "-"
+grpc_codes() {  # grpc_codes WEIR: "CANCELLED OTHER" from its weir_grpc_responses_total, or "- -"
+  # CANCELLED: the streams h2load resets when a run ends (at most CONNS x STREAMS per run);
+  # OTHER: any code but OK and CANCELLED, which no call of this bench should end with.
   curl -s -m 2 "http://${ADMIN[$1]}/metrics" | awk '
-    /^weir_grpc_responses_total[{ ]/ { seen = 1; if ($0 !~ /code="OK"/) n += $NF }
-    END { if (seen) printf "%d\n", n; else print "-" }'
+    /^weir_grpc_responses_total[{ ]/ { seen = 1
+      if ($0 ~ /code="CANCELLED"/) c += $NF; else if ($0 !~ /code="OK"/) o += $NF }
+    END { if (seen) printf "%d %d\n", c, o; else print "- -" }'
 }
 
 log "starting the upstream (h2c) on cpu0; weir runs on cpu $PROXY_CPUS"
@@ -186,7 +189,7 @@ log "one call per target: 200$(has direct || has weir-grpc || has weir-base-grpc
 mkdir -p "$OUT_DIR"
 RAW=$OUT_DIR/raw.tsv
 printf 'round\tconns\tstreams\ttarget\tcalls\tseconds\tcalls_per_s\tmean_us\tsd_us\tmax_us\terrors\tcpu_us_per_call\tcpu_pct\trss_mib\n' >"$RAW"
-GRPC_RAW=$TMP/grpc-codes.tsv   # round, conns, weir, non-OK gRPC responses it counted
+GRPC_RAW=$TMP/grpc-codes.tsv   # round, conns, weir, its CANCELLED and other non-OK gRPC responses
 : >"$GRPC_RAW"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 n_runs=$(($(wc -w <<<"$CONNS") * $(wc -w <<<"$TARGETS")))
@@ -236,7 +239,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     start_weirs   # fresh weirs: each RSS figure and gRPC count belongs to its own level
     for t in $TARGETS; do measure "$round" "$c" "$t"; done
     for s in weir weir-base; do
-      [[ -n ${PID[$s]:-} ]] && printf '%d\t%d\t%s\t%s\n' "$round" "$c" "$s" "$(grpc_non_ok "$s")" >>"$GRPC_RAW"
+      [[ -n ${PID[$s]:-} ]] && printf '%d\t%d\t%s\t%s\n' "$round" "$c" "$s" "$(grpc_codes "$s")" >>"$GRPC_RAW"
     done
   done
 done
@@ -267,18 +270,24 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 def ratio(a, b):
     return None if a is None or not b else a / b
+def baseline(t):  # the plain-h2 target of the same weir build, for a gRPC target
+    return t.replace("-grpc", "-h2") if t.endswith("-grpc") else None
+cpu_of = {(int(r["conns"]), r["target"], r["round"]): r["cpu_us_per_call"] for r in rows}
+def paired(c, t):  # "min–max" over rounds of CPU µs/call ÷ the baseline's in the same round
+    b = baseline(t)
+    v = [float(x) / float(cpu_of[c, b, r]) for (cc, tt, r), x in cpu_of.items()
+         if cc == c and tt == t and x != "-" and cpu_of.get((c, b, r), "-") not in ("-", "0.00")] if b else []
+    return f"{min(v):.2f}–{max(v):.2f}" if v else "-"
 stats = {}
 for (c, t), rs in groups.items():
     rss = [float(r["rss_mib"]) for r in rs if r["rss_mib"] != "-"]
     stats[c, t] = dict(rps=med(rs, "calls_per_s"), mean=med(rs, "mean_us"), sd=med(rs, "sd_us"),
                        max=med(rs, "max_us"), cpu=med(rs, "cpu_us_per_call"), pct=med(rs, "cpu_pct"),
                        rss=max(rss) if rss else None, err=sum(int(r["errors"]) for r in rs))
-def baseline(t):  # the plain-h2 target of the same weir build, for a gRPC target
-    return t.replace("-grpc", "-h2") if t.endswith("-grpc") else None
 
 print(f"\n## Unary calls: h2load → (weir →) upstream, {streams} streams per connection\n")
-print("| target | conns | calls/s | ×direct | ×h2 | mean µs | sd µs | max µs | CPU µs/call | CPU ×h2 | CPU % | RSS MiB | errors |")
-print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+print("| target | conns | calls/s | ×direct | ×h2 | mean µs | sd µs | max µs | CPU µs/call | CPU ×h2 | per round | CPU % | RSS MiB | errors |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 for c in conns:
     d = stats.get((c, "direct"), {})
     for t in order:
@@ -289,7 +298,7 @@ for c in conns:
         print(f"| {t} | {c} | {fmt(s['rps'], ',.0f')} | {fmt(ratio(s['rps'], d.get('rps')), '.2f')} "
               f"| {fmt(ratio(s['rps'], b.get('rps')), '.2f')} "
               f"| {fmt(s['mean'], '.0f')} | {fmt(s['sd'], '.0f')} | {fmt(s['max'], '.0f')} "
-              f"| {fmt(s['cpu'], '.2f')} | {fmt(ratio(s['cpu'], b.get('cpu')), '.3f')} "
+              f"| {fmt(s['cpu'], '.2f')} | {fmt(ratio(s['cpu'], b.get('cpu')), '.3f')} | {paired(c, t)} "
               f"| {fmt(s['pct'], '.0f')} | {fmt(s['rss'], '.1f')} | {s['err']} |")
 
 pairs = [(a, b) for a, b in (("weir-grpc", "weir-base-grpc"), ("weir-h2", "weir-base-h2")) if a in order and b in order]
@@ -305,17 +314,19 @@ if pairs:
 
 codes = {}
 for line in open(sys.argv[3]):
-    r, c, w, n = line.split()
-    codes.setdefault(w, []).append(n)
+    r, c, w, cancelled, other = line.split()
+    codes.setdefault(w, []).append((cancelled, other))
 if codes:
     print()
     for w, ns in codes.items():
-        if all(n == "-" for n in ns):
-            print(f"- {w}: no `weir_grpc_responses_total` on /metrics (a build without gRPC metrics).")
-        else:
-            bad = sum(int(n) for n in ns if n != "-")
-            print(f"- {w}: {bad} gRPC responses with a code other than OK in `weir_grpc_responses_total`"
-                  f" (summed over rounds){'' if bad == 0 else ': the gRPC rows are suspect'}.")
+        if all(c == "-" for c, _ in ns):
+            print(f"- {w}: no `weir_grpc_responses_total` on /metrics (no gRPC call went through it, or a build without the metric).")
+            continue
+        cancelled = sum(int(c) for c, _ in ns if c != "-")
+        other = sum(int(o) for _, o in ns if o != "-")
+        print(f"- {w}, `weir_grpc_responses_total` summed over rounds: {other} calls with a code other than OK and CANCELLED"
+              f"{'' if other == 0 else ' (the gRPC rows are suspect)'}; {cancelled} CANCELLED, the calls still in flight"
+              " when h2load ended a run (warm-ups included) and reset their streams.")
 EOF
 } >"$OUT_DIR/results.md"
 
