@@ -22,11 +22,11 @@ PROXY_CPUS=${PROXY_CPUS:-1}  # taskset CPU list of weir (h2load and the upstream
 WEIR_GLIBC_TUNABLES=${WEIR_GLIBC_TUNABLES-glibc.malloc.tcache_count=256}
 WEIR_BASE_GLIBC_TUNABLES=${WEIR_BASE_GLIBC_TUNABLES-$WEIR_GLIBC_TUNABLES}
 
-# Ports of their own (not run.sh's), so that the two benches never meet.
-UPSTREAM_ADDR=127.0.0.1:18100
-WEIR_ADDR=127.0.0.1:18180
-WEIR_BASE_ADDR=127.0.0.1:18183
-declare -A ADMIN=([weir]=127.0.0.1:19911 [weir-base]=127.0.0.1:19912)
+# Ports of their own (neither run.sh's nor benches/cost's), so that the benches never meet.
+UPSTREAM_ADDR=127.0.0.1:18200
+WEIR_ADDR=127.0.0.1:18280
+WEIR_BASE_ADDR=127.0.0.1:18283
+declare -A ADMIN=([weir]=127.0.0.1:19921 [weir-base]=127.0.0.1:19922)
 CALL_PATH=/weir.bench.Echo/Unary
 # target -> the process that serves it, its address, and the request's content-type.
 declare -A SERVER=([direct]=upstream [weir-h2]=weir [weir-grpc]=weir
