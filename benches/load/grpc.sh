@@ -12,6 +12,7 @@ DEFAULT_TARGETS="direct weir-h2 weir-grpc${WEIR_BASE_BIN:+ weir-base-h2 weir-bas
 TARGETS=${TARGETS:-$DEFAULT_TARGETS}
 CONNS=${CONNS:-"16"}        # h2load clients (-c), one HTTP/2 connection each; a list: one level each
 STREAMS=${STREAMS:-8}       # concurrent streams per connection (h2load -m)
+RATE=${RATE:-}              # calls/s in all (h2load --rps RATE/CONNS per client); empty: as fast as it goes
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}     # seconds per measured run
 WARMUP=${WARMUP:-2}         # seconds of unmeasured load before each run
@@ -51,6 +52,10 @@ for t in $TARGETS; do [[ -n ${SERVER[$t]:-} ]] || die "unknown target '$t' ($KNO
   || die "ROUNDS and DURATION must be positive integers, WARMUP a non-negative one"
 for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS must be positive integers (got '$c')"; done
 [[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer (got '$STREAMS')"
+if [[ -n $RATE ]]; then
+  [[ $RATE =~ ^[1-9][0-9]*$ ]] || die "RATE must be a positive integer (got '$RATE')"
+  for c in $CONNS; do ((RATE >= c)) || die "RATE ($RATE) must be at least CONNS ($c): --rps is per client"; done
+fi
 [[ $PROXY_CPUS =~ ^[0-9]+([,-][0-9]+)*$ ]] || die "PROXY_CPUS must be a taskset CPU list (got '$PROXY_CPUS')"
 [[ -n ${TARGETS// /} && -n ${CONNS// /} ]] || die "TARGETS and CONNS must not be empty"
 
@@ -197,8 +202,8 @@ log "$ROUNDS rounds x $n_runs runs x $((WARMUP + DURATION)) s: about $((ROUNDS *
 
 measure() {    # measure ROUND CONNS TARGET -> one line of raw.tsv
   local r=$1 c=$2 t=$3 s=${SERVER[$3]} pid cpu0 cpu1 rss
-  local args=(-t 1 -c "$c" -m "$STREAMS" -H "content-type: ${CTYPE[$t]}" -H 'te: trailers'
-              -d "$TMP/frame" "http://${ADDR[$s]}$CALL_PATH")
+  local args=(-t 1 -c "$c" -m "$STREAMS" ${RATE:+--rps $((RATE / c))} -H "content-type: ${CTYPE[$t]}"
+              -H 'te: trailers' -d "$TMP/frame" "http://${ADDR[$s]}$CALL_PATH")
   ((WARMUP > 0)) && { taskset -c 0 h2load -D "$WARMUP" "${args[@]}" >"$TMP/warmup.out" 2>&1 \
     || { cat "$TMP/warmup.out" >&2; die "h2load (warm-up) failed against $t"; }; }
   pid=${PID[$s]}
@@ -250,14 +255,17 @@ stop weir; stop weir-base
   echo "# weir gRPC load benchmark"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r); rounds=$ROUNDS, duration=${DURATION}s," \
-       "warm-up=${WARMUP}s; streams per connection=$STREAMS; weir on cpu $PROXY_CPUS; $(h2load --version | head -1)."
+       "warm-up=${WARMUP}s; streams per connection=$STREAMS;" \
+       "$([[ -n $RATE ]] && echo "rate=$RATE calls/s (h2load --rps RATE/CONNS per client);" || echo "closed loop (no rate limit);")" \
+       "weir on cpu $PROXY_CPUS; $(h2load --version | head -1)."
   echo "weir: $WEIR_BIN$(uses_weir_base && echo "; weir-base: $WEIR_BASE_BIN")." \
        "GLIBC_TUNABLES of weir: ${WEIR_GLIBC_TUNABLES:-glibc defaults}$(uses_weir_base && echo "; of weir-base: ${WEIR_BASE_GLIBC_TUNABLES:-glibc defaults}")."
   echo "Medians over rounds (RSS: max; errors: total). Only comparable within this run: read the ratios."
-  python3 - "$RAW" "$TARGETS" "$GRPC_RAW" <<'EOF'
+  python3 - "$RAW" "$TARGETS" "$GRPC_RAW" "$RATE" <<'EOF'
 import csv, statistics as st, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 order = sys.argv[2].split()
+rate = int(sys.argv[4]) if sys.argv[4] else None
 groups = {}
 for r in rows:
     groups.setdefault((int(r["conns"]), r["target"]), []).append(r)
@@ -311,6 +319,13 @@ if pairs:
             sa, sb = stats.get((c, a), {}), stats.get((c, b), {})
             print(f"| {a.split('-')[-1]} | {c} | {fmt(sa.get('cpu'), '.2f')} | {fmt(sb.get('cpu'), '.2f')} "
                   f"| {fmt(ratio(sa.get('cpu'), sb.get('cpu')), '.3f')} | {fmt(ratio(sa.get('rps'), sb.get('rps')), '.2f')} |")
+
+if rate:
+    short = [f"{t} at {c} conns ({s['rps']:,.0f})" for (c, t), s in sorted(stats.items())
+             if s["rps"] is not None and s["rps"] < 0.97 * (rate // c) * c]
+    print(f"\n- The rate asked for: {rate:,} calls/s. "
+          + (f"Short of it by more than 3%, so not at the same load as the others: {', '.join(short)}."
+             if short else "Every row kept it within 3%, so the CPU figures compare equal loads."))
 
 codes = {}
 for line in open(sys.argv[3]):
