@@ -19,6 +19,10 @@ use metrics_exporter_prometheus::{
 /// `grpc_code` is a gRPC call's status name (`OK` … `UNAUTHENTICATED`), empty for other
 /// requests.
 pub const REQUESTS_TOTAL: &str = "weir_requests_total";
+/// `weir_hedges_total{upstream,result}`: hedged tries, `won` or `lost` once sent, or not sent:
+/// `skipped_budget` (the retry budget was spent), `skipped_deadline` (the deadline left
+/// could not hold one).
+pub const HEDGES_TOTAL: &str = "weir_hedges_total";
 /// `weir_grpc_responses_total{route,upstream,code}`: gRPC calls answered, by status name.
 pub const GRPC_RESPONSES_TOTAL: &str = "weir_grpc_responses_total";
 /// `weir_request_duration_seconds{route,upstream}`: time from request head to the end of the
@@ -176,7 +180,11 @@ impl Metrics {
             None,
             "Requests being forwarded to an upstream.".into(),
         );
-        let counters: [(&'static str, &'static str); 11] = [
+        let counters: [(&'static str, &'static str); 12] = [
+            (
+                HEDGES_TOTAL,
+                "Hedged tries: won or lost once sent, or skipped (budget, deadline).",
+            ),
             (
                 GRPC_RESPONSES_TOTAL,
                 "gRPC calls answered, by gRPC status (from the head or the trailers).",

@@ -24,9 +24,9 @@ use crate::config::render::{
 };
 use crate::config::{
     AdminConfig, Balance, BreakerSettings, Config, DrainConfig, FaultConfig, GrpcSettings,
-    HealthSettings, ListenerConfig, ListenerTls, OutlierSettings, Priority, Protocol,
-    RateLimitConfig, RespondConfig, RetrySettings, RouteAction, RouteConfig, RouteMatch,
-    ShedSettings, SplitTarget, UpstreamConfig, UpstreamTls,
+    HealthSettings, HedgeAfter, HedgeSettings, ListenerConfig, ListenerTls, OutlierSettings,
+    Priority, Protocol, RateLimitConfig, RespondConfig, RetrySettings, RouteAction, RouteConfig,
+    RouteMatch, ShedSettings, SplitTarget, UpstreamConfig, UpstreamTls,
 };
 
 /// A settings type read from and written to one TOML table.
@@ -481,6 +481,8 @@ impl Keys for UpstreamConfig {
                "active checks; leave the table out for none"),
         table!("outlier", outlier, "passive ejection of failing endpoints"),
         table!("grpc", grpc, "how calls with content-type application/grpc* are judged"),
+        table!("hedge", hedge?, HedgeSettings::default(), HedgeSettings::default(),
+               "hedged requests; leave the table out for none"),
     ];
 
     fn check(r: &mut Reader<'_>, has: &dyn Fn(&str) -> bool, span: &Range<usize>, path: &str) {
@@ -623,6 +625,17 @@ impl Keys for OutlierSettings {
         key!("ramp", ramp, Reader::duration, duration,
              "share grows from 10 % to full over this long after an ejection,\n\
               failed checks, or joining by DNS; 0s = at once"),
+    ];
+}
+
+impl Keys for HedgeSettings {
+    #[rustfmt::skip]
+    const ROWS: &'static [Row<Self>] = &[
+        key!("after", after, Reader::hedge_after, |a: &HedgeAfter| quote(&a.render()),
+             "no response head after this long: one more try to another endpoint;\n\
+              a duration (\"50ms\") or a percentile of the observed latency (\"p50\"..\"p99.9\")"),
+        key!("max", max, Reader::u32_positive, plain,
+             "extra tries at most per try; each is charged to the retry budget"),
     ];
 }
 

@@ -25,6 +25,7 @@ pub use crate::resilience::Mode;
 pub use crate::resilience::breaker::Settings as BreakerSettings;
 pub use crate::resilience::grpc::Settings as GrpcSettings;
 pub use crate::resilience::retry::Settings as RetrySettings;
+pub use crate::resilience::retry::hedge::{After as HedgeAfter, Settings as HedgeSettings};
 pub use crate::resilience::shed::Settings as ShedSettings;
 pub use crate::route::direct::Settings as RespondConfig;
 pub use crate::route::fault::Settings as FaultConfig;

@@ -37,6 +37,7 @@ use crate::http::{
     respond,
 };
 use crate::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
+use crate::resilience::retry::hedge::Hedged;
 use crate::route::{Route, Target};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
@@ -107,6 +108,8 @@ struct Record {
     client: std::net::IpAddr,
     /// A gRPC call's status, from the head, the trailers, or how its body ended.
     grpc: Grpc,
+    /// Whether the response came from a hedge rather than the try it raced.
+    hedged: bool,
 }
 
 /// What a record knows of a request's gRPC status.
@@ -143,6 +146,7 @@ impl Record {
             request_id = self.request_id.to_str().unwrap_or(""),
             client = %self.client,
             grpc_code = grpc.map_or("", Code::as_str),
+            hedged = self.hedged,
         );
         self.grpc = Grpc::No;
         drop(self.guard);
@@ -489,6 +493,7 @@ fn record(
     };
     let record = Record {
         grpc,
+        hedged: resp.extensions().get::<Hedged>().is_some(),
         metrics: metrics.clone(),
         method: ex.method,
         route: metrics.route().clone(),

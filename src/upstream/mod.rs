@@ -31,6 +31,7 @@ use crate::resilience::breaker::Settings as BreakerSettings;
 use crate::resilience::breaker::{BreakerHandle, CircuitBreakerLayer};
 use crate::resilience::grpc::Settings as GrpcSettings;
 use crate::resilience::retry::Settings as RetrySettings;
+use crate::resilience::retry::hedge::Settings as HedgeSettings;
 use crate::resilience::retry::{RetryHandle, RetryLayer};
 use crate::resilience::shed::Settings as ShedSettings;
 use crate::resilience::shed::{ShedHandle, ShedLayer};
@@ -89,6 +90,8 @@ pub struct Settings {
     pub outlier: outlier::Settings,
     /// How gRPC calls are judged (`grpc`): failure and retried codes.
     pub grpc: GrpcSettings,
+    /// Hedged requests (`hedge`); `None` (the default) hedges nothing.
+    pub hedge: Option<HedgeSettings>,
 }
 
 impl Default for Settings {
@@ -113,6 +116,7 @@ impl Default for Settings {
             health: None,
             outlier: outlier::Settings::default(),
             grpc: GrpcSettings::default(),
+            hedge: None,
         }
     }
 }
@@ -278,7 +282,8 @@ where
     let breaker = CircuitBreakerLayer::new(cfg.name.clone(), &cfg.breaker, &cfg.grpc, metrics);
     let retry = RetryLayer::new(cfg.name.clone(), &cfg.retry, metrics)
         .with_endpoint_memo(cfg.endpoints.len() > 1 || cfg.dns.is_some())
-        .with_grpc(&cfg.grpc);
+        .with_grpc(&cfg.grpc)
+        .with_hedge(cfg.hedge.as_ref(), Some(breaker.handle()), metrics);
     let handles = (shed.handle(), breaker.handle(), retry.handle());
     let stack = ServiceBuilder::new()
         .layer(shed)

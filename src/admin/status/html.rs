@@ -255,14 +255,24 @@ fn upstream_html(out: &mut String, u: &UpstreamView) {
         if sh.adaptive { " (adaptive)" } else { "" },
         sh.queued
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<tr><th>retries</th><td class=\"retry\">budget left <b>{}</b> &middot; median try \
-         latency <b>{}</b></td></tr>\n</tbody>\n</table>\n",
+         latency <b>{}</b></td></tr>",
         u.retry_budget_remaining,
         u.median_latency
             .map_or_else(|| "none yet".to_owned(), human)
     );
+    if let Some((after, delay)) = &u.hedge {
+        let _ = writeln!(
+            out,
+            "<tr><th>hedging</th><td class=\"hedge\">after <b>{}</b> &middot; delay in force \
+             <b>{}</b></td></tr>",
+            escape(after),
+            delay.map_or_else(|| "none yet (too few tries)".to_owned(), human)
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
 
     // Endpoints.
     out.push_str(concat!(

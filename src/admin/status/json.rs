@@ -85,6 +85,13 @@ struct Upstream<'a> {
     shed: Shed<'a>,
     retry: Retry,
     grpc: Grpc,
+    hedge: Option<Hedge<'a>>,
+}
+
+#[derive(Serialize)]
+struct Hedge<'a> {
+    after: &'a str,
+    delay_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -207,6 +214,10 @@ impl<'a> Upstream<'a> {
                 failures: u.grpc.failures,
                 error_ratio: u.grpc.error_ratio(),
             },
+            hedge: u.hedge.as_ref().map(|(after, delay)| Hedge {
+                after,
+                delay_ms: delay.map(|d| d.as_secs_f64() * 1000.0),
+            }),
         }
     }
 }

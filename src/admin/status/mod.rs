@@ -110,6 +110,9 @@ pub(crate) struct UpstreamView {
     pub median_latency: Option<Duration>,
     /// Its gRPC calls since the config was loaded.
     pub grpc: GrpcView,
+    /// Its hedging, when it hedges: the configured `after` (`"p95"`, `"50ms"`) and the delay
+    /// in force (`None` while too few tries were seen for a percentile).
+    pub hedge: Option<(String, Option<Duration>)>,
 }
 
 /// The gRPC calls of an upstream, summed over the routes that send to it, since the config
@@ -194,6 +197,10 @@ impl StatusSnapshot {
                     retry_budget_remaining: u.retry.budget_remaining(),
                     median_latency: u.retry.median_latency(),
                     grpc,
+                    hedge: u
+                        .retry
+                        .hedge()
+                        .map(|(after, delay)| (after.render(), delay)),
                 }
             })
             .collect();

@@ -164,7 +164,7 @@ fn unknown_keys_are_errors_listing_the_known_ones() {
         all[4].message,
         "unknown key (expected one of: endpoints, dns, dns_refresh, dns_servers, protocol, \
          connect_timeout, try_timeout, read_timeout, pool_idle_timeout, balance, hash_on, tls, retry, \
-         breaker, shed, health, outlier, grpc)"
+         breaker, shed, health, outlier, grpc, hedge)"
     );
     assert_eq!(
         all[2].message,

@@ -16,6 +16,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use toml::de::DeValue;
 
 use super::{Fields, NAME_EXPECTED, Reader, Val, join, valid_name};
+use crate::config::HedgeAfter;
 use crate::config::{Balance, HashOn, MAX_WORKERS, Mode, Priority, Protocol, RateLimitKey};
 use crate::http::grpc::Code;
 
@@ -232,6 +233,24 @@ impl Reader<'_> {
 
     pub(crate) fn statuses(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<u16>> {
         self.list(v, path, None, |r, _, v, p| r.status_code(v, p))
+    }
+
+    /// A hedge delay: a duration greater than 0, or a percentile `"p50"` to `"p99.9"`.
+    pub(crate) fn hedge_after(&mut self, v: &Val<'_>, path: &str) -> Option<HedgeAfter> {
+        let after = string(v).map(str::trim).and_then(|s| {
+            HedgeAfter::percentile(s).or_else(|| {
+                humantime::parse_duration(s)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .map(HedgeAfter::Fixed)
+            })
+        });
+        self.expect(
+            v,
+            path,
+            after,
+            "a duration greater than 0 such as \"50ms\", or a percentile from \"p50\" to \"p99.9\"",
+        )
     }
 
     /// A gRPC status code: its number (0..=16) or its name (`"UNAVAILABLE"`).

@@ -16,9 +16,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use super::Shared;
 use super::replay::Replay;
 use super::template::Template;
+use super::{Shared, hedge};
 use crate::error::ProxyError;
 use crate::http::{Body, Request, Response};
 
@@ -200,7 +200,7 @@ where
     head.extensions = extensions;
     let first = Request::from_parts(head, Body::full(bytes));
     let started = Instant::now();
-    let result = inner.clone().oneshot(first).await;
+    let result = one_try(&shared, inner.clone(), &template, first).await;
     match shared.after_try(&result, 0, &template, started) {
         None => result,
         Some(delay) => {
@@ -208,6 +208,27 @@ where
             retries(shared, inner, template, delay).await
         }
     }
+}
+
+/// One try of the request of `t`: hedged when the upstream hedges, the request may be sent
+/// twice and a hedge delay is in force ([`super::hedge`]), else a plain call.
+async fn one_try<S>(
+    shared: &Shared,
+    inner: S,
+    t: &Template,
+    req: Request,
+) -> Result<Response, ProxyError>
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    if let Some(h) = &shared.hedging
+        && t.may_resend
+        && let Some(delay) = h.delay(&shared.latency, Instant::now())
+    {
+        return hedge::hedged(shared, h, inner, t, req, delay).await;
+    }
+    inner.oneshot(req).await
 }
 
 /// The retries of one request, the first after `delay`: back off, try, judge, again.
@@ -228,7 +249,7 @@ where
         }
         retry += 1;
         let started = Instant::now();
-        let result = inner.clone().oneshot(template.retry_request()).await;
+        let result = one_try(&shared, inner.clone(), &template, template.retry_request()).await;
         match shared.after_try(&result, retry, &template, started) {
             None => return result,
             Some(next) => {

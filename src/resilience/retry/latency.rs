@@ -1,5 +1,5 @@
-//! The observed median try latency of one upstream, for deciding whether a retry can still
-//! finish before the request's deadline.
+//! The observed try latency of one upstream: its median, for deciding whether a retry can
+//! still finish before the request's deadline, and its percentiles, for the hedge delay.
 //!
 //! Position: [`super::Retry`] records every try and reads the median before a retry.
 //! Config: none. Metrics: none (exposed through [`super::RetryHandle::median_latency`]).
@@ -61,6 +61,12 @@ impl Latency {
 
     /// The median of the tries recorded in the last 10 to 20 seconds; `None` without any.
     pub(crate) fn median(&self, now: Instant) -> Option<Duration> {
+        self.quantile(now, 0.5).map(|(d, _)| d)
+    }
+
+    /// The `q` quantile (0 < q ≤ 1) of the tries recorded in the last 10 to 20 seconds, with
+    /// how many tries it is drawn from; `None` without any.
+    pub(crate) fn quantile(&self, now: Instant, q: f64) -> Option<(Duration, u64)> {
         let stamp = self.epoch(now) + 1;
         let live: Vec<&Window> = self
             .windows
@@ -79,12 +85,13 @@ impl Latency {
         if total == 0 {
             return None;
         }
-        let rank = total.div_ceil(2);
+        // The smallest sample with at least q of all at or below it (q = 0.5: the median).
+        let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
         let mut seen = 0;
         for i in 0..BUCKETS {
             seen += count(i);
             if seen >= rank {
-                return Some(Duration::from_micros(midpoint(i)));
+                return Some((Duration::from_micros(midpoint(i)), total));
             }
         }
         None
@@ -202,5 +209,25 @@ mod tests {
             "{m:?}"
         );
         assert_eq!(l.median(start + Duration::from_secs(45)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quantiles_of_recent_tries() {
+        let now = Instant::now();
+        let l = Latency::new(now);
+        // 95 fast tries and 5 slow ones, as a long-tailed upstream.
+        for i in 0..100 {
+            let ms = if i % 20 == 0 { 200 } else { 2 };
+            l.record(now, Duration::from_millis(ms));
+        }
+        let near = |d: Duration, ms: f64| (d.as_secs_f64() * 1000.0 - ms).abs() <= ms * 0.07;
+        let (p95, n) = l.quantile(now, 0.95).unwrap();
+        assert_eq!(n, 100);
+        assert!(near(p95, 2.0), "{p95:?}");
+        let (p96, _) = l.quantile(now, 0.96).unwrap();
+        assert!(near(p96, 200.0), "{p96:?}");
+        let (p100, _) = l.quantile(now, 1.0).unwrap();
+        assert!(near(p100, 200.0), "{p100:?}");
+        assert!(near(l.median(now).unwrap(), 2.0));
     }
 }

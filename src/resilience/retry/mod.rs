@@ -17,6 +17,7 @@
 pub(crate) mod backoff;
 mod budget;
 mod future;
+pub(crate) mod hedge;
 mod latency;
 mod policy;
 mod replay;
@@ -122,6 +123,8 @@ struct Shared {
     /// Whether the leaf has several endpoints to choose from, so that remembering the one a try
     /// used (`RequestContext::last_endpoint`) can steer the next try elsewhere.
     endpoint_memo: bool,
+    /// Hedged tries (`upstreams.<name>.hedge`); `None`: no hedging.
+    hedging: Option<hedge::Hedging>,
     /// Counters per (route, what), resolved on first use. Few routes per upstream: a linear
     /// scan of a copy-on-write list, never a lock.
     counters: ArcSwap<Vec<(Arc<str>, Count, Counter)>>,
@@ -158,6 +161,7 @@ impl RetryLayer {
             metrics: metrics.clone(),
             budget_remaining,
             endpoint_memo: true,
+            hedging: None,
             counters: ArcSwap::default(),
             upstream,
         };
@@ -181,6 +185,21 @@ impl RetryLayer {
     pub(crate) fn with_grpc(mut self, grpc: &GrpcSettings) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.policy.grpc_retried = grpc.retried();
+        }
+        self
+    }
+
+    /// Hedges the tries of requests that may be sent twice (`hedge`; `None`: no hedging),
+    /// judged against the upstream's `breaker`.
+    pub(crate) fn with_hedge(
+        mut self,
+        hedge: Option<&hedge::Settings>,
+        breaker: Option<crate::resilience::breaker::BreakerHandle>,
+        metrics: &Metrics,
+    ) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.hedging =
+                hedge.map(|h| hedge::Hedging::new(&shared.upstream, h, breaker, metrics));
         }
         self
     }
@@ -218,6 +237,15 @@ impl RetryHandle {
         self.shared.latency.median(Instant::now())
     }
 
+    /// The upstream's hedging, when it hedges: its configured `after` and the delay in force
+    /// (`None` while too few tries were seen for a percentile).
+    pub fn hedge(&self) -> Option<(hedge::After, Option<Duration>)> {
+        let s = &self.shared;
+        s.hedging
+            .as_ref()
+            .map(|h| (h.after(), h.delay(&s.latency, Instant::now())))
+    }
+
     /// Sets `weir_retry_budget_remaining{upstream}` to [`RetryHandle::budget_remaining`];
     /// call it on a timer.
     pub fn publish(&self) {
@@ -246,10 +274,12 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if self.shared.max_retries == 0 {
+        let hedging = self.shared.hedging.is_some();
+        if self.shared.max_retries == 0 && !hedging {
             return ResponseFuture::direct(self.inner.call(req));
         }
-        if !http_body::Body::is_end_stream(req.body()) {
+        // A hedged upstream runs every request through the loop, which races its tries.
+        if hedging || !http_body::Body::is_end_stream(req.body()) {
             return ResponseFuture::buffering(self.shared.clone(), self.inner.clone(), req);
         }
         ResponseFuture::first_inline(&self.shared, &mut self.inner, req)
@@ -964,5 +994,174 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let layer = RetryLayer::new(Arc::from("backend"), &settings(), &metrics);
         let _erased: Leaf = BoxCloneSyncService::new(layer.layer(leaf));
+    }
+
+    /// A leaf whose call `n` answers 200 `try n` after `delays_ms[n]` (the last entry for later
+    /// calls); it counts its calls and those dropped before they answered (cancelled).
+    fn delayed(delays_ms: &'static [u64]) -> (Leaf, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        struct Pending(Arc<AtomicUsize>, bool);
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        let (c, x) = (calls.clone(), cancelled.clone());
+        let svc = service_fn(move |_req: Request| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let pending = Pending(x.clone(), false);
+            async move {
+                let mut pending = pending;
+                let ms = delays_ms.get(n).or(delays_ms.last()).copied().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                pending.1 = true;
+                Ok::<_, ProxyError>(Response::new(Body::full(format!("try {n}"))))
+            }
+        });
+        (BoxCloneSyncService::new(svc), calls, cancelled)
+    }
+
+    fn hedged_stack(
+        settings: &Settings,
+        hedge: hedge::Settings,
+        leaf: Leaf,
+    ) -> (Retry<Leaf>, RetryHandle, Metrics) {
+        let metrics = Metrics::new().unwrap();
+        let layer = RetryLayer::new(Arc::from("backend"), settings, &metrics).with_hedge(
+            Some(&hedge),
+            None,
+            &metrics,
+        );
+        (layer.layer(leaf), layer.handle(), metrics)
+    }
+
+    fn after(ms: u64) -> hedge::Settings {
+        hedge::Settings {
+            after: hedge::After::Fixed(Duration::from_millis(ms)),
+            max: 1,
+        }
+    }
+
+    async fn text(resp: Response) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    fn hedges(metrics: &Metrics, result: &str) -> Option<u64> {
+        let series = format!("weir_hedges_total{{upstream=\"backend\",result=\"{result}\"}}");
+        sample(&metrics.render(), &series)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_try_is_hedged_after_the_delay_and_the_hedge_wins() {
+        let (leaf, calls, cancelled) = delayed(&[5_000, 10]);
+        let (svc, handle, metrics) = hedged_stack(&settings(), after(50), leaf);
+        let started = Instant::now();
+        let resp = svc.oneshot(get()).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(60));
+        assert!(resp.extensions().get::<hedge::Hedged>().is_some());
+        assert_eq!(text(resp).await, "try 1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            cancelled.load(Ordering::SeqCst),
+            1,
+            "the stalled try is dropped"
+        );
+        assert_eq!(hedges(&metrics, "won"), Some(1));
+        assert_eq!(hedges(&metrics, "lost"), Some(0));
+        let (after, delay) = handle.hedge().unwrap();
+        assert_eq!(
+            (after.render(), delay),
+            ("50ms".into(), Some(Duration::from_millis(50)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_head_wins_and_a_losing_hedge_is_cancelled() {
+        let (leaf, calls, cancelled) = delayed(&[100, 5_000]);
+        let (svc, _, metrics) = hedged_stack(&settings(), after(50), leaf);
+        let started = Instant::now();
+        let resp = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert!(resp.extensions().get::<hedge::Hedged>().is_none());
+        assert_eq!(text(resp).await, "try 0");
+        assert_eq!(
+            (
+                calls.load(Ordering::SeqCst),
+                cancelled.load(Ordering::SeqCst)
+            ),
+            (2, 1)
+        );
+        assert_eq!(hedges(&metrics, "lost"), Some(1));
+        assert_eq!(hedges(&metrics, "won"), Some(0));
+        // A fast try sends no hedge at all.
+        let (leaf, calls, _) = delayed(&[10]);
+        let (svc, _, metrics) = hedged_stack(&settings(), after(50), leaf);
+        svc.oneshot(get()).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(hedges(&metrics, "lost"), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hedge_when_the_budget_is_spent_nor_past_the_deadline_nor_for_a_post() {
+        // The budget allows nothing: the hedge is skipped and counted.
+        let broke = Settings {
+            budget_ratio: 0.0,
+            budget_min_per_sec: 0,
+            ..settings()
+        };
+        let (leaf, calls, _) = delayed(&[300]);
+        let (svc, _, metrics) = hedged_stack(&broke, after(50), leaf);
+        let started = Instant::now();
+        svc.oneshot(get()).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(hedges(&metrics, "skipped_budget"), Some(1));
+
+        // The deadline is up when the hedge would go: skipped and counted.
+        let (leaf, calls, _) = delayed(&[300]);
+        let (svc, _, metrics) = hedged_stack(&settings(), after(50), leaf);
+        let req = with_deadline(get(), Instant::now() + Duration::from_millis(50));
+        svc.oneshot(req).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(hedges(&metrics, "skipped_deadline"), Some(1));
+
+        // A POST without Idempotency-Key may not be sent twice: never hedged.
+        let (leaf, calls, _) = delayed(&[300]);
+        let (svc, _, metrics) = hedged_stack(&settings(), after(50), leaf);
+        svc.oneshot(request(Method::POST, Body::full("x")))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(hedges(&metrics, "skipped_budget"), Some(0));
+        assert_eq!(hedges(&metrics, "won"), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_percentile_delay_waits_for_enough_tries_and_follows_them() {
+        let (leaf, calls, _) = delayed(&[2]);
+        let p50 = hedge::Settings {
+            after: hedge::After::Percentile(50.0),
+            max: 1,
+        };
+        let (svc, handle, _) = hedged_stack(&settings(), p50, leaf);
+        assert_eq!(handle.hedge().unwrap().1, None, "no tries seen yet");
+        for _ in 0..hedge::MIN_SAMPLES {
+            svc.clone().oneshot(get()).await.unwrap();
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            20,
+            "no hedge before enough tries"
+        );
+        // The delay in force is worked out again after REFRESH: now the p50 of 2 ms.
+        tokio::time::advance(hedge::REFRESH).await;
+        let delay = handle.hedge().unwrap().1.unwrap();
+        assert!(
+            delay.abs_diff(Duration::from_millis(2)) < Duration::from_micros(130),
+            "{delay:?}"
+        );
     }
 }
