@@ -9,6 +9,7 @@ mod discovery;
 mod grpc;
 mod grpc_health;
 mod hardening;
+mod hedge;
 mod lifecycle;
 mod proxy;
 mod resilience;
