@@ -304,6 +304,27 @@ shed = { mode = "dry_run", adaptive = true }
     }
 
     #[test]
+    fn a_hedged_upstream_shows_its_delay_in_force() {
+        let toml = format!("{TWO_UPSTREAMS}[upstreams.v2.hedge]\nafter = \"50ms\"\n");
+        let s = snapshot(&toml);
+        let doc: serde_json::Value = serde_json::from_slice(&json(&s)).unwrap();
+        let ups = doc["upstreams"].as_array().unwrap();
+        let v2 = ups.iter().find(|u| u["name"] == "v2").unwrap();
+        assert_eq!(v2["hedge"]["after"], "50ms");
+        assert_eq!(v2["hedge"]["delay_ms"], 50.0);
+        let backend = ups.iter().find(|u| u["name"] == "backend").unwrap();
+        assert_eq!(backend["hedge"], serde_json::Value::Null);
+        assert!(html(&s).contains("after <b>50ms</b> &middot; delay in force <b>50ms</b>"));
+        // A percentile waits for enough tries.
+        let toml = format!("{TWO_UPSTREAMS}[upstreams.v2.hedge]\n");
+        let s = snapshot(&toml);
+        let doc: serde_json::Value = serde_json::from_slice(&json(&s)).unwrap();
+        let v2 = &doc["upstreams"].as_array().unwrap()[1];
+        assert_eq!(v2["hedge"]["after"], "p95");
+        assert_eq!(v2["hedge"]["delay_ms"], serde_json::Value::Null);
+    }
+
+    #[test]
     fn status_names_every_route_and_upstream_with_its_policies() {
         let s = snapshot(TWO_UPSTREAMS);
         let doc: serde_json::Value = serde_json::from_slice(&json(&s)).unwrap();
