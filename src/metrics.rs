@@ -52,6 +52,9 @@ pub const CONCURRENCY_LIMIT: &str = "weir_concurrency_limit";
 pub const DRY_RUN_REJECTIONS_TOTAL: &str = "weir_dry_run_rejections_total";
 /// `weir_rate_limited_total{route}`: requests refused by the route's rate limit.
 pub const RATE_LIMITED_TOTAL: &str = "weir_rate_limited_total";
+/// `weir_faults_total{route,kind}`: faults injected by a route's `fault` settings or asked for
+/// by header; `kind` is `abort`, `delay`, `reset`, `truncate` or `slow_body`.
+pub const FAULTS_TOTAL: &str = "weir_faults_total";
 /// `weir_endpoint_healthy{upstream,endpoint}`: 1 while the endpoint may serve (neither ejected
 /// nor failing its active checks), else 0.
 pub const ENDPOINT_HEALTHY: &str = "weir_endpoint_healthy";
@@ -230,6 +233,11 @@ impl Metrics {
         for (name, help) in counters {
             r.describe_counter(d(name), None, help.into());
         }
+        r.describe_counter(
+            d(FAULTS_TOTAL),
+            None,
+            "Faults injected into a route's requests, by kind.".into(),
+        );
         let gauges: [(&'static str, &'static str); 5] = [
             (
                 ENDPOINT_HEALTHY,

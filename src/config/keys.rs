@@ -13,14 +13,13 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::config::read::{Reader, Val, join};
 use crate::config::render::{
-    Toml, array, authority, duration, float, grpc_codes, hash_on, headers, inline, key, methods,
-    mode, path, plain, quote, quoted, rate_limit_key, status, statuses,
+    Toml, array, authority, delay, duration, float, grpc_codes, hash_on, headers, inline, key,
+    methods, mode, path, plain, quote, quoted, rate_limit_key, status, statuses,
 };
 use crate::config::{
     AdminConfig, Balance, BreakerSettings, Config, DrainConfig, FaultConfig, GrpcSettings,
@@ -313,7 +312,9 @@ impl Keys for RouteConfig {
                 let target = |to: &str, weight| SplitTarget { upstream: Arc::from(to), weight };
                 Some(array(&[target("v1", 90), target("v2", 10)], inline))
             }),
-        Row::value("respond", "a direct response, no upstream",
+        Row::value("respond",
+            "a direct response, no upstream; body_bytes = 4096 instead of body:\n\
+             a generated body of that many bytes (at most 64 MiB)",
             |r, v, p, s| {
                 let respond = r.table(v, p, RespondConfig::default()).map(RouteAction::Respond);
                 let read = respond.is_some();
@@ -329,7 +330,9 @@ impl Keys for RouteConfig {
             || {
                 let text = HeaderValue::from_static("text/plain");
                 let headers = vec![(HeaderName::from_static("content-type"), text)];
-                Some(inline(&RespondConfig { status: StatusCode::OK, body: "ok".into(), headers }))
+                let body = "ok".into();
+                let status = StatusCode::OK;
+                Some(inline(&RespondConfig { status, body, body_bytes: None, headers }))
             }),
         key!("timeout", timeout, Reader::duration_positive, duration,
              "total deadline: every try and every backoff"),
@@ -391,10 +394,26 @@ impl Keys for RespondConfig {
     #[rustfmt::skip]
     const ROWS: &'static [Row<Self>] = &[
         key!("status", status, Reader::status, status, "status code"),
-        key!("body", body, Reader::body, |b: &Bytes| quote(&String::from_utf8_lossy(b)),
-             "the body, as a string"),
+        // Written unless the body is generated: the two exclude each other.
+        Row::value("body", "the body, as a string",
+            |r, v, p, s| set(&mut s.body, r.body(v, p)),
+            |s| s.body_bytes.is_none().then(|| quote(&String::from_utf8_lossy(&s.body))),
+            || None),
+        opt!("body_bytes", body_bytes, Reader::body_bytes, plain, 4096,
+             "a generated body of this many bytes instead of `body`"),
         key!("headers", headers, Reader::headers, headers, "response headers, in order"),
     ];
+
+    fn check(r: &mut Reader<'_>, has: &dyn Fn(&str) -> bool, _: &Range<usize>, path: &str) {
+        if has("body") && has("body_bytes") {
+            r.c.at_path(
+                &join(path, "body_bytes"),
+                "set either `body` (the text) or `body_bytes` (a generated body of that size), \
+                 not both"
+                    .into(),
+            );
+        }
+    }
 }
 
 impl Keys for RateLimitConfig {
@@ -425,10 +444,20 @@ impl Keys for FaultConfig {
              "share of requests answered with abort_status (0..100)"),
         key!("abort_status", abort_status, Reader::status, status, "status of an injected abort"),
         key!("delay_percent", delay_percent, Reader::percent, float,
-             "share of requests delayed by delay (0..100)"),
-        key!("delay", delay, Reader::duration, duration, "the injected delay"),
+             "share of requests delayed by a draw of delay (0..100)"),
+        key!("delay", delay, Reader::delay, delay,
+             "\"5ms\" | \"uniform(5ms, 50ms)\" | \"lognormal(5ms, 200ms)\" (p50, p99)\n\
+              | \"table(90%: 5ms, 9%: 50ms, 1%: 500ms)\"; a lognormal draw stops at 60s"),
+        key!("reset_percent", reset_percent, Reader::percent, float,
+             "share of requests whose connection is reset before the response head"),
+        key!("truncate_percent", truncate_percent, Reader::percent, float,
+             "share of responses whose connection closes after half of the body"),
+        key!("slow_body_percent", slow_body_percent, Reader::percent, float,
+             "share of responses whose body is sent at slow_body_rate"),
+        key!("slow_body_rate", slow_body_rate, Reader::bytes_per_sec, plain,
+             "bytes per second of a slow body"),
         key!("allow_header", allow_header, Reader::bool, plain,
-             "x-weir-fault-abort: <status> / x-weir-fault-delay: <duration>"),
+             "x-weir-fault-abort: <status> / x-weir-fault-delay: <delay, as delay>"),
     ];
 }
 

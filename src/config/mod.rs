@@ -30,6 +30,7 @@ pub use crate::resilience::shed::Settings as ShedSettings;
 pub use crate::route::direct::Settings as RespondConfig;
 pub use crate::route::fault::Settings as FaultConfig;
 pub use crate::route::ratelimit::{Key as RateLimitKey, Settings as RateLimitConfig};
+pub use crate::route::shape::{Delay as FaultDelay, Step as DelayStep};
 pub use crate::route::split::SplitTarget;
 pub use crate::route::{RouteAction, Settings as RouteConfig};
 pub use crate::router::matcher::RouteMatch;
@@ -498,7 +499,19 @@ pub(crate) mod tests {
             (f.abort_percent, f.abort_status, f.delay_percent),
             (0.0, StatusCode::SERVICE_UNAVAILABLE, 0.0)
         );
-        assert_eq!((f.delay, f.allow_header), (Duration::ZERO, false));
+        assert_eq!(
+            (&f.delay, f.allow_header),
+            (&FaultDelay::Fixed(Duration::ZERO), false)
+        );
+        assert_eq!(
+            (
+                f.reset_percent,
+                f.truncate_percent,
+                f.slow_body_percent,
+                f.slow_body_rate
+            ),
+            (0.0, 0.0, 0.0, 16_384)
+        );
 
         let u = UpstreamConfig::default();
         assert_eq!(u.dns_refresh, Duration::from_secs(5));

@@ -13,7 +13,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::config::keys::{Keys, Write};
-use crate::config::{Config, HashOn, Mode, RateLimitKey};
+use crate::config::{Config, FaultDelay, HashOn, Mode, RateLimitKey};
 
 /// The effective config as TOML; reading it back gives an equal `Config`.
 pub(crate) fn render(c: &Config) -> String {
@@ -198,6 +198,12 @@ fn duration_text(d: Duration) -> String {
     }
 }
 
+/// A delay in the form it is read in: `"5ms"`, `"uniform(5ms, 50ms)"`, `"lognormal(…)"`,
+/// `"table(…)"`.
+pub(crate) fn delay(d: &FaultDelay) -> String {
+    quote(&d.to_string())
+}
+
 /// A float that reads back as the same `f64` (`0.2`, `100.0`, `1e-7`).
 pub(crate) fn float(x: &f64) -> String {
     format!("{x:?}")
@@ -310,7 +316,7 @@ mod tests {
 
     use super::*;
     use crate::config::{
-        Balance, HealthSettings, ListenerTls, Mode, Priority, Protocol, RateLimitConfig,
+        Balance, DelayStep, HealthSettings, ListenerTls, Mode, Priority, Protocol, RateLimitConfig,
         RespondConfig, RouteAction, RouteConfig, RouteMatch, SplitTarget, UpstreamConfig,
         UpstreamTls,
     };
@@ -360,6 +366,7 @@ mod tests {
             RouteAction::Respond(RespondConfig {
                 status: StatusCode::IM_A_TEAPOT,
                 body: Bytes::from("line \"one\"\n\ttab \\ é\u{7f}"),
+                body_bytes: None,
                 headers: vec![header("x-b", "ünïcode"), header("x-a", "a\tb")],
             }),
         );
@@ -375,6 +382,31 @@ mod tests {
             ..RateLimitConfig::new(0.25)
         });
         respond.fault.abort_percent = 33.333333333333336;
+        respond.fault.delay = FaultDelay::Table(vec![
+            DelayStep {
+                percent: 99.9,
+                delay: Duration::from_micros(1500),
+            },
+            DelayStep {
+                percent: 0.1,
+                delay: Duration::from_secs(90),
+            },
+        ]);
+        respond.fault.slow_body_rate = 1;
+        let mut generated = route(
+            "g",
+            RouteAction::Respond(RespondConfig {
+                body_bytes: Some(65_536),
+                ..RespondConfig::default()
+            }),
+        );
+        generated.fault.delay = FaultDelay::LogNormal {
+            p50: Duration::from_nanos(1),
+            p99: Duration::from_secs(60),
+        };
+        generated.fault.reset_percent = 0.5;
+        generated.fault.truncate_percent = 100.0;
+        generated.fault.slow_body_percent = 1e-3;
         let split = route(
             "s",
             RouteAction::Split(vec![
@@ -388,7 +420,7 @@ mod tests {
                 },
             ]),
         );
-        c.routes = vec![respond, split];
+        c.routes = vec![respond, generated, split];
         let mut u = UpstreamConfig {
             name: "u.v".into(),
             dns: Some(Authority::from_static("svc.local:8443")),

@@ -1,7 +1,11 @@
-//! Direct responses: a route that answers by itself (status, headers, body), with no upstream.
+//! Direct responses: a route that answers by itself (status, headers, body), with no upstream:
+//! weir as a fake backend. The body is the configured text or a generated one of `body_bytes`.
 //!
 //! Position: the leaf of a `respond` route's stack. Config: `routes[].respond`.
 //! Metrics: counted by the server with `reason="direct"`.
+//!
+//! A generated body is made once, when the route is built (each config generation), and shared
+//! by every response: a request costs a reference count, whatever the size.
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -21,6 +25,9 @@ pub struct Settings {
     pub status: StatusCode,
     /// Body; default empty.
     pub body: Bytes,
+    /// A generated body of this many bytes (at most [`MAX_BODY_BYTES`]) instead of `body`;
+    /// default none.
+    pub body_bytes: Option<usize>,
     /// Response headers, in file order; default none.
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -30,10 +37,14 @@ impl Default for Settings {
         Settings {
             status: StatusCode::OK,
             body: Bytes::new(),
+            body_bytes: None,
             headers: Vec::new(),
         }
     }
 }
+
+/// The largest generated body (`body_bytes`): 64 MiB.
+pub(crate) const MAX_BODY_BYTES: usize = 64 << 20;
 
 /// Answers every request with the configured response. Always ready; the future is ready.
 #[derive(Clone, Debug)]
@@ -59,7 +70,10 @@ impl Direct {
             shared: Arc::new(Shared {
                 status: cfg.status,
                 headers,
-                body: cfg.body.clone(),
+                body: match cfg.body_bytes {
+                    Some(n) => generated(n),
+                    None => cfg.body.clone(),
+                },
             }),
         }
     }
@@ -90,6 +104,19 @@ impl Service<Request> for Direct {
     }
 }
 
+/// A body of `n` bytes: lines of 63 printable characters and a newline, the last one cut
+/// where the size ends (readable with `curl`, and no two lines alike in their first 4 KiB).
+fn generated(n: usize) -> Bytes {
+    const CHARS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-";
+    let body: Vec<u8> = (0..n)
+        .map(|i| match i % 64 {
+            63 => b'\n',
+            col => CHARS[(col + i / 64) % CHARS.len()],
+        })
+        .collect();
+    Bytes::from(body)
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
@@ -102,6 +129,7 @@ mod tests {
         let cfg = Settings {
             status: StatusCode::CREATED,
             body: Bytes::from_static(b"made"),
+            body_bytes: None,
             headers: vec![(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain"),
@@ -116,5 +144,34 @@ mod tests {
         assert_eq!(resp.headers().len(), 1);
         assert_eq!(resp.headers()["content-type"], "text/plain");
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "made");
+    }
+
+    #[tokio::test]
+    async fn a_generated_body_has_its_size_and_is_shared() {
+        for n in [0, 1, 63, 64, 65, 4096, 100_001] {
+            let cfg = Settings {
+                body: Bytes::from_static(b"ignored"),
+                body_bytes: Some(n),
+                ..Settings::default()
+            };
+            let direct = Direct::new(&cfg);
+            for _ in 0..2 {
+                let resp = direct.clone().oneshot(Request::new(Body::empty())).await;
+                let body = resp
+                    .unwrap()
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                assert_eq!(body.len(), n);
+                assert!(body.iter().all(|b| b.is_ascii_graphic() || *b == b'\n'));
+                assert!(body.iter().skip(63).step_by(64).all(|b| *b == b'\n'));
+                if n > 0 {
+                    // The route's buffer itself, not a copy.
+                    assert_eq!(body.as_ptr(), direct.shared.body.as_ptr(), "{n}");
+                }
+            }
+        }
     }
 }

@@ -1,9 +1,13 @@
-//! Fault injection: delay a share of a route's requests, abort a share with a status, or let a
-//! request ask for either by header.
+//! Fault injection: delay a share of a route's requests (by a fixed or a random delay), abort a
+//! share with a status, reset a share's connection before the response head, cut a share's
+//! response body off after half of it, or send a share's body slowly; or let a request ask for
+//! an abort or a delay by header.
 //!
-//! Position: third layer of a route target's stack, after the rate limit ([`crate::route::build`]).
-//! Config: `routes[].fault`; headers `x-weir-fault-abort`, `x-weir-fault-delay`. Metrics: none of
-//! its own (aborts are counted as `weir_requests_total{reason="fault-injected"}`).
+//! Position: third layer of a route target's stack, after the rate limit ([`crate::route::build`]),
+//! so it works on every route, direct or proxied. Config: `routes[].fault`; headers
+//! `x-weir-fault-abort`, `x-weir-fault-delay`. Metrics: `weir_faults_total{route,kind}`.
+
+mod body;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,12 +16,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
+use metrics::Counter;
 use pin_project_lite::pin_project;
 use rand::Rng;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::error::ProxyError;
-use crate::http::{Request, Response, X_WEIR_FAULT_ABORT, X_WEIR_FAULT_DELAY};
+use crate::http::{Body, Request, Response, X_WEIR_FAULT_ABORT, X_WEIR_FAULT_DELAY};
+use crate::metrics::{FAULTS_TOTAL, Metrics};
+use crate::route::shape::{Delay, MAX_SAMPLE};
+use body::FaultBody;
+pub(crate) use body::Truncated;
 
 /// Fault injection of a route (`routes[].fault`).
 #[derive(Debug, Clone, PartialEq)]
@@ -26,10 +35,20 @@ pub struct Settings {
     pub abort_percent: f64,
     /// Status of an injected abort; default 503.
     pub abort_status: StatusCode,
-    /// Percentage of requests (0..=100) delayed by `delay`; default 0.
+    /// Percentage of requests (0..=100) delayed by a draw of `delay`; default 0.
     pub delay_percent: f64,
-    /// Injected delay; default 0ms.
-    pub delay: Duration,
+    /// Injected delay: a duration or a distribution; default 0ms.
+    pub delay: Delay,
+    /// Percentage of requests (0..=100) whose connection is reset before the response head;
+    /// default 0.
+    pub reset_percent: f64,
+    /// Percentage of responses (0..=100) whose connection closes after half of the body;
+    /// default 0.
+    pub truncate_percent: f64,
+    /// Percentage of responses (0..=100) whose body is sent at `slow_body_rate`; default 0.
+    pub slow_body_percent: f64,
+    /// Bytes per second of a slow body (greater than 0); default 16384.
+    pub slow_body_rate: u64,
     /// Whether a request may switch faults on itself with a request header; default false.
     pub allow_header: bool,
 }
@@ -40,23 +59,43 @@ impl Default for Settings {
             abort_percent: 0.0,
             abort_status: StatusCode::SERVICE_UNAVAILABLE,
             delay_percent: 0.0,
-            delay: Duration::ZERO,
+            delay: Delay::default(),
+            reset_percent: 0.0,
+            truncate_percent: 0.0,
+            slow_body_percent: 0.0,
+            slow_body_rate: 16_384,
             allow_header: false,
         }
     }
 }
 
-/// Wraps a service in [`Fault`]. Clones share the settings.
+/// Wraps a service in [`Fault`]. Clones share the settings and the metric handles.
 ///
-/// Each request is delayed by `delay` with probability `delay_percent` %, then aborted with
-/// `abort_status` (`x-weir-error: fault-injected`, the inner service never called) with
-/// probability `abort_percent` %; a request both delayed and aborted is answered after the
-/// delay, as Envoy does. With `allow_header = true` a request may also ask for faults itself:
-/// `x-weir-fault-abort: <status 100..=599>` aborts it and `x-weir-fault-delay: <duration such as
-/// "250ms", at most 60s>` delays it, instead of the random draws. Those headers are meant for
-/// this hop, so such a route removes them before forwarding; a value it cannot use is ignored
-/// (logged at debug) and removed too. With `allow_header = false` the headers have no effect and
-/// pass through untouched. A route with nothing to inject (the default) costs one branch.
+/// Each fault is drawn per request, independently, with its own percentage, and they apply in
+/// this order:
+///
+/// 1. **delay**: with probability `delay_percent` % the request waits for a draw of `delay`
+///    (a duration, or `uniform(..)`, `lognormal(..)`, `table(..)`: [`Delay`]);
+/// 2. **abort**: with probability `abort_percent` % it is answered with `abort_status`
+///    (`x-weir-error: fault-injected`), the inner service never called; a request both delayed
+///    and aborted is answered after the delay, as Envoy does;
+/// 3. **reset**: otherwise, with probability `reset_percent` % its connection is torn down with
+///    no response at all, the inner service never called: an HTTP/1 client sees the
+///    connection close with no bytes, an HTTP/2 client sees its stream reset. The server
+///    records it as status 444 (nginx's "no response") with `reason="fault-injected"`;
+/// 4. otherwise the inner service answers, and a response it gives may be **truncated**
+///    (`truncate_percent` %: half of the body, then the connection closes; the client has
+///    fewer bytes than `Content-Length`) and/or sent as a **slow body** (`slow_body_percent` %:
+///    at `slow_body_rate` bytes per second). Weir's own error answers are never broken.
+///
+/// Each fault applied is counted in `weir_faults_total{route,kind}` (`delay` only for a
+/// non-zero draw). With `allow_header = true` a request may also ask for faults itself:
+/// `x-weir-fault-abort: <status 100..=599>` aborts it and `x-weir-fault-delay: <delay in the
+/// same forms, every duration at most 60s>` delays it, instead of the random draws. Those
+/// headers are meant for this hop, so such a route removes them before forwarding; a value it
+/// cannot use is ignored (logged at debug) and removed too. With `allow_header = false` the
+/// headers have no effect and pass through untouched. A route with nothing to inject (the
+/// default) costs one branch.
 #[derive(Clone, Debug)]
 pub(crate) struct FaultLayer {
     settings: Option<Arc<Armed>>,
@@ -69,9 +108,31 @@ pub(crate) struct Fault<S> {
     settings: Option<Arc<Armed>>,
 }
 
+/// Marks the response of a request whose connection is to be reset, and is the error the
+/// server's service returns for it, which makes hyper close the HTTP/1 connection (or reset
+/// the HTTP/2 stream) without a response.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("connection reset by fault injection")]
+pub(crate) struct InjectedReset;
+
+impl InjectedReset {
+    /// Whether `resp` is the mark of an injected reset.
+    pub(crate) fn marks(resp: &Response) -> bool {
+        resp.extensions().get::<InjectedReset>().is_some()
+    }
+
+    /// The `reason` label and access-log reason of a reset request.
+    pub(crate) fn reason() -> &'static str {
+        ProxyError::FaultInjected {
+            status: RESET_STATUS,
+        }
+        .reason()
+    }
+}
+
 pin_project! {
     /// The future of [`Fault`]: the inner service's, after an injected delay if any, or a ready
-    /// `fault-injected` error.
+    /// `fault-injected` error or reset mark.
     pub struct ResponseFuture<S: Service<Request>> {
         #[pin]
         state: State<S>,
@@ -82,37 +143,92 @@ pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request>> {
         Call { #[pin] inner: S::Future },
-        // Rare (an injected delay): boxed, so the common future stays small.
-        Delayed { inner: Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>> },
+        // Rare (an injected delay, or a body to break): boxed, so the common future stays small.
+        Faulted { inner: Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>> },
         Aborted { status: StatusCode },
+        Reset,
     }
 }
 
-/// The route's fault settings; only built when there is something to inject.
+/// The route's fault settings and metric handles; only built when there is something to
+/// inject.
 #[derive(Debug)]
 struct Armed {
     abort_percent: f64,
     abort_status: StatusCode,
     delay_percent: f64,
-    delay: Duration,
+    delay: Delay,
+    reset_percent: f64,
+    truncate_percent: f64,
+    slow_body_percent: f64,
+    slow_body_rate: u64,
     allow_header: bool,
+    counts: Counts,
+}
+
+/// `weir_faults_total{route,kind}`, one handle per kind; a kind the route cannot inject has a
+/// no-op handle (and no series).
+#[derive(Debug)]
+struct Counts {
+    abort: Counter,
+    delay: Counter,
+    reset: Counter,
+    truncate: Counter,
+    slow_body: Counter,
+}
+
+/// How a request ends, once delayed or not.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Abort(StatusCode),
+    Reset,
+    /// The inner service answers; its body is cut and/or slowed.
+    Call {
+        truncate: bool,
+        slow: bool,
+    },
 }
 
 // === impl FaultLayer ===
 
 impl FaultLayer {
-    /// The faults of one route; a config that injects nothing (both percentages 0 and
-    /// `allow_header = false`) makes a pure pass-through.
-    pub(crate) fn new(cfg: &Settings) -> Self {
+    /// The faults of route `route`; a config that injects nothing (every percentage 0, or a
+    /// zero delay, and `allow_header = false`) makes a pure pass-through.
+    pub(crate) fn new(cfg: &Settings, route: &Arc<str>, metrics: &Metrics) -> Self {
         let delays = cfg.delay_percent > 0.0 && !cfg.delay.is_zero();
-        let active = cfg.abort_percent > 0.0 || delays || cfg.allow_header;
+        let active = cfg.abort_percent > 0.0
+            || delays
+            || cfg.reset_percent > 0.0
+            || cfg.truncate_percent > 0.0
+            || cfg.slow_body_percent > 0.0
+            || cfg.allow_header;
         let settings = active.then(|| {
+            let counter = |kind: &'static str, possible: bool| {
+                if possible {
+                    let labels = [("route", route.clone()), ("kind", Arc::from(kind))];
+                    metrics.counter(FAULTS_TOTAL, &labels)
+                } else {
+                    Counter::noop()
+                }
+            };
+            let by_header = cfg.allow_header;
             Arc::new(Armed {
                 abort_percent: cfg.abort_percent,
                 abort_status: cfg.abort_status,
                 delay_percent: if delays { cfg.delay_percent } else { 0.0 },
-                delay: cfg.delay,
+                delay: cfg.delay.clone(),
+                reset_percent: cfg.reset_percent,
+                truncate_percent: cfg.truncate_percent,
+                slow_body_percent: cfg.slow_body_percent,
+                slow_body_rate: cfg.slow_body_rate,
                 allow_header: cfg.allow_header,
+                counts: Counts {
+                    abort: counter("abort", by_header || cfg.abort_percent > 0.0),
+                    delay: counter("delay", by_header || delays),
+                    reset: counter("reset", cfg.reset_percent > 0.0),
+                    truncate: counter("truncate", cfg.truncate_percent > 0.0),
+                    slow_body: counter("slow_body", cfg.slow_body_percent > 0.0),
+                },
             })
         });
         Self { settings }
@@ -150,34 +266,90 @@ where
         let Some(s) = &self.settings else {
             return ResponseFuture::call(self.inner.call(req));
         };
-        let (mut abort, mut delay) = if s.allow_header {
-            from_headers(req.headers_mut())
-        } else {
-            (None, None)
-        };
-        if delay.is_none() && s.delay_percent > 0.0 && draw(s.delay_percent) {
-            delay = Some(s.delay);
-        }
-        if abort.is_none() && s.abort_percent > 0.0 && draw(s.abort_percent) {
-            abort = Some(s.abort_status);
-        }
-        let state = match (delay, abort) {
-            (None, None) => return ResponseFuture::call(self.inner.call(req)),
-            (None, Some(status)) => State::Aborted { status },
-            (Some(delay), abort) => {
-                let inner = self.inner.clone();
-                State::Delayed {
+        let (delay, end) = s.plan(&mut req, &mut rand::rng());
+        let state = match (delay.is_zero(), end) {
+            (true, End::Call { truncate, slow }) if !truncate && !slow => {
+                return ResponseFuture::call(self.inner.call(req));
+            }
+            (true, End::Abort(status)) => State::Aborted { status },
+            (true, End::Reset) => State::Reset,
+            (true, End::Call { truncate, slow }) => {
+                let (inner, s) = (self.inner.call(req), s.clone());
+                State::Faulted {
+                    inner: Box::pin(async move {
+                        inner.await.map(|resp| s.break_body(resp, truncate, slow))
+                    }),
+                }
+            }
+            (false, end) => {
+                let (inner, s) = (self.inner.clone(), s.clone());
+                State::Faulted {
                     inner: Box::pin(async move {
                         tokio::time::sleep(delay).await;
-                        match abort {
-                            Some(status) => Err(ProxyError::FaultInjected { status }),
-                            None => inner.oneshot(req).await,
+                        match end {
+                            End::Abort(status) => Err(ProxyError::FaultInjected { status }),
+                            End::Reset => Ok(reset_mark()),
+                            End::Call { truncate, slow } => {
+                                let resp = inner.oneshot(req).await?;
+                                Ok(s.break_body(resp, truncate, slow))
+                            }
                         }
                     }),
                 }
             }
         };
         ResponseFuture { state }
+    }
+}
+
+// === impl Armed ===
+
+impl Armed {
+    /// Draws the request's faults (or reads them from its headers) and counts the delay, the
+    /// abort and the reset; the body faults are counted when a response gets them.
+    fn plan<R: Rng + ?Sized>(&self, req: &mut Request, rng: &mut R) -> (Duration, End) {
+        let (mut abort, asked) = if self.allow_header {
+            from_headers(req.headers_mut())
+        } else {
+            (None, None)
+        };
+        let delay = match asked {
+            Some(shape) => shape.sample(rng),
+            None if draw(rng, self.delay_percent) => self.delay.sample(rng),
+            None => Duration::ZERO,
+        };
+        if abort.is_none() && draw(rng, self.abort_percent) {
+            abort = Some(self.abort_status);
+        }
+        let end = match abort {
+            Some(status) => End::Abort(status),
+            None if draw(rng, self.reset_percent) => End::Reset,
+            None => End::Call {
+                truncate: draw(rng, self.truncate_percent),
+                slow: draw(rng, self.slow_body_percent),
+            },
+        };
+        if !delay.is_zero() {
+            self.counts.delay.increment(1);
+        }
+        match end {
+            End::Abort(_) => self.counts.abort.increment(1),
+            End::Reset => self.counts.reset.increment(1),
+            End::Call { .. } => {}
+        }
+        (delay, end)
+    }
+
+    /// `resp` with its body cut and/or slowed, counted.
+    fn break_body(&self, resp: Response, truncate: bool, slow: bool) -> Response {
+        if truncate {
+            self.counts.truncate.increment(1);
+        }
+        if slow {
+            self.counts.slow_body.increment(1);
+        }
+        let rate = slow.then_some(self.slow_body_rate);
+        resp.map(|body| Body::boxed(FaultBody::new(body, truncate, rate)))
     }
 }
 
@@ -200,23 +372,32 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Call { inner } => inner.poll(cx),
-            StateProj::Delayed { inner } => inner.as_mut().poll(cx),
+            StateProj::Faulted { inner } => inner.as_mut().poll(cx),
             StateProj::Aborted { status } => {
                 Poll::Ready(Err(ProxyError::FaultInjected { status: *status }))
             }
+            StateProj::Reset => Poll::Ready(Ok(reset_mark())),
         }
     }
 }
 
 // === helpers ===
 
-/// True with probability `percent` % (0..=100).
-fn draw(percent: f64) -> bool {
-    rand::rng().random::<f64>() * 100.0 < percent
+/// True with probability `percent` % (0..=100); no draw at 0.
+fn draw<R: Rng + ?Sized>(rng: &mut R, percent: f64) -> bool {
+    percent > 0.0 && rng.random::<f64>() * 100.0 < percent
+}
+
+/// The response that stands for a reset: the server turns it into its service's error.
+fn reset_mark() -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = RESET_STATUS;
+    resp.extensions_mut().insert(InjectedReset);
+    resp
 }
 
 /// The abort and delay a request asks for, removing both headers (all their values).
-fn from_headers(headers: &mut HeaderMap) -> (Option<StatusCode>, Option<Duration>) {
+fn from_headers(headers: &mut HeaderMap) -> (Option<StatusCode>, Option<Delay>) {
     let abort = headers.remove(&X_WEIR_FAULT_ABORT).and_then(|v| {
         let status = parse_status(&v);
         if status.is_none() {
@@ -227,7 +408,7 @@ fn from_headers(headers: &mut HeaderMap) -> (Option<StatusCode>, Option<Duration
     let delay = headers.remove(&X_WEIR_FAULT_DELAY).and_then(|v| {
         let delay = parse_delay(&v);
         if delay.is_none() {
-            tracing::debug!(value = ?v, "ignoring x-weir-fault-delay: not a duration up to 60s");
+            tracing::debug!(value = ?v, "ignoring x-weir-fault-delay: not a delay up to 60s");
         }
         delay
     });
@@ -245,16 +426,23 @@ pub fn parse_status(v: &HeaderValue) -> Option<StatusCode> {
     }
 }
 
-/// Reads an `x-weir-fault-delay` value: a humantime duration such as `250ms`, at most 60 s;
-/// `None` otherwise.
-pub fn parse_delay(v: &HeaderValue) -> Option<Duration> {
-    humantime::parse_duration(v.to_str().ok()?.trim())
+/// Reads an `x-weir-fault-delay` value: a delay in the config's forms (`250ms`,
+/// `uniform(5ms, 50ms)`, `lognormal(5ms, 200ms)`, `table(90%: 5ms, 10%: 1s)`) whose draws are
+/// at most 60 s; `None` otherwise.
+pub fn parse_delay(v: &HeaderValue) -> Option<Delay> {
+    Delay::parse(v.to_str().ok()?)
         .ok()
-        .filter(|d| *d <= MAX_HEADER_DELAY)
+        .filter(|d| d.max() <= MAX_HEADER_DELAY)
 }
 
 /// The longest delay a request may ask for with `x-weir-fault-delay`.
-const MAX_HEADER_DELAY: Duration = Duration::from_secs(60);
+const MAX_HEADER_DELAY: Duration = MAX_SAMPLE;
+
+/// The status a reset request is recorded with (nginx's 444, "no response"); never sent.
+const RESET_STATUS: StatusCode = match StatusCode::from_u16(444) {
+    Ok(s) => s,
+    Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+};
 
 #[cfg(test)]
 mod tests {
@@ -263,8 +451,9 @@ mod tests {
 
     use tokio::time::Instant;
 
+    use http_body_util::BodyExt;
+
     use super::*;
-    use crate::http::Body;
 
     /// The `x-weir-fault-abort` and `x-weir-fault-delay` a request carried.
     type FaultHeaders = (Option<HeaderValue>, Option<HeaderValue>);
@@ -294,13 +483,38 @@ mod tests {
                 h.get(&X_WEIR_FAULT_DELAY).cloned(),
             ));
             self.at.lock().unwrap().push(Instant::now());
-            std::future::ready(Ok(Response::new(Body::empty())))
+            std::future::ready(Ok(Response::new(Body::full(LEAF_BODY))))
         }
     }
 
+    const LEAF_BODY: &str = "0123456789";
+
     fn fault(cfg: Settings) -> (Fault<Leaf>, Leaf) {
+        let (svc, leaf, _) = counted(cfg);
+        (svc, leaf)
+    }
+
+    /// Like [`fault`], with the metrics its counters record to.
+    fn counted(cfg: Settings) -> (Fault<Leaf>, Leaf, Metrics) {
         let leaf = Leaf::default();
-        (FaultLayer::new(&cfg).layer(leaf.clone()), leaf)
+        let metrics = Metrics::new().unwrap();
+        let layer = FaultLayer::new(&cfg, &Arc::from("r"), &metrics);
+        (layer.layer(leaf.clone()), leaf, metrics)
+    }
+
+    /// `weir_faults_total{route="r",kind}`; `None` when the series does not exist.
+    fn faults(metrics: &Metrics, kind: &str) -> Option<u64> {
+        let text = metrics.render();
+        let line = text.lines().find(|l| {
+            l.starts_with(FAULTS_TOTAL)
+                && l.contains("route=\"r\"")
+                && l.contains(&format!("kind=\"{kind}\""))
+        })?;
+        line.rsplit(' ').next()?.parse().ok()
+    }
+
+    fn fixed(d: Duration) -> Delay {
+        Delay::Fixed(d)
     }
 
     fn req() -> Request {
@@ -372,7 +586,7 @@ mod tests {
         let (svc, leaf) = fault(Settings {
             allow_header: true,
             delay_percent: 100.0,
-            delay: Duration::from_millis(1),
+            delay: fixed(Duration::from_millis(1)),
             ..abort(0.0, 503)
         });
         for _ in 0..1000 {
@@ -397,7 +611,7 @@ mod tests {
     async fn delay_then_call_the_leaf() {
         let (svc, leaf) = fault(Settings {
             delay_percent: 100.0,
-            delay: Duration::from_millis(250),
+            delay: fixed(Duration::from_millis(250)),
             ..Settings::default()
         });
         let start = Instant::now();
@@ -413,7 +627,7 @@ mod tests {
     async fn delay_comes_before_abort() {
         let (svc, leaf) = fault(Settings {
             delay_percent: 100.0,
-            delay: Duration::from_secs(2),
+            delay: fixed(Duration::from_secs(2)),
             ..abort(100.0, 500)
         });
         let start = Instant::now();
@@ -486,7 +700,7 @@ mod tests {
         assert_eq!(send(&svc, with(Some("404"), None)).await, Some(404));
         assert_eq!(
             parse_delay(&HeaderValue::from_static("60s")),
-            Some(MAX_HEADER_DELAY)
+            Some(fixed(MAX_HEADER_DELAY))
         );
     }
 
@@ -507,10 +721,14 @@ mod tests {
                 Some(&ratelimit::Settings::new(1.0)),
                 &metrics,
             ))
-            .layer(FaultLayer::new(&Settings {
-                allow_header: true,
-                ..Settings::default()
-            }))
+            .layer(FaultLayer::new(
+                &Settings {
+                    allow_header: true,
+                    ..Settings::default()
+                },
+                &Arc::from("stack"),
+                &metrics,
+            ))
             .service(Direct::new(&direct::Settings::default()));
         let svc = BoxCloneSyncService::new(stack);
         assert!(svc.clone().oneshot(req()).await.is_ok());
@@ -527,5 +745,173 @@ mod tests {
             "upstream-timeout",
             "the delay counts against the deadline"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_delays_take_every_form() {
+        let (svc, leaf) = fault(Settings {
+            allow_header: true,
+            ..Settings::default()
+        });
+        for (value, took) in [
+            ("uniform(1s, 1s)", Duration::from_secs(1)),
+            ("table(100%: 2s)", Duration::from_secs(2)),
+            ("lognormal(3s, 3s)", Duration::from_secs(3)),
+            ("table(50%: 0s, 50%: 0s)", Duration::ZERO),
+        ] {
+            let start = Instant::now();
+            assert_eq!(send(&svc, with(None, Some(value))).await, None, "{value}");
+            let elapsed = start.elapsed();
+            assert!(
+                elapsed.abs_diff(took) < Duration::from_millis(1),
+                "{value}: {elapsed:?}"
+            );
+        }
+        // Every draw at most 60s, as for a single duration.
+        for bad in [
+            "uniform(1s, 61s)",
+            "table(99%: 1ms, 1%: 2m)",
+            "lognormal(1s, 2m)",
+        ] {
+            assert_eq!(parse_delay(&HeaderValue::from_static(bad)), None, "{bad}");
+        }
+        let start = Instant::now();
+        assert_eq!(send(&svc, with(None, Some("uniform(1s, 61s)"))).await, None);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(leaf.calls.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_shape_is_drawn_per_request() {
+        let (svc, _) = fault(Settings {
+            delay_percent: 100.0,
+            delay: Delay::parse("table(50%: 1s, 50%: 3s)").unwrap(),
+            ..Settings::default()
+        });
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..200 {
+            let start = Instant::now();
+            assert_eq!(send(&svc, req()).await, None);
+            *seen.entry(start.elapsed().as_secs()).or_insert(0) += 1;
+        }
+        // Binomial(200, 0.5): sd 7.1; each side 100 ± 5.6 sd.
+        assert_eq!(seen.keys().copied().collect::<Vec<_>>(), [1, 3]);
+        assert!(seen.values().all(|n| (60..=140).contains(n)), "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_is_a_mark_without_calling_the_leaf() {
+        let (svc, leaf, metrics) = counted(Settings {
+            reset_percent: 100.0,
+            ..Settings::default()
+        });
+        let resp = svc.clone().oneshot(req()).await.unwrap();
+        assert!(InjectedReset::marks(&resp));
+        assert_eq!(resp.status().as_u16(), 444);
+        assert_eq!(InjectedReset::reason(), "fault-injected");
+        assert_eq!(leaf.calls.load(Ordering::Relaxed), 0);
+        assert_eq!(faults(&metrics, "reset"), Some(1));
+        // A response the leaf gave carries no mark.
+        let (svc, _) = fault(Settings {
+            allow_header: true,
+            ..Settings::default()
+        });
+        assert!(!InjectedReset::marks(&svc.oneshot(req()).await.unwrap()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn faults_apply_in_order_delay_abort_reset() {
+        // Abort and reset both drawn: the abort answers, and only it is counted.
+        let (svc, _, metrics) = counted(Settings {
+            reset_percent: 100.0,
+            ..abort(100.0, 502)
+        });
+        assert_eq!(send(&svc, req()).await, Some(502));
+        assert_eq!(
+            (faults(&metrics, "abort"), faults(&metrics, "reset")),
+            (Some(1), Some(0))
+        );
+        // Delay then reset.
+        let (svc, _, metrics) = counted(Settings {
+            delay_percent: 100.0,
+            delay: fixed(Duration::from_millis(300)),
+            reset_percent: 100.0,
+            truncate_percent: 100.0,
+            ..Settings::default()
+        });
+        let start = Instant::now();
+        let resp = svc.oneshot(req()).await.unwrap();
+        assert!(InjectedReset::marks(&resp));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        let counts = ["delay", "reset", "truncate"].map(|k| faults(&metrics, k));
+        assert_eq!(counts, [Some(1), Some(1), Some(0)], "no body to cut");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn body_faults_break_the_leafs_response() {
+        let (svc, leaf, metrics) = counted(Settings {
+            truncate_percent: 100.0,
+            ..Settings::default()
+        });
+        let resp = svc.clone().oneshot(req()).await.unwrap();
+        assert_eq!(leaf.calls.load(Ordering::Relaxed), 1);
+        let mut body = resp.into_body();
+        let half = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(half, LEAF_BODY.as_bytes()[..5]);
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<Truncated>());
+        assert_eq!(faults(&metrics, "truncate"), Some(1));
+        assert_eq!(faults(&metrics, "abort"), None, "a kind it cannot inject");
+
+        let (svc, _, metrics) = counted(Settings {
+            slow_body_percent: 100.0,
+            slow_body_rate: 10,
+            delay_percent: 100.0,
+            delay: fixed(Duration::from_secs(1)),
+            ..Settings::default()
+        });
+        let start = Instant::now();
+        let resp = svc.oneshot(req()).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, LEAF_BODY);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2),
+            "10 bytes at 10 B/s"
+        );
+        let counts = ["delay", "slow_body"].map(|k| faults(&metrics, k));
+        assert_eq!(counts, [Some(1), Some(1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_fault_holds_its_share() {
+        let (svc, leaf, metrics) = counted(Settings {
+            reset_percent: 20.0,
+            truncate_percent: 50.0,
+            ..Settings::default()
+        });
+        for _ in 0..10_000 {
+            svc.clone().oneshot(req()).await.unwrap();
+        }
+        // Resets: Binomial(10000, 0.2), mean 2000, sd 40 (±5.5 sd). Truncations: each request
+        // with probability 0.8 × 0.5, mean 4000, sd 49 (±5.1 sd).
+        let reset = faults(&metrics, "reset").unwrap();
+        let truncate = faults(&metrics, "truncate").unwrap();
+        assert!((1780..=2220).contains(&reset), "{reset} reset");
+        assert!((3750..=4250).contains(&truncate), "{truncate} truncated");
+        assert_eq!(leaf.calls.load(Ordering::Relaxed) as u64, 10_000 - reset);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_faults_are_counted() {
+        let (svc, _, metrics) = counted(Settings {
+            allow_header: true,
+            ..Settings::default()
+        });
+        assert_eq!(send(&svc, with(Some("500"), Some("10ms"))).await, Some(500));
+        assert_eq!(send(&svc, with(None, Some("0s"))).await, None);
+        let counts = ["abort", "delay", "reset"].map(|k| faults(&metrics, k));
+        assert_eq!(counts, [Some(1), Some(1), None]);
     }
 }

@@ -3,12 +3,13 @@
 //!
 //! Position: step 4 of the walk, between the router and the upstream stacks. Config: `routes[]`
 //! (`upstream`, `split`, `respond`, `timeout`, `priority`, `rate_limit`, `fault`). Metrics:
-//! per-target handles; `weir_rate_limited_total{route}`.
+//! per-target handles; `weir_rate_limited_total{route}`, `weir_faults_total{route,kind}`.
 
 pub(crate) mod deadline;
 pub(crate) mod direct;
 pub(crate) mod fault;
 pub(crate) mod ratelimit;
+pub(crate) mod shape;
 pub(crate) mod split;
 
 use std::collections::HashMap;
@@ -182,7 +183,7 @@ pub fn build(
     let layers = Layers {
         deadline: DeadlineLayer::new(cfg.timeout),
         rate_limit: RateLimitLayer::new(cfg.name.clone(), cfg.rate_limit.as_ref(), metrics),
-        fault: FaultLayer::new(&cfg.fault),
+        fault: FaultLayer::new(&cfg.fault, &cfg.name, metrics),
     };
     let upstream_target = |name: &Arc<str>| -> Result<Target, RouteError> {
         let up = upstreams

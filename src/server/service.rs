@@ -7,9 +7,13 @@
 //! goes out: `duration_ms` covers the whole exchange, and a body the upstream stopped sending
 //! (`read_timeout`) is logged with `reason = "upstream-timeout"` under the status already sent.
 //!
-//! Position: steps 2 and 8 of the walk (see the crate docs). Infallible by construction.
+//! An injected reset ([`InjectedReset`], from the route's fault layer) is the one error the
+//! service returns: the request is recorded (`reason = "fault-injected"`, status 444) and
+//! its guard released first, then hyper closes the HTTP/1 connection, or resets the HTTP/2
+//! stream, without a response. Every other outcome is a response.
+//!
+//! Position: steps 2 and 8 of the walk (see the crate docs).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,7 +21,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http_body::Frame;
 
 use http::header::CONNECTION;
@@ -38,6 +41,7 @@ use crate::http::{
 };
 use crate::metrics::{REASON_DIRECT, REASON_UPSTREAM, REASON_UPSTREAM_BODY, RouteMetrics};
 use crate::resilience::retry::hedge::Hedged;
+use crate::route::fault::{InjectedReset, Truncated};
 use crate::route::{Route, Target};
 use crate::server::ListenerShared;
 use crate::server::conn::ConnState;
@@ -72,15 +76,15 @@ impl ProxyService {
 
 impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
     type Response = http::Response<ServedBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Error = InjectedReset;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, InjectedReset>> + Send>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         self.conn.begin_request();
         self.listener.drain.begin();
         let guard = RequestGuard(self.conn.clone(), self.listener.clone());
         let (peer, client) = (self.peer, self.client.clone());
-        Box::pin(handle(guard, peer, client, req).map(Ok))
+        Box::pin(handle(guard, peer, client, req))
     }
 }
 
@@ -184,6 +188,8 @@ impl Watch for Finish {
                     // DEADLINE_EXCEEDED, a reset UNAVAILABLE.
                     let (reason, code) = if e.is::<BodyReadTimeout>() {
                         (ProxyError::UpstreamTimeout.reason(), Code::DeadlineExceeded)
+                    } else if e.is::<Truncated>() {
+                        (InjectedReset::reason(), Code::Unavailable)
                     } else {
                         (REASON_UPSTREAM_BODY, Code::Unavailable)
                     };
@@ -222,7 +228,7 @@ impl Drop for RequestGuard {
 }
 
 /// The walk of one request, as named steps: [`check`] → [`route`] → [`prepare`] → [`call`] →
-/// [`finish`] → [`record`].
+/// [`finish`] → [`record`]. `Err` only for an injected reset, already recorded.
 ///
 /// Not an `async fn`, which would hold the request head twice (the request and its parts):
 /// the future is boxed per request, and at 1,464 bytes it was over the allocator's per-thread
@@ -232,7 +238,7 @@ fn handle(
     peer: SocketAddr,
     client: HeaderValue,
     req: http::Request<Incoming>,
-) -> impl Future<Output = http::Response<ServedBody>> + Send {
+) -> impl Future<Output = Result<http::Response<ServedBody>, InjectedReset>> + Send {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     async move {
@@ -426,6 +432,7 @@ fn finish(
 ) -> (Response, &'static str) {
     let (conn, l) = (&*guard.0, &*guard.1);
     let (mut resp, reason) = match result {
+        Ok(resp) if InjectedReset::marks(&resp) => return (resp, InjectedReset::reason()),
         Ok(mut resp) => {
             let switching = ex.upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             if switching && let Some(down) = on_upgrade {
@@ -477,7 +484,8 @@ fn finish(
     (resp, reason)
 }
 
-/// The request's [`Record`] rides on its response body and is written when the body ends.
+/// The request's [`Record`] rides on its response body and is written when the body ends; for
+/// an injected reset it is written now, and the reset is the result.
 fn record(
     resp: Response,
     reason: &'static str,
@@ -485,7 +493,7 @@ fn record(
     ex: Exchange,
     started: Instant,
     guard: RequestGuard,
-) -> http::Response<ServedBody> {
+) -> Result<http::Response<ServedBody>, InjectedReset> {
     let grpc = if ex.grpc {
         grpc::head_code(resp.status(), resp.headers()).map_or(Grpc::Pending, Grpc::Code)
     } else {
@@ -504,7 +512,11 @@ fn record(
         client: ex.peer.ip(),
         guard,
     };
-    resp.map(|inner| Watched::new(inner, Finish(Some(record))))
+    if InjectedReset::marks(&resp) {
+        record.finish();
+        return Err(InjectedReset);
+    }
+    Ok(resp.map(|inner| Watched::new(inner, Finish(Some(record)))))
 }
 
 /// Copies bytes both ways between the upgraded downstream and upstream connections.

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod deploy;
 mod discovery;
+mod fake_backend;
 mod grpc;
 mod grpc_health;
 mod hardening;

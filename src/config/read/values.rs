@@ -16,9 +16,11 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use toml::de::DeValue;
 
 use super::{Fields, NAME_EXPECTED, Reader, Val, join, valid_name};
-use crate::config::HedgeAfter;
-use crate::config::{Balance, HashOn, MAX_WORKERS, Mode, Priority, Protocol, RateLimitKey};
+use crate::config::{
+    Balance, FaultDelay, HashOn, HedgeAfter, MAX_WORKERS, Mode, Priority, Protocol, RateLimitKey,
+};
 use crate::http::grpc::Code;
+use crate::route::direct::MAX_BODY_BYTES;
 
 impl Reader<'_> {
     /// `parsed`, or else `expected {expected} (got …)` recorded at the value.
@@ -83,6 +85,25 @@ impl Reader<'_> {
     pub(crate) fn body(&mut self, v: &Val<'_>, path: &str) -> Option<Bytes> {
         let body = string(v).map(|s| Bytes::from(s.to_owned().into_bytes()));
         self.expect(v, path, body, "a string")
+    }
+
+    /// The size of a generated response body: 0 to [`MAX_BODY_BYTES`].
+    pub(crate) fn body_bytes(&mut self, v: &Val<'_>, path: &str) -> Option<usize> {
+        let max = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
+        let expected = format!("a body size in bytes from 0 to {max} (64 MiB)");
+        self.int_as(v, path, (0, max), &expected)
+            .and_then(|n| usize::try_from(n).ok())
+    }
+
+    /// An injected delay: a duration or a distribution ([`FaultDelay`]).
+    pub(crate) fn delay(&mut self, v: &Val<'_>, path: &str) -> Option<FaultDelay> {
+        let Some(text) = string(v) else {
+            return self.expect(v, path, None, "a delay such as \"5ms\" (a string)");
+        };
+        match FaultDelay::parse(text) {
+            Ok(delay) => Some(delay),
+            Err(expected) => self.expect(v, path, None, &expected),
+        }
     }
 
     pub(crate) fn bool(&mut self, v: &Val<'_>, path: &str) -> Option<bool> {
@@ -163,6 +184,16 @@ impl Reader<'_> {
 
     pub(crate) fn u64(&mut self, v: &Val<'_>, path: &str) -> Option<u64> {
         self.int(v, path, 0, INT_MAX)
+    }
+
+    /// A rate in bytes per second, greater than 0.
+    pub(crate) fn bytes_per_sec(&mut self, v: &Val<'_>, path: &str) -> Option<u64> {
+        self.int_as(
+            v,
+            path,
+            (1, INT_MAX),
+            "a rate in bytes per second greater than 0",
+        )
     }
 
     pub(crate) fn usize_positive(&mut self, v: &Val<'_>, path: &str) -> Option<usize> {
@@ -440,3 +471,158 @@ fn one_of(names: &[String]) -> String {
 
 /// The largest TOML integer.
 const INT_MAX: u64 = i64::MAX as u64;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::tests::{at, doc, error_list, errors, ok};
+    use crate::config::{FaultDelay, RouteAction};
+
+    #[test]
+    fn fault_delays_read_every_form() {
+        let c = ok(&doc(&[
+            "[[routes]]",
+            "respond = {}",
+            "fault = { delay_percent = 100.0, delay = \"lognormal(5ms, 200ms)\" }",
+            "[[routes]]",
+            "respond = {}",
+            "fault = { delay = \"table(90%: 5ms, 9%: 50ms, 1%: 500ms)\", reset_percent = 1.5 }",
+            "[[routes]]",
+            "respond = {}",
+            "fault = { delay = \"uniform(5ms, 50ms)\", truncate_percent = 2 }",
+            "[[routes]]",
+            "respond = {}",
+            "fault = { delay = \"250ms\", slow_body_percent = 3, slow_body_rate = 1 }",
+        ]));
+        let delays: Vec<String> = c.routes.iter().map(|r| r.fault.delay.to_string()).collect();
+        assert_eq!(
+            delays,
+            [
+                "lognormal(5ms, 200ms)",
+                "table(90%: 5ms, 9%: 50ms, 1%: 500ms)",
+                "uniform(5ms, 50ms)",
+                "250ms"
+            ]
+        );
+        assert_eq!(
+            c.routes[3].fault.delay,
+            FaultDelay::Fixed(Duration::from_millis(250))
+        );
+        let f: Vec<_> = c.routes.iter().map(|r| &r.fault).collect();
+        assert_eq!(
+            (
+                f[1].reset_percent,
+                f[2].truncate_percent,
+                f[3].slow_body_percent
+            ),
+            (1.5, 2.0, 3.0)
+        );
+        assert_eq!((f[3].slow_body_rate, f[0].slow_body_rate), (1, 16_384));
+    }
+
+    #[test]
+    fn bad_fault_values_name_their_line_and_what_would_be_valid() {
+        let src = doc(&[
+            "[[routes]]",                                           // 1
+            "respond = {}",                                         // 2
+            "[routes.fault]",                                       // 3
+            "delay = \"table(90%: 5ms, 9%: 50ms)\"",                // 4
+            "reset_percent = 101",                                  // 5
+            "slow_body_rate = 0",                                   // 6
+            "[[routes]]",                                           // 7
+            "respond = {}",                                         // 8
+            "fault = { delay = \"uniform(50ms, 5ms)\" }",           // 9
+            "[[routes]]",                                           // 10
+            "respond = {}",                                         // 11
+            "fault = { delay = \"lognormal(0s, 5ms)\" }",           // 12
+            "[[routes]]",                                           // 13
+            "respond = {}",                                         // 14
+            "fault = { delay = 5, truncate_percent = \"half\" }",   // 15
+            "[[routes]]",                                           // 16
+            "respond = {}",                                         // 17
+            "fault = { delay = \"soon\", slow_body_percent = -1 }", // 18
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(4, "routes[0].fault.delay"),
+                at(5, "routes[0].fault.reset_percent"),
+                at(6, "routes[0].fault.slow_body_rate"),
+                at(9, "routes[1].fault.delay"),
+                at(12, "routes[2].fault.delay"),
+                at(15, "routes[3].fault.delay"),
+                at(15, "routes[3].fault.truncate_percent"),
+                at(18, "routes[4].fault.delay"),
+                at(18, "routes[4].fault.slow_body_percent"),
+            ]
+        );
+        let all: Vec<String> = error_list(&src).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            all[0],
+            "weir.toml:4: routes[0].fault.delay: expected table percentages that add up to 100 \
+             (these add up to 99) (got \"table(90%: 5ms, 9%: 50ms)\")"
+        );
+        assert_eq!(
+            all[2],
+            "weir.toml:6: routes[0].fault.slow_body_rate: expected a rate in bytes per second \
+             greater than 0 (got 0)"
+        );
+        assert_eq!(
+            all[3],
+            "weir.toml:9: routes[1].fault.delay: expected uniform(low, high) of two durations \
+             such as \"uniform(5ms, 50ms)\" with low <= high (got \"uniform(50ms, 5ms)\")"
+        );
+        assert!(
+            all[4].contains("with 0 < p50 <= p99 <= 60s (got \"lognormal(0s, 5ms)\")"),
+            "{}",
+            all[4]
+        );
+        assert!(
+            all[5].contains("expected a delay such as \"5ms\""),
+            "{}",
+            all[5]
+        );
+        assert!(
+            all[7].contains("\"lognormal(5ms, 200ms)\" (p50, p99) or \"table("),
+            "{}",
+            all[7]
+        );
+    }
+
+    #[test]
+    fn a_generated_body_is_sized_and_excludes_body() {
+        let c = ok("[[routes]]\nrespond = { status = 200, body_bytes = 4096 }");
+        let RouteAction::Respond(r) = &c.routes[0].action else {
+            panic!("a respond route");
+        };
+        assert_eq!((r.body_bytes, r.body.len()), (Some(4096), 0));
+        ok("[[routes]]\nrespond = { body_bytes = 67108864 }");
+        let src = doc(&[
+            "[[routes]]",                                 // 1
+            "respond = { body = \"x\", body_bytes = 1 }", // 2
+            "[[routes]]",                                 // 3
+            "respond = { body_bytes = 67108865 }",        // 4
+            "[[routes]]",                                 // 5
+            "[routes.respond]",                           // 6
+            "body_bytes = -1",                            // 7
+        ]);
+        assert_eq!(
+            errors(&src),
+            vec![
+                at(2, "routes[0].respond.body_bytes"),
+                at(4, "routes[1].respond.body_bytes"),
+                at(7, "routes[2].respond.body_bytes"),
+            ]
+        );
+        let all = error_list(&src);
+        assert_eq!(
+            all[0].message,
+            "set either `body` (the text) or `body_bytes` (a generated body of that size), not both"
+        );
+        assert_eq!(
+            all[1].message,
+            "expected a body size in bytes from 0 to 67108864 (64 MiB) (got 67108865)"
+        );
+    }
+}
