@@ -60,13 +60,8 @@ TMP=$(mktemp -d /tmp/weir-cost.XXXXXX)
 UPSTREAM_PID=              # the upstream, for the whole run
 WEIR_PID=                  # weir under callgrind while it runs (cleared once reaped)
 
-stop_pid() {   # TERM, up to 5 s grace, then KILL; always reap
-  local p=$1 i
-  kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
+# shellcheck source=../procs.sh
+source "$ROOT/benches/procs.sh"   # stop_pid, port_busy, proc_tree, cpu_ticks, rss_kib
 cleanup() {
   trap - EXIT INT TERM
   [[ -n $WEIR_PID ]] && stop_pid "$WEIR_PID"
@@ -76,7 +71,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
 
-port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 for a in "$UPSTREAM_ADDR" "$WEIR_ADDR" "$ADMIN_ADDR"; do
   port_busy "$a" && die "$a is already in use; stop whatever listens there or move it (see README.md)"
 done

@@ -57,13 +57,8 @@ WEIR_BIN=${WEIR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weir}
 TMP=$(mktemp -d /tmp/weir-hedge.XXXXXX)
 STARTED=()
 LOAD_PID=
-stop_pid() {   # TERM, up to 5 s grace, then KILL; always reap
-  local p=$1 i
-  kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
+# shellcheck source=../procs.sh
+source "$ROOT/benches/procs.sh"   # stop_pid, port_busy, proc_tree, cpu_ticks, rss_kib
 cleanup() {
   trap - EXIT INT TERM
   local p
@@ -74,7 +69,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
 
-port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 for a in $PROXY $PROXY_ADMIN $FAKE_A $FAKE_B $FAKE_ADMIN; do
   port_busy "$a" && die "$a is already in use; stop whatever listens there"
 done

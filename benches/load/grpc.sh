@@ -94,13 +94,8 @@ if uses_weir_base; then [[ -x ${WEIR_BASE_BIN:-} ]] || die "weir-base-* needs WE
 # --- process bookkeeping ---------------------------------------------------
 TMP=$(mktemp -d /tmp/weir-grpc.XXXXXX)
 
-stop_pid() {   # TERM, up to 5 s grace, then KILL; always reap
-  local p=$1 i
-  kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
+# shellcheck source=../procs.sh
+source "$ROOT/benches/procs.sh"   # stop_pid, port_busy, proc_tree, cpu_ticks, rss_kib
 cleanup() {
   trap - EXIT INT TERM
   local p
@@ -113,13 +108,7 @@ trap 'log interrupted; exit 130' INT TERM
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cpu_ticks() {  # utime + stime (fields 14, 15) of one process
-  # Drop "pid (comm) " first: comm may contain spaces. Field 14 becomes $12.
-  sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0
-}
-rss_kib() { awk '/^VmRSS:/ {print $2 + 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 start() {      # start PROCESS CMD... ; run in background, record PID, wait for a 200 over h2c
   local s=$1 addr=${ADDR[$1]}; shift
   port_busy "$addr" && die "$addr is already in use; stop whatever listens there"

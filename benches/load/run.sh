@@ -97,13 +97,8 @@ if uses_weir_base; then [[ -x ${WEIR_BASE_BIN:-} ]] || die "weir-base needs WEIR
 # --- process bookkeeping ---------------------------------------------------
 TMP=$(mktemp -d /tmp/weir-load.XXXXXX)
 
-stop_pid() {   # TERM, up to 5 s grace, then KILL; always reap
-  local p=$1 i
-  kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
+# shellcheck source=../procs.sh
+source "$ROOT/benches/procs.sh"   # stop_pid, port_busy, proc_tree, cpu_ticks, rss_kib
 cleanup() {
   trap - EXIT INT TERM
   local p
@@ -116,27 +111,7 @@ trap 'log interrupted; exit 130' INT TERM
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-proc_tree() {  # a PID and all its descendants (nginx: master + worker)
-  ps -e -o pid=,ppid= | awk -v root="$1" '
-    { kids[$2] = kids[$2] " " $1 }
-    END { q[1] = root; n = 1
-          for (i = 1; i <= n; i++) { print q[i]; m = split(kids[q[i]], k, " ")
-                                     for (j = 1; j <= m; j++) q[++n] = k[j] } }'
-}
-cpu_ticks() {  # utime + stime (fields 14, 15) summed over the processes given
-  local p sum=0
-  for p in "$@"; do
-    # Drop "pid (comm) " first: comm may contain spaces. Field 14 becomes $12.
-    sum=$((sum + $(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0)))
-  done
-  echo "$sum"
-}
-rss_kib() {    # VmRSS summed over the processes given
-  local p
-  for p in "$@"; do cat "/proc/$p/status" 2>/dev/null || true; done | awk '/^VmRSS:/ {s += $2} END {print s + 0}'
-}
 
-port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 start() {      # start TARGET LOGFILE CMD... ; run in background, record PID
   local t=$1 logf=$2; shift 2
   port_busy "${ADDR[$t]}" && die "${ADDR[$t]} is already in use; stop whatever listens there"
