@@ -53,7 +53,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
+
+use super::tasks::Tasks;
 use tonic::codegen::{BoxFuture, BoxStream, StdError};
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
@@ -161,7 +163,7 @@ impl GrpcUpstream {
             cfg: self,
             seen: Mutex::new(Vec::new()),
             cancelled: AtomicUsize::new(0),
-            tasks: Mutex::new(Some(Vec::new())),
+            tasks: Tasks::new(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         RunningGrpcUpstream {
@@ -209,8 +211,7 @@ impl RunningGrpcUpstream {
 impl Drop for RunningGrpcUpstream {
     fn drop(&mut self) {
         self.accept.abort();
-        let tasks = self.shared.tasks.lock().unwrap().take().unwrap_or_default();
-        tasks.iter().for_each(AbortHandle::abort);
+        self.shared.tasks.abort_all();
     }
 }
 
@@ -351,20 +352,13 @@ struct Shared {
     cfg: GrpcUpstream,
     seen: Mutex<Vec<SeenCall>>,
     cancelled: AtomicUsize,
-    /// `None` once the upstream is dropped: late spawns are aborted at once.
-    tasks: Mutex<Option<Vec<AbortHandle>>>,
+    /// Connection and stream tasks, aborted when the upstream is dropped.
+    tasks: Tasks,
 }
 
 impl Shared {
     fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        let handle = tokio::spawn(fut).abort_handle();
-        match self.tasks.lock().unwrap().as_mut() {
-            Some(tasks) => {
-                tasks.retain(|t| !t.is_finished());
-                tasks.push(handle);
-            }
-            None => handle.abort(),
-        }
+        self.tasks.spawn(fut);
     }
 
     /// Steps 1 to 3 of the module docs: records the call, waits, and gives the scripted
@@ -415,23 +409,13 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
-/// Spawns h2 stream tasks through [`Shared::spawn`], so that they die with the upstream.
-#[derive(Clone)]
-struct Exec(Arc<Shared>);
-
-impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Exec {
-    fn execute(&self, fut: F) {
-        self.0.spawn(fut);
-    }
-}
-
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let svc = TowerToHyperService::new(Echo(shared.clone()));
-        let exec = Exec(shared.clone());
+        let exec = shared.tasks.clone();
         shared.spawn(async move {
             let _ = http2::Builder::new(exec)
                 .timer(TokioTimer::new())

@@ -20,6 +20,7 @@ pub mod client;
 pub mod dns;
 pub mod grpc;
 pub mod metrics;
+pub mod tasks;
 pub mod toml;
 pub mod upstream;
 pub mod weir;

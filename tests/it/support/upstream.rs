@@ -61,7 +61,9 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
+
+use super::tasks::Tasks;
 
 /// Entry point: `Upstream::http1().route(..).delay(..).start().await`.
 pub struct Upstream;
@@ -324,7 +326,7 @@ impl UpstreamBuilder {
             connections: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
-            tasks: Mutex::new(Some(Vec::new())),
+            tasks: Tasks::new(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         RunningUpstream {
@@ -404,8 +406,7 @@ impl RunningUpstream {
 impl Drop for RunningUpstream {
     fn drop(&mut self) {
         self.accept.abort();
-        let tasks = self.shared.tasks.lock().unwrap().take().unwrap_or_default();
-        tasks.iter().for_each(AbortHandle::abort);
+        self.shared.tasks.abort_all();
     }
 }
 
@@ -429,36 +430,19 @@ struct Shared {
     connections: AtomicUsize,
     cancelled: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
-    /// `None` once the upstream is dropped: late spawns are aborted at once.
-    tasks: Mutex<Option<Vec<AbortHandle>>>,
+    /// Connection and stream tasks, aborted when the upstream is dropped.
+    tasks: Tasks,
 }
 
 impl Shared {
     fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        let handle = tokio::spawn(fut).abort_handle();
-        match self.tasks.lock().unwrap().as_mut() {
-            Some(tasks) => {
-                tasks.retain(|t| !t.is_finished());
-                tasks.push(handle);
-            }
-            None => handle.abort(),
-        }
+        self.tasks.spawn(fut);
     }
 
     fn append_body(&self, index: usize, chunk: &[u8]) {
         let mut requests = self.requests.lock().unwrap();
         let body = &mut requests[index].body;
         *body = [&body[..], chunk].concat().into();
-    }
-}
-
-/// Spawns h2 stream tasks through [`Shared::spawn`], so that they die with the upstream.
-#[derive(Clone)]
-struct Exec(Arc<Shared>);
-
-impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Exec {
-    fn execute(&self, fut: F) {
-        self.0.spawn(fut);
     }
 }
 
@@ -545,7 +529,7 @@ where
     S::Future: Send + 'static,
 {
     let io = TokioIo::new(stream);
-    let exec = Exec(shared.clone());
+    let exec = shared.tasks.clone();
     match shared.cfg.protocol {
         Protocol::Http1 => Box::pin(async move {
             let conn = http1::Builder::new()
